@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Build kube-apiserver from Debian's source package `kubernetes` (bundled vendor/) with Debian's
+# golang-go, in GOPATH mode, and cache the binary outside the clone, keyed by version.
+#
+# Usage: hack/build-kube-apiserver.sh        prints the path of the cached binary
+# Env:   KIT_CACHE_DIR (default ~/.cache/kube-ip-tracker)
+set -euo pipefail
+
+cache_root="${KIT_CACHE_DIR:-$HOME/.cache/kube-ip-tracker}"
+mkdir -p "$cache_root"
+
+log() { echo "build-kube-apiserver: $*" >&2; }
+
+need_root_apt() {
+  if [ "$(id -u)" != 0 ]; then
+    log "installing Debian packages needs root: run as root or install: $*"
+    exit 1
+  fi
+}
+
+# Version of the source package; the cache key.
+srcdir_apt="$cache_root/apt-src"
+mkdir -p "$srcdir_apt/sources.list.d"
+# Private deb-src entries derived from the machine's own deb entries.
+for f in /etc/apt/sources.list.d/*.sources; do
+  [ -e "$f" ] || continue
+  sed -e 's/^Types:.*/Types: deb-src/' "$f" > "$srcdir_apt/sources.list.d/$(basename "$f")"
+done
+if [ -f /etc/apt/sources.list ]; then
+  grep -E '^deb ' /etc/apt/sources.list | sed -e 's/^deb /deb-src /' > "$srcdir_apt/sources.list.d/main-src.list" || true
+fi
+apt_opts=(-o "Dir::Etc::sourceparts=$srcdir_apt/sources.list.d" -o "Dir::Etc::sourcelist=/dev/null")
+
+if ! command -v go >/dev/null 2>&1 || ! command -v dpkg-source >/dev/null 2>&1; then
+  need_root_apt golang-go dpkg-dev
+  log "installing golang-go, dpkg-dev, rsync"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go dpkg-dev rsync >/dev/null
+fi
+
+stamp="$cache_root/apt-src/.updated"
+if [ ! -f "$stamp" ] || [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
+  log "refreshing deb-src index"
+  apt-get "${apt_opts[@]}" update -qq
+  touch "$stamp"
+fi
+
+version="$(apt-cache "${apt_opts[@]}" showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; exit}')"
+if [ -z "$version" ]; then
+  log "no source package 'kubernetes' found in deb-src entries under $srcdir_apt/sources.list.d"
+  exit 1
+fi
+out="$cache_root/kube-apiserver-$version"
+if [ -x "$out" ]; then
+  echo "$out"
+  exit 0
+fi
+
+log "building kube-apiserver $version (a few minutes on first use)"
+work="$cache_root/build-$version"
+rm -rf "$work"
+mkdir -p "$work"
+(
+  cd "$work"
+  apt-get "${apt_opts[@]}" source -qq --download-only kubernetes >&2
+  dpkg-source -x --no-check ./kubernetes_*.dsc src >&2
+)
+gopath="$work/gopath"
+mkdir -p "$gopath/src/k8s.io"
+mv "$work/src" "$gopath/src/k8s.io/kubernetes"
+cd "$gopath/src/k8s.io/kubernetes"
+export GOPATH="$gopath" GO111MODULE=off GOFLAGS= GOCACHE="$cache_root/gocache"
+# `make generated_files` writes the generated deepcopy/defaulter/openapi code.
+make generated_files >&2
+go build -o "$out.tmp" ./cmd/kube-apiserver >&2
+mv "$out.tmp" "$out"
+rm -rf "$work"
+log "built $out"
+echo "$out"

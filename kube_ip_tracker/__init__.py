@@ -1,0 +1,3 @@
+"""kube-ip-tracker: a multi-cluster pod metadata cache for NetworkPolicy enforcement."""
+
+__version__ = "0.1.0"
