@@ -1,0 +1,66 @@
+"""The local cluster fixture starts real, independent API servers."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from kubernetes_asyncio import client, watch
+
+from kube_ip_tracker.testing import objects
+
+pytestmark = pytest.mark.cluster
+
+
+async def test_two_clusters_hold_their_own_pods(cluster_factory) -> None:
+    clusters = cluster_factory(2)
+    for i, cluster in enumerate(clusters):
+        async with cluster.api_client() as api:
+            await objects.create_namespace(api, "demo", {"team": f"t{i}"})
+            await objects.create_node(api, "node-1", {"zone": "a"}, internal_ip=f"192.0.2.{i + 1}")
+            await objects.create_pod(
+                api,
+                "demo",
+                f"web-{i}",
+                labels={"app": "web"},
+                ips=[f"10.{i}.0.5", f"fd00::{i}:5"],
+                ports=[("http", 80, "TCP")],
+            )
+    for i, cluster in enumerate(clusters):
+        async with cluster.api_client() as api:
+            pods = (await client.CoreV1Api(api).list_namespaced_pod("demo")).items
+            assert [p.metadata.name for p in pods] == [f"web-{i}"]
+            assert pods[0].status.pod_ip == f"10.{i}.0.5"
+            assert [x.ip for x in pods[0].status.pod_ips] == [f"10.{i}.0.5", f"fd00::{i}:5"]
+            assert pods[0].spec.containers[0].ports[0].name == "http"
+            ns = await client.CoreV1Api(api).read_namespace("demo")
+            assert ns.metadata.labels["team"] == f"t{i}"
+    merged = yaml.safe_load(clusters.merged_kubeconfig.read_text())
+    assert [c["name"] for c in merged["contexts"]] == ["cluster-1", "cluster-2"]
+
+
+async def test_restart_apiserver_and_etcd_in_place(cluster_factory) -> None:
+    (cluster,) = cluster_factory(1)
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, "kept")
+    cluster.restart_etcd()
+    cluster.restart_apiserver()
+    async with cluster.api_client() as api:
+        ns = await client.CoreV1Api(api).read_namespace("kept")
+        assert ns.metadata.name == "kept"
+
+
+async def test_expired_watch_returns_410_without_watch_cache(cluster_factory) -> None:
+    (cluster,) = cluster_factory(1, watch_cache=False)
+    async with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        first = await core.list_namespace()
+        for i in range(3):
+            await objects.create_namespace(api, f"ns-{i}")
+        cluster.compact_etcd()
+        stream = watch.Watch().stream(
+            core.list_namespace, resource_version=first.metadata.resource_version, timeout_seconds=5
+        )
+        with pytest.raises(client.ApiException) as err:
+            async for _event in stream:
+                pass
+        assert err.value.status == 410
