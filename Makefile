@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 CLUSTERS ?= 2
 
-.PHONY: help install system-deps kube-apiserver proto test test-all lint demo bench clusters tracker clean
+.PHONY: help setup install system-deps kube-apiserver proto test test-all lint demo bench clusters clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -15,7 +15,6 @@ system-deps: ## install Debian packages (etcd, Go, netfilter tools); needs root
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@if [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; then $(BIN)/pip install -q -e '.[dataplane]'; \
 	  else echo "note: libnetfilter-queue-dev missing; dataplane extra not installed (run 'make system-deps' as root)"; fi
@@ -23,29 +22,31 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create the venv and install the package (editable) with test tools
 
-kube-apiserver: ## build (once) and cache kube-apiserver from Debian's source package
-	hack/build-kube-apiserver.sh
+kube-apiserver: system-deps ## build (once) and cache kube-apiserver from Debian's source package
+	@hack/build-kube-apiserver.sh >/dev/null
+
+setup: system-deps kube-apiserver install ## everything the tests and the demo need
 
 proto: install ## regenerate kube_ip_tracker/api/ from protos/
 	$(PYTHON) -m kube_ip_tracker.api.generate
 
-test: install ## run the test suite (real API servers; root-only tests skip without root)
+test: setup ## run the test suite (real API servers; root-only tests skip without root)
 	$(PYTHON) -m pytest -q
 
-test-all: install ## the test suite including slow tests
+test-all: setup ## the test suite including slow tests
 	$(PYTHON) -m pytest -q -m ''
 
 lint: install ## ruff
 	$(BIN)/ruff check kube_ip_tracker tests bench hack
 	$(BIN)/ruff format --check kube_ip_tracker tests bench hack
 
-clusters: install ## start $(CLUSTERS) local clusters and wait (Ctrl-C stops them)
+clusters: setup ## start $(CLUSTERS) local clusters and wait (Ctrl-C stops them)
 	$(PYTHON) -m kube_ip_tracker.testing.clusters up --count $(CLUSTERS)
 
-demo: install ## the local multi-cluster demo
+demo: setup ## the local multi-cluster demo
 	$(PYTHON) -m kube_ip_tracker.demo
 
-bench: install ## benchmarks; writes bench/results/*.json and docs/benchmarks.md
+bench: setup ## benchmarks; writes bench/results/*.json and docs/benchmarks.md
 	$(PYTHON) -m bench
 
 clean:
