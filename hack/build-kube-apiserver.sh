@@ -29,7 +29,10 @@ done
 if [ -f /etc/apt/sources.list ]; then
   grep -E '^deb ' /etc/apt/sources.list | sed -e 's/^deb /deb-src /' > "$srcdir_apt/sources.list.d/main-src.list" || true
 fi
-apt_opts=(-o "Dir::Etc::sourceparts=$srcdir_apt/sources.list.d" -o "Dir::Etc::sourcelist=/dev/null")
+# A private lists directory too, so this never disturbs the machine's own package lists.
+mkdir -p "$srcdir_apt/lists/partial"
+apt_opts=(-o "Dir::Etc::sourceparts=$srcdir_apt/sources.list.d" -o "Dir::Etc::sourcelist=/dev/null"
+          -o "Dir::State::Lists=$srcdir_apt/lists" -o "APT::Sandbox::User=root")
 
 if ! command -v go >/dev/null 2>&1 || ! command -v dpkg-source >/dev/null 2>&1; then
   need_root_apt golang-go dpkg-dev
@@ -38,14 +41,13 @@ if ! command -v go >/dev/null 2>&1 || ! command -v dpkg-source >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go dpkg-dev rsync >/dev/null
 fi
 
-stamp="$cache_root/apt-src/.updated"
-if [ ! -f "$stamp" ] || [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
-  log "refreshing deb-src index"
+source_version() { apt-cache "${apt_opts[@]}" showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; exit}'; }
+version="$(source_version || true)"
+if [ -z "$version" ]; then
+  log "refreshing the private deb-src index"
   apt-get "${apt_opts[@]}" update -qq
-  touch "$stamp"
+  version="$(source_version || true)"
 fi
-
-version="$(apt-cache "${apt_opts[@]}" showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; exit}')"
 if [ -z "$version" ]; then
   log "no source package 'kubernetes' found in deb-src entries under $srcdir_apt/sources.list.d"
   exit 1
