@@ -37,8 +37,8 @@ test-all: setup ## the test suite including slow tests
 	$(PYTHON) -m pytest -q -m ''
 
 lint: install ## ruff
-	$(BIN)/ruff check kube_ip_tracker tests bench hack
-	$(BIN)/ruff format --check kube_ip_tracker tests bench hack
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clusters: setup ## start $(CLUSTERS) local clusters and wait (Ctrl-C stops them)
 	$(PYTHON) -m kube_ip_tracker.testing.clusters up --count $(CLUSTERS)
