@@ -1,0 +1,138 @@
+"""Command-line flags of GKE discovery and the wiring from flags to a running reconciler.
+
+The CLI calls :func:`add_arguments` on its parser, then :func:`validate` after parsing (bad
+cluster names stop the program with a message naming them), then :func:`build_reconciler`
+with its cluster supervisor and runs the returned reconciler's ``run()`` as a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from google.api_core.client_options import ClientOptions
+from google.auth import credentials as ga_credentials
+from google.cloud import container_v1
+
+from kube_ip_tracker.gke.auth import GoogleTokenProvider, default_credentials
+from kube_ip_tracker.gke.discovery import EndpointKind, GkeDiscovery
+from kube_ip_tracker.gke.names import GkeClusterName, parse_cluster_names
+from kube_ip_tracker.gke.reconcile import ClusterSupervisorLike, GkeReconciler
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (``5m``, ``1h30m``, ``90s``, ``500ms``) or plain seconds into seconds."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or not value:
+            raise argparse.ArgumentTypeError(
+                f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m or a number of seconds"
+            ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return seconds
+
+
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    return option in parser._option_string_actions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the GKE flags. ``--cluster-removal-grace`` is added only if the parser lacks it."""
+    group = parser.add_argument_group("GKE discovery (Workload Identity / application default credentials)")
+    group.add_argument(
+        "--gcp-cluster-names",
+        action="append",
+        default=[],
+        metavar="PROJECT/LOCATION/CLUSTER[,...]",
+        help="GKE clusters to watch, comma-separated; may be repeated. With --gcp-project, "
+        "'LOCATION/CLUSTER' works; with --gcp-project and --gcp-location, a bare 'CLUSTER' works.",
+    )
+    group.add_argument("--gcp-project", default=None, help="project for cluster entries that omit it")
+    group.add_argument("--gcp-location", default=None, help="region or zone for cluster entries that omit it")
+    group.add_argument(
+        "--gcp-endpoint",
+        choices=[k.value for k in EndpointKind],
+        default=EndpointKind.IP.value,
+        help="control plane endpoint to connect to: ip (the cluster endpoint, verified with the cluster CA), "
+        "private (the private endpoint), dns (the DNS-based endpoint, publicly trusted certificate)",
+    )
+    group.add_argument(
+        "--reconcile-interval",
+        type=parse_duration,
+        default=300.0,
+        metavar="DURATION",
+        help="how often to re-read the GKE clusters (default 5m); failed passes are retried sooner",
+    )
+    group.add_argument(
+        "--gke-api-endpoint",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="GKE API endpoint (default container.googleapis.com)",
+    )
+    if not _has_option(parser, "--cluster-removal-grace"):
+        group.add_argument(
+            "--cluster-removal-grace",
+            type=parse_duration,
+            default=60.0,
+            metavar="DURATION",
+            help="how long a removed cluster's objects stay in the index before they are purged (default 1m)",
+        )
+
+
+def cluster_names(args: argparse.Namespace) -> list[GkeClusterName]:
+    """The configured GKE clusters; raises ClusterNameError naming a malformed entry."""
+    return parse_cluster_names(args.gcp_cluster_names or [], args.gcp_project, args.gcp_location)
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through ``parser.error`` when a GKE flag is malformed."""
+    try:
+        cluster_names(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.reconcile_interval <= 0:
+        parser.error(f"--reconcile-interval must be positive, got {args.reconcile_interval}s")
+
+
+def build_reconciler(
+    args: argparse.Namespace,
+    supervisor: ClusterSupervisorLike,
+    *,
+    credentials: ga_credentials.Credentials | None = None,
+    client: container_v1.ClusterManagerAsyncClient | None = None,
+) -> GkeReconciler | None:
+    """A reconciler for the configured GKE clusters, or None when ``--gcp-cluster-names`` is empty.
+
+    One credentials object (application default credentials unless given) serves the GKE API client
+    and, through one token provider, every cluster's API server. Call it inside the running event loop.
+    """
+    names = cluster_names(args)
+    if not names:
+        return None
+    if credentials is None:
+        credentials, _ = default_credentials()
+    if client is None:
+        options: Any = ClientOptions(api_endpoint=args.gke_api_endpoint) if args.gke_api_endpoint else None
+        client = container_v1.ClusterManagerAsyncClient(credentials=credentials, client_options=options)
+    provider = GoogleTokenProvider(credentials)
+    discovery = GkeDiscovery(client, provider, endpoint=EndpointKind(args.gcp_endpoint))
+    return GkeReconciler(
+        names,
+        discovery,
+        supervisor,
+        interval=args.reconcile_interval,
+        removal_grace=args.cluster_removal_grace,
+    )

@@ -1,0 +1,215 @@
+"""The GKE reconcile loop: keep the supervisor's GKE clusters equal to the configured, discovered ones.
+
+Every pass fetches all configured clusters from the GKE API, then:
+
+* a cluster seen for the first time is handed to the supervisor (its informers start);
+* a cluster whose endpoint or CA changed is handed again (the supervisor restarts its informers);
+* a cluster no longer configured is removed (informers stop; its data is purged after the grace period).
+
+A cluster whose fetch failed (GKE API error, not RUNNING) keeps whatever it had: only a change of
+configuration removes a cluster. Passes with failures are retried sooner, with exponential backoff
+and jitter, up to the normal interval. Clusters the reconciler did not add (static kubeconfig
+clusters) are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from kube_ip_tracker.gke import metrics
+from kube_ip_tracker.gke.discovery import FetchResult
+from kube_ip_tracker.gke.names import GkeClusterName
+from kube_ip_tracker.model import ClusterSpec
+
+log = logging.getLogger(__name__)
+
+
+class ClusterSupervisorLike(Protocol):
+    """What the reconciler needs from the cluster supervisor (kube_ip_tracker.sources.supervisor)."""
+
+    async def ensure(self, spec: ClusterSpec) -> None:
+        """Start the cluster's informers, or restart them if the spec changed."""
+
+    async def remove(self, cluster_id: str, grace_seconds: float) -> None:
+        """Stop the cluster's informers; purge its data from the index after the grace period."""
+
+    def specs(self) -> dict[str, ClusterSpec]:
+        """The specs of all clusters currently supervised, by cluster id."""
+
+
+class DiscoveryLike(Protocol):
+    """What the reconciler needs from discovery (kube_ip_tracker.gke.discovery.GkeDiscovery)."""
+
+    async def fetch(self, names: Iterable[GkeClusterName]) -> FetchResult:
+        """Fetch all clusters; per-cluster failures are in the result."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(base, min(cap, base * 2**n))``."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """Record one more failure and return the delay before the next try."""
+        upper = min(self.cap, self.base * (2**self.failures))
+        self.failures += 1
+        return self._rng.uniform(min(self.base, upper), upper)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _describe_change(old: ClusterSpec, new: ClusterSpec) -> str:
+    changed = [what for what in ("server", "ca_pem") if getattr(old, what) != getattr(new, what)]
+    return ", ".join("endpoint" if c == "server" else "CA" for c in changed) or "spec"
+
+
+class GkeReconciler:
+    """Runs discovery periodically and applies the differences to the supervisor."""
+
+    def __init__(
+        self,
+        names: Sequence[GkeClusterName] | Callable[[], Sequence[GkeClusterName]],
+        discovery: DiscoveryLike,
+        supervisor: ClusterSupervisorLike,
+        *,
+        interval: float = 300.0,
+        removal_grace: float = 60.0,
+        backoff_base: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._names = names
+        self.discovery = discovery
+        self.supervisor = supervisor
+        self.interval = interval
+        self.removal_grace = removal_grace
+        self.backoff = Backoff(backoff_base, max(backoff_base, interval), rng)
+        # GKE cluster -> spec handed to the supervisor. Only these clusters are ever removed.
+        self.managed: dict[GkeClusterName, ClusterSpec] = {}
+        self.passes = 0
+        self._wakeup = asyncio.Event()
+
+    def names(self) -> list[GkeClusterName]:
+        """The clusters configured right now."""
+        return list(self._names() if callable(self._names) else self._names)
+
+    def set_names(self, names: Sequence[GkeClusterName]) -> None:
+        """Change the configured clusters and run a pass soon (e.g. after a config reload)."""
+        self._names = list(names)
+        self._wakeup.set()
+
+    async def reconcile_once(self) -> FetchResult:
+        """One pass: fetch, then start, restart or stop clusters. Returns the fetch result."""
+        names = self.names()
+        log.info("Fetching details for %d GKE clusters...", len(names))
+        result = await self.discovery.fetch(names)
+        self.passes += 1
+        log.info("Successfully fetched details for %d clusters.", len(result.specs))
+        for name, status in result.not_running.items():
+            kept = " (keeping its current watcher)" if name in self.managed else ""
+            log.warning("GKE cluster %s is %s, not RUNNING; skipping it and retrying later%s", name, status, kept)
+        for name, exc in result.errors.items():
+            kept = f" (keeping watcher of {self.managed[name].cluster_id})" if name in self.managed else ""
+            log.error("Fetching GKE cluster %s failed, will retry%s: %s", name, kept, exc)
+
+        configured = set(names)
+        for name in [n for n in self.managed if n not in configured]:
+            spec = self.managed.pop(name)
+            log.info("Cluster no longer configured: %s. Stopping watcher.", spec.cluster_id)
+            await self.supervisor.remove(spec.cluster_id, self.removal_grace)
+
+        static_ids = {
+            cid
+            for cid, spec in self.supervisor.specs().items()
+            if cid not in {s.cluster_id for s in self.managed.values()}
+        }
+        claimed: dict[str, GkeClusterName] = {}
+        for name in names:
+            spec = result.specs.get(name)
+            if spec is None:
+                continue  # failed or not RUNNING: keep whatever it had
+            if spec.cluster_id in static_ids:
+                log.error(
+                    "GKE cluster %s has id %s, which a statically configured cluster already uses; not starting it",
+                    name,
+                    spec.cluster_id,
+                )
+                continue
+            if spec.cluster_id in claimed:
+                log.error(
+                    "GKE clusters %s and %s both have id %s; only the first is watched",
+                    claimed[spec.cluster_id],
+                    name,
+                    spec.cluster_id,
+                )
+                continue
+            claimed[spec.cluster_id] = name
+            await self._apply(name, spec)
+
+        metrics.CLUSTERS.labels(state="configured").set(len(names))
+        metrics.CLUSTERS.labels(state="watched").set(len(self.managed))
+        if result.complete:
+            metrics.RECONCILES.labels(result="ok").inc()
+            metrics.LAST_SUCCESS.set(time.time())
+        else:
+            metrics.RECONCILES.labels(result="partial").inc()
+        return result
+
+    async def _apply(self, name: GkeClusterName, spec: ClusterSpec) -> None:
+        old = self.managed.get(name)
+        if old is not None and old.cluster_id != spec.cluster_id:
+            log.info("GKE cluster %s changed id from %s to %s", name, old.cluster_id, spec.cluster_id)
+            log.info("Cluster no longer configured: %s. Stopping watcher.", old.cluster_id)
+            await self.supervisor.remove(old.cluster_id, self.removal_grace)
+            old = None
+        if old is None:
+            log.info("New cluster configured: %s. Starting watcher.", spec.cluster_id)
+        elif old != spec:
+            log.info("Cluster %s changed (%s). Restarting watcher.", spec.cluster_id, _describe_change(old, spec))
+        # ensure() is idempotent for an unchanged spec; calling it every pass also restores a
+        # cluster the supervisor lost.
+        await self.supervisor.ensure(spec)
+        self.managed[name] = spec
+
+    async def run(self) -> None:
+        """Reconcile until cancelled: every ``interval``, sooner with backoff after failed passes."""
+        log.info(
+            "Starting GKE reconciler for %d clusters (interval %.0fs, removal grace %.0fs)",
+            len(self.names()),
+            self.interval,
+            self.removal_grace,
+        )
+        try:
+            while True:
+                self._wakeup.clear()
+                try:
+                    result = await self.reconcile_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    metrics.RECONCILES.labels(result="error").inc()
+                    log.exception("GKE reconcile pass failed; keeping the clusters already watched")
+                    delay = self.backoff.next_delay()
+                else:
+                    if result.complete:
+                        self.backoff.reset()
+                        delay = self.interval
+                    else:
+                        delay = self.backoff.next_delay()
+                metrics.BACKOFF_SECONDS.set(delay)
+                log.debug("Next GKE reconcile pass in %.1fs", delay)
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            log.info("GKE reconciler stopped")
