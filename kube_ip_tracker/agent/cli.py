@@ -1,0 +1,134 @@
+"""``kube-ip-agent``: the node agent's command line.
+
+Subcommands:
+
+- ``evaluate FILE...``: decide the probes of conformance world files; ``--check`` compares the
+  verdicts with each probe's ``expect``.
+
+Exit codes: 0 success, 1 verdict mismatches (``--check``), 2 invalid input or usage, 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from kube_ip_tracker.agent.policy.errors import PolicyError
+from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
+
+log = logging.getLogger("kube_ip_tracker.agent.cli")
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_INVALID = 2
+EXIT_INTERNAL = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per subcommand (``run`` comes later)."""
+    parser = argparse.ArgumentParser(prog="kube-ip-agent", description="kube-ip-tracker node agent")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="decide the probes of NetworkPolicy conformance world files",
+        description=(
+            "Print one JSON line per file: {'file': PATH, 'verdicts': ['allow'|'deny', ...]}. "
+            "With --check, compare with each probe's expect and print 'N passed, M failed' last."
+        ),
+    )
+    evaluate.add_argument("files", nargs="+", metavar="FILE", help="world file (JSON)")
+    evaluate.add_argument("--check", action="store_true", help="compare verdicts with each probe's expect")
+    evaluate.set_defaults(handler=cmd_evaluate)
+    return parser
+
+
+@dataclass
+class _Tally:
+    passed: int = 0
+    failed: int = 0
+
+
+def _describe_end(end: object) -> str:
+    ip = getattr(end, "ip", "")
+    if ip:
+        return ip
+    return f"{end.cluster}/{end.namespace}/{end.pod}"  # type: ignore[attr-defined]
+
+
+def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: TextIO) -> int:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=err)
+        return EXIT_INVALID
+    try:
+        text = raw.decode("utf-8")
+        world: WorldFile = load_world(text)
+    except UnicodeDecodeError as exc:
+        print(f"{path}: not UTF-8: {exc.reason} at byte {exc.start}", file=err)
+        return EXIT_INVALID
+    except PolicyError as exc:
+        print(f"{path}: {exc}", file=err)
+        return EXIT_INVALID
+    if check:
+        for index, probe in enumerate(world.probes):
+            if probe.expect is None:
+                print(f"{path}: probes[{index}].expect: required with --check", file=err)
+                return EXIT_INVALID
+    engine = world.engine()
+    verdicts = [str(decide_probe(engine, probe)) for probe in world.probes]
+    print(json.dumps({"file": path, "verdicts": verdicts}), file=out)
+    if not check:
+        return EXIT_OK
+    status = EXIT_OK
+    for index, (probe, verdict) in enumerate(zip(world.probes, verdicts, strict=True)):
+        if verdict == probe.expect:
+            tally.passed += 1
+            continue
+        tally.failed += 1
+        status = EXIT_MISMATCH
+        print(
+            f"{path}: probes[{index}] {_describe_end(probe.src)} -> {_describe_end(probe.dst)} "
+            f"{probe.protocol}/{probe.port}: expected {probe.expect}, got {verdict}",
+            file=err,
+        )
+    return status
+
+
+def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The ``evaluate`` subcommand."""
+    tally = _Tally()
+    worst = EXIT_OK
+    for path in args.files:
+        try:
+            status = _evaluate_file(path, args.check, tally, out, err)
+        except Exception as exc:  # never a traceback on the command line
+            log.debug("internal error evaluating %s", path, exc_info=True)
+            print(f"{path}: internal error: {type(exc).__name__}: {exc}", file=err)
+            status = EXIT_INTERNAL
+        worst = max(worst, status)
+    if args.check:
+        print(f"{tally.passed} passed, {tally.failed} failed", file=out)
+    return worst
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Entry point of the ``kube-ip-agent`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname).1s%(asctime)s %(name)s] %(message)s",
+    )
+    return int(args.handler(args, out or sys.stdout, err or sys.stderr))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
