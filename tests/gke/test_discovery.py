@@ -1,0 +1,116 @@
+"""Discovery against the fake GKE API: statuses, API errors, endpoints, CA, cluster ids."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import grpc
+import pytest
+from google.api_core import exceptions as core_exceptions
+from google.cloud import container_v1
+from kubernetes_asyncio import client
+
+from kube_ip_tracker.gke.auth import GoogleTokenProvider, install_token_hook
+from kube_ip_tracker.gke.discovery import CLUSTER_ID_LABEL, EndpointKind, GkeDiscovery
+from kube_ip_tracker.gke.names import GkeClusterName
+from kube_ip_tracker.model import ClusterSpec
+from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing.certs import write_self_signed
+from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster
+
+PROJECT, LOCATION = "my-project", "europe-west1"
+
+
+def gke_name(name: str) -> GkeClusterName:
+    return GkeClusterName(PROJECT, LOCATION, name)
+
+
+@pytest.fixture
+def ca_pem(tmp_path: Path) -> bytes:
+    cert = tmp_path / "ca.crt"
+    write_self_signed(cert, tmp_path / "ca.key", hosts=["127.0.0.1"])
+    return cert.read_bytes()
+
+
+async def test_statuses_errors_and_endpoints(ca_pem: bytes) -> None:
+    creds = SequenceCredentials(["gke-token-1"])
+    async with FakeClusterManager() as gke:
+        # Endpoints on a closed port: the kube-system label cannot be read, the default id is used.
+        gke.put(PROJECT, LOCATION, make_cluster("ok", "https://127.0.0.1:9", ca_pem))
+        gke.put(PROJECT, LOCATION, make_cluster("dns", "https://127.0.0.1:9", ca_pem, dns_endpoint="gke-x.example"))
+        gke.put(
+            PROJECT,
+            LOCATION,
+            make_cluster("busy", "https://127.0.0.1:9", ca_pem, status=container_v1.Cluster.Status.PROVISIONING),
+        )
+        denied = gke.put(PROJECT, LOCATION, make_cluster("denied", "https://127.0.0.1:9", ca_pem))
+        gke.fail(denied, grpc.StatusCode.PERMISSION_DENIED, "Required 'container.clusters.get' permission")
+        bad_ca = make_cluster("badca", "https://127.0.0.1:9", ca_pem)
+        bad_ca.master_auth.cluster_ca_certificate = base64.b64encode(b"not a certificate").decode()
+        gke.put(PROJECT, LOCATION, bad_ca)
+
+        provider = GoogleTokenProvider(creds)
+        discovery = GkeDiscovery(gke.client(creds), provider)
+        names = [gke_name(n) for n in ("ok", "dns", "busy", "denied", "badca", "missing")]
+        result = await discovery.fetch(names)
+
+        assert set(result.specs) == {gke_name("ok"), gke_name("dns")}
+        ok = result.specs[gke_name("ok")]
+        assert ok == ClusterSpec(
+            cluster_id="gke_my-project_europe-west1_ok", server="https://127.0.0.1:9", ca_pem=ca_pem
+        )
+        assert ok.token_provider is provider
+        # IP endpoint chosen by default even when a DNS endpoint exists
+        assert result.specs[gke_name("dns")].server == "https://127.0.0.1:9"
+        assert result.not_running == {gke_name("busy"): "PROVISIONING"}
+        assert isinstance(result.errors[gke_name("denied")], core_exceptions.PermissionDenied)
+        assert "container.clusters.get" in str(result.errors[gke_name("denied")])
+        assert isinstance(result.errors[gke_name("missing")], core_exceptions.NotFound)
+        assert "does not hold a PEM certificate" in str(result.errors[gke_name("badca")])
+        assert not result.complete
+        # the GKE API saw the very token the clusters get: one credentials object for both
+        assert set(gke.tokens_seen) == {"gke-token-1"}
+        assert creds.refreshes == 1
+
+        dns = await GkeDiscovery(gke.client(creds), provider, endpoint=EndpointKind.DNS).fetch([gke_name("dns")])
+        spec = dns.specs[gke_name("dns")]
+        assert (spec.server, spec.ca_pem) == ("https://gke-x.example", None)
+
+
+async def _namespaces(spec: ClusterSpec, tmp_path: Path) -> list[str]:
+    """List namespaces exactly as a source would connect with the spec: server, CA, token provider."""
+    assert spec.ca_pem is not None and spec.token_provider is not None
+    ca = tmp_path / f"{spec.cluster_id}.crt"
+    ca.write_bytes(spec.ca_pem)
+    cfg = client.Configuration()
+    cfg.host = spec.server
+    cfg.ssl_ca_cert = str(ca)
+    install_token_hook(cfg, spec.token_provider)
+    async with client.ApiClient(cfg) as api:
+        return [ns.metadata.name for ns in (await client.CoreV1Api(api).list_namespace()).items]
+
+
+@pytest.mark.cluster
+async def test_two_clusters_discovered_and_reachable(cluster_factory, tmp_path: Path) -> None:
+    clusters = cluster_factory(2, extra_tokens=["wi-token-1"])
+    async with clusters[0].api_client() as api:
+        await objects.create_namespace(api, "only-in-one")
+    async with clusters[1].api_client() as api:
+        await objects.label_namespace(api, "kube-system", {CLUSTER_ID_LABEL: "prod-eu"})
+
+    creds = SequenceCredentials(["wi-token-1"])
+    async with FakeClusterManager() as gke:
+        for c in clusters:
+            gke.put(PROJECT, LOCATION, make_cluster(c.name, c.server, c.ca_file))
+        discovery = GkeDiscovery(gke.client(creds), GoogleTokenProvider(creds))
+        result = await discovery.fetch([gke_name(c.name) for c in clusters])
+
+    assert result.complete
+    first, second = (result.specs[gke_name(c.name)] for c in clusters)
+    assert first.cluster_id == "gke_my-project_europe-west1_cluster-1"
+    assert second.cluster_id == "prod-eu"  # named by its kube-system label
+    assert (first.server, second.server) == (clusters[0].server, clusters[1].server)
+    assert first.ca_pem == clusters[0].ca_file.read_bytes()
+    assert "only-in-one" in await _namespaces(first, tmp_path)
+    assert "only-in-one" not in await _namespaces(second, tmp_path)
