@@ -245,3 +245,32 @@ async def test_failing_pass_does_not_end_the_loop(ca_pem: bytes) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_flags_build_a_working_reconciler(gke: FakeClusterManager, ca_pem: bytes) -> None:
+    import argparse
+
+    from kube_ip_tracker.gke import flags
+
+    gke.put(PROJECT, LOCATION, make_cluster("a", CLOSED, ca_pem))
+    parser = argparse.ArgumentParser()
+    flags.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--gcp-cluster-names=a,missing",
+            f"--gcp-project={PROJECT}",
+            f"--gcp-location={LOCATION}",
+            "--reconcile-interval=2m",
+            "--cluster-removal-grace=10s",
+        ]
+    )
+    creds = SequenceCredentials(["flag-token"])
+    sup = RecordingSupervisor()
+    rec = flags.build_reconciler(args, sup, credentials=creds, client=gke.client(creds))
+    assert rec is not None
+    assert (rec.interval, rec.removal_grace) == (120.0, 10.0)
+    result = await rec.reconcile_once()
+    assert sup.calls == [("start", cid("a"))]
+    assert list(result.errors) == [gke_name("missing")]  # NOT_FOUND: logged, retried, nothing else harmed
+    assert sup.running[cid("a")].token_provider is not None
+    assert await sup.running[cid("a")].token_provider() == "flag-token"
