@@ -1,0 +1,324 @@
+"""Property tests: random policies and worlds never raise; decisions obey basic laws."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kube_ip_tracker.agent.policy import PolicyEngine, PolicyError, parse_network_policy
+from kube_ip_tracker.agent.policy.worldfile import load_world
+from kube_ip_tracker.model import ContainerPort, NamespaceRecord, PodRecord
+
+CLUSTERS = ("c1", "c2")
+NAMESPACES = ("x", "y")
+KEYS = ("app", "tier")
+VALUES = ("a", "b", "c")
+PORTS = (53, 80, 81, 443)
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+CONTAINER_PORTS = (ContainerPort("http", 80, "TCP"), ContainerPort("dns", 53, "UDP"))
+CIDRS = ("10.0.0.0/8", "10.1.0.0/16", "10.2.1.7/24", "0.0.0.0/0", "192.0.2.0/24", "fd00::/8")
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+labels_st = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2)
+
+
+@st.composite
+def selectors(draw: st.DrawFn) -> dict[str, Any]:
+    selector: dict[str, Any] = {}
+    match_labels = draw(labels_st)
+    if match_labels:
+        selector["matchLabels"] = match_labels
+    expressions = []
+    for _ in range(draw(st.integers(0, 2))):
+        op = draw(st.sampled_from(("In", "NotIn", "Exists", "DoesNotExist")))
+        expression: dict[str, Any] = {"key": draw(st.sampled_from(KEYS)), "operator": op}
+        if op in ("In", "NotIn"):
+            expression["values"] = draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2))
+        expressions.append(expression)
+    if expressions:
+        selector["matchExpressions"] = expressions
+    return selector
+
+
+@st.composite
+def peers(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(("pod", "ns", "both", "ip")))
+    if kind == "ip":
+        cidr = draw(st.sampled_from(CIDRS))
+        block: dict[str, Any] = {"cidr": cidr}
+        if cidr == "10.0.0.0/8" and draw(st.booleans()):
+            block["except"] = ["10.1.0.0/16"]
+        return {"ipBlock": block}
+    peer: dict[str, Any] = {}
+    if kind in ("pod", "both"):
+        peer["podSelector"] = draw(selectors())
+    if kind in ("ns", "both"):
+        peer["namespaceSelector"] = draw(selectors())
+    return peer
+
+
+@st.composite
+def ports(draw: st.DrawFn) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    if draw(st.booleans()):
+        entry["protocol"] = draw(st.sampled_from(PROTOCOLS))
+    kind = draw(st.sampled_from(("none", "number", "range", "name")))
+    if kind == "number":
+        entry["port"] = draw(st.sampled_from(PORTS))
+    elif kind == "range":
+        low = draw(st.sampled_from(PORTS))
+        entry.update(port=low, endPort=low + draw(st.integers(0, 400)))
+    elif kind == "name":
+        entry["port"] = draw(st.sampled_from(("http", "dns")))
+    return entry
+
+
+@st.composite
+def rules(draw: st.DrawFn, peer_field: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {}
+    if draw(st.booleans()):
+        rule["ports"] = draw(st.lists(ports(), max_size=2))
+    if draw(st.booleans()):
+        rule[peer_field] = draw(st.lists(peers(), max_size=2))
+    return rule
+
+
+@st.composite
+def policies(draw: st.DrawFn, name: str) -> tuple[str, dict[str, Any]]:
+    spec: dict[str, Any] = {"podSelector": draw(selectors())}
+    if draw(st.booleans()):
+        spec["ingress"] = draw(st.lists(rules("from"), max_size=2))
+    if draw(st.booleans()):
+        spec["egress"] = draw(st.lists(rules("to"), max_size=2))
+    types = draw(st.sampled_from((None, ["Ingress"], ["Egress"], ["Ingress", "Egress"])))
+    if types is not None:
+        spec["policyTypes"] = types
+    namespace = draw(st.sampled_from(NAMESPACES))
+    cluster = draw(st.sampled_from(CLUSTERS))
+    return cluster, {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> PolicyEngine:
+    engine = PolicyEngine()
+    for c_index, cluster in enumerate(CLUSTERS):
+        for n_index, namespace in enumerate(NAMESPACES):
+            engine.set_namespace(NamespaceRecord(cluster, namespace, draw(labels_st)))
+            for p_index in range(draw(st.integers(0, 3))):
+                engine.set_pod(
+                    PodRecord(
+                        cluster=cluster,
+                        namespace=namespace,
+                        name=f"p{p_index}",
+                        labels=draw(labels_st),
+                        ports=CONTAINER_PORTS,
+                        node="n",
+                        ips=(f"10.{c_index + 1}.{n_index}.{p_index + 1}",),
+                    )
+                )
+    return engine
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    return [draw(policies(f"p{i}")) for i in range(draw(st.integers(0, 4)))]
+
+
+def all_probes(engine: PolicyEngine) -> list[tuple[str, str, str, int]]:
+    ips = [str(entry.ips[0]) for entry in engine.world.pods()] + ["192.0.2.9"]
+    return [(src, dst, proto, port) for src in ips for dst in ips for proto in ("TCP", "UDP") for port in (53, 80)]
+
+
+def verdicts(engine: PolicyEngine) -> dict[tuple[str, str, str, int], bool]:
+    return {probe: engine.decide(*probe).allowed for probe in all_probes(engine)}
+
+
+@FUZZ
+@given(engine=worlds(), specs=policy_sets())
+def test_random_valid_policies_compile_and_decide(engine: PolicyEngine, specs: list[tuple[str, Any]]) -> None:
+    for cluster, obj in specs:
+        engine.set_policy(parse_network_policy(obj, cluster))
+    for allowed in verdicts(engine).values():
+        assert isinstance(allowed, bool)
+
+
+@FUZZ
+@given(engine=worlds())
+def test_policy_less_world_allows_everything(engine: PolicyEngine) -> None:
+    assert all(verdicts(engine).values())
+
+
+@FUZZ
+@given(engine=worlds(), specs=policy_sets(), data=st.data())
+def test_adding_an_allow_rule_never_denies(engine: PolicyEngine, specs: list[tuple[str, Any]], data: Any) -> None:
+    compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
+    for policy in compiled:
+        engine.set_policy(policy)
+    before = verdicts(engine)
+    candidates = [
+        (i, direction)
+        for i, policy in enumerate(compiled)
+        for direction, affected in (("ingress", policy.affects_ingress), ("egress", policy.affects_egress))
+        if affected
+    ]
+    if not candidates:
+        return
+    index, direction = data.draw(st.sampled_from(candidates))
+    cluster, obj = specs[index]
+    obj = copy.deepcopy(obj)
+    # Pin policyTypes: adding the first egress rule must not change which directions are isolated.
+    obj["spec"]["policyTypes"] = [
+        kind
+        for kind, on in (("Ingress", compiled[index].affects_ingress), ("Egress", compiled[index].affects_egress))
+        if on
+    ]
+    obj["spec"].setdefault(direction, []).append(data.draw(rules("from" if direction == "ingress" else "to")))
+    engine.set_policy(parse_network_policy(obj, cluster))
+    after = verdicts(engine)
+    for probe, allowed in before.items():
+        if allowed:
+            assert after[probe], probe
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    max_leaves=12,
+)
+
+
+def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += paths_of(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += paths_of(item, (*prefix, index))
+    return found
+
+
+@FUZZ
+@given(spec=policies("fuzzed"), data=st.data())
+def test_mutated_policies_compile_or_raise_policy_error(spec: tuple[str, dict[str, Any]], data: Any) -> None:
+    cluster, obj = spec
+    path = data.draw(st.sampled_from(paths_of(obj)))
+    junk = data.draw(json_values)
+    if not path:
+        obj = junk
+    else:
+        target: Any = obj
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = junk
+    try:
+        compiled = parse_network_policy(obj, cluster)
+    except PolicyError as err:
+        assert str(err)
+    else:
+        engine = PolicyEngine()
+        engine.set_pod(PodRecord(cluster, "x", "a", {"app": "a"}, CONTAINER_PORTS, "n", ("10.1.0.1",)))
+        engine.set_policy(compiled)
+        engine.decide("10.1.0.1", "10.1.0.1", "TCP", 80)
+
+
+@FUZZ
+@given(document=json_values)
+def test_random_world_files_raise_only_policy_error(document: Any) -> None:
+    try:
+        load_world(json.dumps(document))
+    except PolicyError as err:
+        assert str(err)
+
+
+@FUZZ
+@given(
+    document=st.fixed_dictionaries(
+        {
+            "clusters": st.dictionaries(
+                st.sampled_from(CLUSTERS),
+                st.fixed_dictionaries({"namespaces": json_values, "pods": json_values, "networkPolicies": json_values}),
+                max_size=2,
+            ),
+            "probes": json_values,
+        }
+    )
+)
+def test_structured_junk_world_files_raise_only_policy_error(document: Any) -> None:
+    try:
+        world = load_world(json.dumps(document))
+    except PolicyError as err:
+        assert str(err)
+    else:
+        engine = world.engine()
+        assert engine.world.pod_count == len(world.pods)
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    ops: list[tuple[str, Any]] = []
+    for step in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(("pod", "delete-pod", "namespace", "delete-namespace", "policy", "delete-policy")))
+        cluster = draw(st.sampled_from(CLUSTERS))
+        namespace = draw(st.sampled_from(NAMESPACES))
+        index = draw(st.integers(0, 2))
+        if kind == "pod":
+            ip = f"10.{CLUSTERS.index(cluster) + 1}.{NAMESPACES.index(namespace)}.{index + draw(st.integers(0, 1)) + 1}"
+            record = PodRecord(cluster, namespace, f"p{index}", draw(labels_st), CONTAINER_PORTS, "n", (ip,), step)
+            ops.append((kind, record))
+        elif kind == "delete-pod":
+            ops.append((kind, (cluster, namespace, f"p{index}")))
+        elif kind == "namespace":
+            ops.append((kind, NamespaceRecord(cluster, namespace, draw(labels_st))))
+        elif kind == "delete-namespace":
+            ops.append((kind, (cluster, namespace)))
+        elif kind == "policy":
+            policy_cluster, obj = draw(policies(f"q{index}"))
+            ops.append((kind, parse_network_policy(obj, policy_cluster)))
+        else:
+            ops.append((kind, (cluster, draw(st.sampled_from(NAMESPACES)), f"q{index}")))
+    return ops
+
+
+@FUZZ
+@given(engine=worlds(), ops=operations())
+def test_incremental_updates_match_a_fresh_build(engine: PolicyEngine, ops: list[tuple[str, Any]]) -> None:
+    verdicts(engine)  # warm the per-pod caches before the updates
+    pods = {entry.record.key: entry.record for entry in engine.world.pods()}
+    namespaces = {
+        (c, n): NamespaceRecord(c, n, engine.world.namespace_labels(c, n)) for c in CLUSTERS for n in NAMESPACES
+    }
+    policies_now: dict[tuple[str, str, str], Any] = {}
+    for kind, arg in ops:
+        if kind == "pod":
+            engine.set_pod(arg)
+            pods[arg.key] = arg
+        elif kind == "delete-pod":
+            engine.delete_pod(*arg)
+            pods.pop(arg, None)
+        elif kind == "namespace":
+            engine.set_namespace(arg)
+            namespaces[arg.key] = arg
+        elif kind == "delete-namespace":
+            engine.delete_namespace(*arg)
+            namespaces.pop(arg, None)
+        elif kind == "policy":
+            engine.set_policy(arg)
+            policies_now[arg.key] = arg
+        else:
+            engine.delete_policy(*arg)
+            policies_now.pop(arg, None)
+        verdicts(engine)  # decide between updates so stale caches would show
+    fresh = PolicyEngine()
+    for record in namespaces.values():
+        fresh.set_namespace(record)
+    for record in sorted(pods.values(), key=lambda r: r.creation_timestamp):
+        fresh.set_pod(record)
+    for policy in policies_now.values():
+        fresh.set_policy(policy)
+    assert verdicts(engine) == verdicts(fresh)
