@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -395,7 +396,7 @@ def test_pod_delete_makes_its_ip_unknown(engine: PolicyEngine) -> None:
     add_policy(engine, {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]})
     assert engine.decide("10.0.1.3", "10.0.0.1", "TCP", 80).allowed
     engine.delete_pod("c1", "y", "c")
-    assert engine.world.pod_by_ip(engine.endpoint_for_ip("10.0.1.3").ip) is None  # type: ignore[arg-type]
+    assert engine.world.pod_by_ip("10.0.1.3") is None
     assert not engine.decide("10.0.1.3", "10.0.0.1", "TCP", 80).allowed
     with pytest.raises(KeyError):
         engine.decide_pods(("c1", "y", "c"), ("c1", "x", "a"), "TCP", 80)
@@ -445,3 +446,14 @@ def test_pod_without_ip_can_be_probed_by_name(engine: PolicyEngine) -> None:
 def test_invalid_ip_in_decide_raises_value_error(engine: PolicyEngine) -> None:
     with pytest.raises(ValueError):
         engine.decide("not-an-ip", "10.0.0.1", "TCP", 80)
+
+
+def test_ip_lookup_accepts_non_canonical_text_and_address_objects(engine: PolicyEngine) -> None:
+    engine.set_pod(pod("v6", "fd00::10", app="v6"))
+    for form in ("fd00::10", "fd00:0:0::0010", "FD00::10"):
+        found = engine.endpoint_for_ip(form)
+        assert found.pod is not None and found.pod.record.name == "v6"
+        assert str(found.ip) == "fd00::10"
+    address = ipaddress.ip_address("10.0.0.1")
+    found = engine.endpoint_for_ip(address)
+    assert found.pod is not None and found.pod.record.name == "a" and found.ip == address

@@ -124,8 +124,15 @@ class PolicyEngine:
 
     def endpoint_for_ip(self, ip: str | IPAddress) -> Endpoint:
         """The endpoint owning ``ip`` (a pod if one has it). ValueError for an invalid address."""
-        address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        return Endpoint(self.world.pod_by_ip(address), address)
+        world = self.world
+        if isinstance(ip, str):
+            entry = world.pod_by_ip(ip)
+            if entry is not None:  # fast path: a pod address in canonical form, no parsing
+                return Endpoint(entry, entry.ip_by_text[ip])
+            address = ipaddress.ip_address(ip)
+            text = str(address)
+            return Endpoint(world.pod_by_ip(text) if text != ip else None, address)
+        return Endpoint(world.pod_by_ip(ip), ip)
 
     def endpoint_for_pod(self, cluster: str, namespace: str, name: str) -> Endpoint:
         """The endpoint of a named pod, addressed by its primary IP. KeyError if it is unknown."""

@@ -39,11 +39,13 @@ EMPTY_SELECTION = Selection()
 class PodEntry:
     """A pod as the evaluator sees it: record, parsed IPs, named ports and cached selection."""
 
-    __slots__ = ("ips", "named_ports", "record", "selection", "selection_bucket", "selection_gen")
+    __slots__ = ("ip_by_text", "ips", "named_ports", "record", "selection", "selection_bucket", "selection_gen")
 
     def __init__(self, record: PodRecord) -> None:
         self.record = record
         self.ips: tuple[IPAddress, ...] = tuple(ipaddress.ip_address(ip) for ip in record.ips)
+        # Canonical text form -> address, so lookups by string need no parsing.
+        self.ip_by_text: dict[str, IPAddress] = {str(ip): ip for ip in self.ips}
         named: dict[tuple[str, str], set[int]] = {}
         for port in record.ports:
             if port.name:
@@ -82,7 +84,7 @@ class World:
 
     def __init__(self) -> None:
         self._pods: dict[PodKey, PodEntry] = {}
-        self._by_ip: dict[IPAddress, dict[PodKey, PodEntry]] = {}
+        self._by_ip: dict[str, dict[PodKey, PodEntry]] = {}
         self._namespaces: dict[tuple[str, str], Mapping[str, str]] = {}
         self._buckets: dict[tuple[str, str], PolicyBucket] = {}
         self._policy_count = 0
@@ -113,8 +115,8 @@ class World:
         entry = PodEntry(record)
         self.delete_pod(*record.key)
         self._pods[record.key] = entry
-        for ip in entry.ips:
-            self._by_ip.setdefault(ip, {})[record.key] = entry
+        for text in entry.ip_by_text:
+            self._by_ip.setdefault(text, {})[record.key] = entry
         return entry
 
     def delete_pod(self, cluster: str, namespace: str, name: str) -> None:
@@ -123,20 +125,21 @@ class World:
         entry = self._pods.pop(key, None)
         if entry is None:
             return
-        for ip in entry.ips:
-            owners = self._by_ip.get(ip)
+        for text in entry.ip_by_text:
+            owners = self._by_ip.get(text)
             if owners is not None:
                 owners.pop(key, None)
                 if not owners:
-                    del self._by_ip[ip]
+                    del self._by_ip[text]
 
     def pod(self, cluster: str, namespace: str, name: str) -> PodEntry | None:
         """The pod with this key, or None."""
         return self._pods.get((cluster, namespace, name))
 
-    def pod_by_ip(self, ip: IPAddress) -> PodEntry | None:
-        """The pod owning ``ip``; if several do (overlapping clusters, a stale pod), the newest wins."""
-        owners = self._by_ip.get(ip)
+    def pod_by_ip(self, ip: str | IPAddress) -> PodEntry | None:
+        """The pod owning ``ip`` (canonical text or address); if several do (overlapping clusters,
+        a stale pod), the newest wins."""
+        owners = self._by_ip.get(ip if isinstance(ip, str) else str(ip))
         if not owners:
             return None
         if len(owners) == 1:
