@@ -1,0 +1,319 @@
+"""The tracker client: keeps an :class:`~.sink.ApplySink` in step with a tracker, forever.
+
+It resolves the tracker address to all its IPs, opens a Watch stream to one of them with the typed
+stub over ``grpc.aio``, feeds the stream to a :class:`~.stream.WatchSession`, and on any failure moves
+to the next IP and reconnects with exponential backoff and jitter. After a disconnect it resumes from
+the last (epoch, revision) it applied, so only the missed changes are sent; when the tracker cannot
+resume (restart, expired change log) it sends a reset snapshot that replaces the sink's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from kube_ip_tracker.agent.client import metrics
+from kube_ip_tracker.agent.client.backoff import Backoff
+from kube_ip_tracker.agent.client.resolver import AddressRotation, ResolveFn, parse_address, resolve_all
+from kube_ip_tracker.agent.client.sink import ApplySink
+from kube_ip_tracker.agent.client.stream import ResyncRequired, WatchSession
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for the tracker connection: CA bundle to verify the tracker, optional client cert/key (mTLS).
+
+    ``server_name`` overrides the name checked against the tracker certificate; by default it is the
+    host of the configured address (the connection itself goes to the resolved IP).
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS client certificate and key must be given together (cert_file and key_file)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials; raises ``OSError`` naming an unreadable file."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file, "CA file"),
+            private_key=_read(self.key_file, "client key file"),
+            certificate_chain=_read(self.cert_file, "client certificate file"),
+        )
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read TLS {what} {path}: {e.strerror}") from e
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Tunables of :class:`TrackerClient`; the defaults suit an agent."""
+
+    clusters: Sequence[str] = ()
+    tracker_id: str = ""
+    watcher_name: str = ""
+    tls: TlsOptions | None = None
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    reresolve_interval: float = 30.0
+    keepalive_time: float = 20.0
+    keepalive_timeout: float = 10.0
+    # A tracker that accepts the connection but sends nothing for this long is given up on.
+    first_message_timeout: float = 10.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+
+class TrackerClient:
+    """Watches one tracker address and applies what it streams to ``sink``, until stopped."""
+
+    def __init__(
+        self,
+        target: str,
+        sink: ApplySink,
+        options: ClientOptions | None = None,
+        *,
+        resolve: ResolveFn = resolve_all,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.address = parse_address(target)
+        self.sink = sink
+        self.options = options or ClientOptions()
+        self._credentials = self.options.tls.credentials() if self.options.tls else None
+        self._rotation = AddressRotation(self.address, resolve, self.options.reresolve_interval)
+        self._backoff = Backoff(self.options.backoff_base, self.options.backoff_cap, rng)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.epoch = ""
+        self.revision = 0
+        self.endpoint: str | None = None
+        self.connected = False
+        self.snapshots_applied = 0
+        self._resync_reason: str | None = None
+        self._metric_labels = {"target": target}
+        metrics.CONNECTED.labels(**self._metric_labels).set(0)
+        metrics.READY.labels(**self._metric_labels).set(0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """The first complete snapshot has been applied (stays true across reconnects)."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Wait for the first complete snapshot (wrap in ``asyncio.timeout`` to bound it)."""
+        await self._ready.wait()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run :meth:`run` in a task (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name=f"tracker-client {self.target}")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the watch loop and wait for it to end."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    @property
+    def _filtered(self) -> bool:
+        return bool(self.options.clusters or self.options.tracker_id)
+
+    async def run(self) -> None:
+        """Connect, watch, and reconnect with backoff forever (until cancelled)."""
+        labels = self._metric_labels
+        first = True
+        while True:
+            if not first:
+                metrics.RECONNECTS.labels(**labels).inc()
+            first = False
+            endpoint: str | None = None
+            healthy = False
+            try:
+                endpoint = await self._rotation.next_endpoint()
+                healthy = await self._watch(endpoint)
+            except asyncio.CancelledError:
+                raise
+            except ResyncRequired as e:
+                metrics.CONNECT_ERRORS.labels(code=e.reason, **labels).inc()
+                log.warning(
+                    "Tracker %s (%s) stream out of step, reconnecting for a full resync: %s", endpoint, self.target, e
+                )
+                self._forget_resume_point(e.reason)
+                healthy = True  # the tracker works; resync right away
+            except grpc.aio.AioRpcError as e:
+                metrics.CONNECT_ERRORS.labels(code=e.code().name, **labels).inc()
+                log.warning(
+                    "Watch on tracker %s (%s) failed: %s %s", endpoint, self.target, e.code().name, e.details() or ""
+                )
+            except TimeoutError:
+                metrics.CONNECT_ERRORS.labels(code="timeout", **labels).inc()
+                log.warning(
+                    "Tracker %s (%s) sent nothing within %.0fs",
+                    endpoint,
+                    self.target,
+                    self.options.first_message_timeout,
+                )
+            except OSError as e:
+                metrics.CONNECT_ERRORS.labels(code="resolve", **labels).inc()
+                log.warning("Cannot resolve tracker address %s: %s", self.target, e)
+            except Exception:
+                metrics.CONNECT_ERRORS.labels(code="internal", **labels).inc()
+                log.exception("Watch on tracker %s (%s) failed unexpectedly", endpoint, self.target)
+            finally:
+                self._set_connected(False)
+            if healthy:
+                # The stream ended cleanly or asked for a resync: come back soon, to the same address.
+                self._backoff.reset()
+                self._rotation.mark_healthy()
+                delay = self._backoff.next_delay()
+            else:
+                if endpoint is not None:
+                    self._rotation.mark_failed(endpoint)
+                # Try the other tracker IPs at once; back off once every one of them failed.
+                failed_round = endpoint is None or self._rotation.round_failed
+                delay = self._backoff.next_delay() if failed_round else 0.0
+            metrics.BACKOFF.labels(**labels).set(delay)
+            if delay:
+                log.info("Reconnecting to tracker %s in %.2fs", self.target, delay)
+                await asyncio.sleep(delay)
+
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        opts = self.options
+        channel_options: list[tuple[str, int | str]] = [
+            ("grpc.keepalive_time_ms", int(opts.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(opts.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", opts.max_message_bytes),
+            # One connection attempt per call: failover is ours, not the channel's.
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 1000),
+        ]
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(endpoint, options=channel_options)
+        # The connection goes to a resolved IP; the certificate is checked against the configured name.
+        server_name = (opts.tls.server_name if opts.tls else None) or self.address.host
+        channel_options.append(("grpc.ssl_target_name_override", server_name))
+        return grpc.aio.secure_channel(endpoint, self._credentials, options=channel_options)
+
+    def _request(self) -> pb.WatchRequest:
+        return pb.WatchRequest(
+            epoch=self.epoch,
+            revision=self.revision if self.epoch else 0,
+            clusters=list(self.options.clusters),
+            tracker_id=self.options.tracker_id,
+            watcher_name=self.options.watcher_name,
+        )
+
+    async def _watch(self, endpoint: str) -> bool:
+        """One stream to ``endpoint``. Returns whether it got as far as a live state (for backoff)."""
+        session = WatchSession(
+            self.sink,
+            resume_epoch=self.epoch,
+            resume_revision=self.revision,
+            checked_continuity=not self._filtered,
+        )
+        async with self._channel(endpoint) as channel:
+            stub = tracker_pb2_grpc.TrackerStub(channel)
+            call = stub.Watch(self._request())
+            self.endpoint = endpoint
+            async with asyncio.timeout(self.options.first_message_timeout) as first_message:
+                async for msg in call:
+                    if not self.connected:
+                        first_message.reschedule(None)
+                        self._set_connected(True)
+                        self._log_connected(endpoint, msg)
+                    self._apply(endpoint, session, msg)
+            log.warning("Tracker %s (%s) ended the watch stream", endpoint, self.target)
+            return session.live
+
+    def _apply(self, endpoint: str, session: WatchSession, msg: pb.WatchResponse) -> None:
+        labels = self._metric_labels
+        applied = session.handle(msg)
+        metrics.MESSAGES.labels(kind=applied.kind, **labels).inc()
+        if applied.changes:
+            metrics.CHANGES.labels(**labels).inc(applied.changes)
+        if session.live:
+            self.epoch, self.revision = session.epoch, session.revision
+            metrics.REVISION.labels(**labels).set(self.revision)
+        if applied.snapshot_committed or applied.resumed:
+            # The tracker works: the next failure starts the backoff and the address rotation afresh.
+            self._backoff.reset()
+            self._rotation.mark_healthy()
+        if applied.snapshot_committed:
+            self._snapshot_done(endpoint, session)
+        if applied.resumed:
+            self._mark_ready()
+
+    def _log_connected(self, endpoint: str, msg: pb.WatchResponse) -> None:
+        if self.epoch and msg.kind == pb.WatchResponse.END_OF_SNAPSHOT and msg.epoch == self.epoch:
+            log.info(
+                "Connected to tracker %s (epoch %s), resuming from revision %d", endpoint, msg.epoch, self.revision
+            )
+        elif self.epoch:
+            log.info(
+                "Connected to tracker %s (epoch %s), cannot resume epoch %s at revision %d: receiving a full snapshot",
+                endpoint,
+                msg.epoch,
+                self.epoch,
+                self.revision,
+            )
+        else:
+            log.info("Connected to tracker %s (epoch %s), receiving a full snapshot", endpoint, msg.epoch)
+
+    def _snapshot_done(self, endpoint: str, session: WatchSession) -> None:
+        self.snapshots_applied += 1
+        if self.snapshots_applied > 1:
+            reason = self._resync_reason or ("reset" if session.reset_seen else "snapshot")
+            metrics.RESYNCS.labels(reason=reason, **self._metric_labels).inc()
+        self._resync_reason = None
+        log.info(
+            "Applied snapshot from tracker %s (epoch %s) at revision %d", endpoint, session.epoch, session.revision
+        )
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        if not self._ready.is_set():
+            self._ready.set()
+            metrics.READY.labels(**self._metric_labels).set(1)
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        metrics.CONNECTED.labels(**self._metric_labels).set(1 if value else 0)
+        if value:
+            metrics.BACKOFF.labels(**self._metric_labels).set(0)
+
+    def _forget_resume_point(self, reason: str) -> None:
+        """Ask for a full snapshot on the next connect; ``reason`` labels the resync it causes."""
+        self.epoch, self.revision = "", 0
+        self._resync_reason = reason
