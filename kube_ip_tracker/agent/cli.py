@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -29,22 +29,33 @@ EXIT_INVALID = 2
 EXIT_INTERNAL = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subparser per subcommand (``run`` comes later)."""
-    parser = argparse.ArgumentParser(prog="kube-ip-agent", description="kube-ip-tracker node agent")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``evaluate``."""
     evaluate = commands.add_parser(
         "evaluate",
         help="decide the probes of NetworkPolicy conformance world files",
         description=(
             "Print one JSON line per file: {'file': PATH, 'verdicts': ['allow'|'deny', ...]}. "
-            "With --check, compare with each probe's expect and print 'N passed, M failed' last."
+            "With --check, compare with each probe's expect and print 'N passed, M failed' "
+            "(counting probes) last."
         ),
     )
     evaluate.add_argument("files", nargs="+", metavar="FILE", help="world file (JSON)")
     evaluate.add_argument("--check", action="store_true", help="compare verdicts with each probe's expect")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+
+# Each entry registers one subcommand; its handler is called as handler(args, out, err) -> exit code.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_evaluate_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="kube-ip-agent", description="kube-ip-tracker node agent")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(commands)
     return parser
 
 

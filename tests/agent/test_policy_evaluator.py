@@ -457,3 +457,13 @@ def test_ip_lookup_accepts_non_canonical_text_and_address_objects(engine: Policy
     address = ipaddress.ip_address("10.0.0.1")
     found = engine.endpoint_for_ip(address)
     assert found.pod is not None and found.pod.record.name == "a" and found.ip == address
+
+
+def test_delete_last_policy_then_add_again(engine: PolicyEngine) -> None:
+    add_policy(engine, {"podSelector": {}})
+    assert not ok(engine, "y/c", "x/a")
+    engine.delete_policy("c1", "x", "p")
+    assert ok(engine, "y/c", "x/a")
+    assert engine.world.policies("c1", "x") == ()
+    add_policy(engine, {"podSelector": {}}, name="again")
+    assert not ok(engine, "y/c", "x/a")

@@ -174,7 +174,10 @@ class World:
         del bucket.policies[name]
         self._policy_count -= 1
         bucket.changed()
-        # Empty buckets stay: pods may hold a reference and must see the generation change.
+        if not bucket.policies:
+            # Safe: cached selections are keyed by bucket identity, so a later bucket for the same
+            # namespace never matches a stale entry, and no bucket means no selecting policy.
+            del self._buckets[(cluster, namespace)]
 
     def policies(self, cluster: str, namespace: str) -> tuple[CompiledPolicy, ...]:
         """The policies of one namespace of one cluster, sorted by name."""
@@ -193,11 +196,8 @@ class World:
             self.delete_pod(*key)
         for key in [key for key in self._namespaces if key[0] == cluster]:
             del self._namespaces[key]
-        for (bucket_cluster, _), bucket in self._buckets.items():
-            if bucket_cluster == cluster and bucket.policies:
-                self._policy_count -= len(bucket.policies)
-                bucket.policies.clear()
-                bucket.changed()
+        for key in [key for key in self._buckets if key[0] == cluster]:
+            self._policy_count -= len(self._buckets.pop(key).policies)
 
     # ---- selection cache --------------------------------------------------------------------
 
