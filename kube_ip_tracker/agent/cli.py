@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from kube_ip_tracker.agent.policy.errors import PolicyError
+from kube_ip_tracker.agent.policy.evaluator import Reason
 from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
 
 log = logging.getLogger("kube_ip_tracker.agent.cli")
@@ -94,23 +95,31 @@ def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: Text
                 print(f"{path}: probes[{index}].expect: required with --check", file=err)
                 return EXIT_INVALID
     engine = world.engine()
-    verdicts = [str(decide_probe(engine, probe)) for probe in world.probes]
-    print(json.dumps({"file": path, "verdicts": verdicts}), file=out)
+    verdicts = [decide_probe(engine, probe) for probe in world.probes]
+    print(json.dumps({"file": path, "verdicts": [str(v) for v in verdicts]}), file=out)
     if not check:
         return EXIT_OK
     status = EXIT_OK
     for index, (probe, verdict) in enumerate(zip(world.probes, verdicts, strict=True)):
-        if verdict == probe.expect:
+        if str(verdict) == probe.expect:
             tally.passed += 1
             continue
         tally.failed += 1
         status = EXIT_MISMATCH
         print(
             f"{path}: probes[{index}] {_describe_end(probe.src)} -> {_describe_end(probe.dst)} "
-            f"{probe.protocol}/{probe.port}: expected {probe.expect}, got {verdict}",
+            f"{probe.protocol}/{probe.port}: expected {probe.expect}, got {verdict} "
+            f"(egress {_explain(verdict.egress, verdict.egress_policy)}, "
+            f"ingress {_explain(verdict.ingress, verdict.ingress_policy)})",
             file=err,
         )
     return status
+
+
+def _explain(reason: Reason, policy: tuple[str, str, str] | None) -> str:
+    if policy is None:
+        return reason.value
+    return f"{reason.value} by {'/'.join(policy)}"
 
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -114,7 +114,13 @@ def test_check_reports_mismatches(tmp_path: Path) -> None:
     code, out, err = run("evaluate", "--check", path)
     assert code == 1
     assert out[-1] == "2 passed, 1 failed"
-    assert len(err) == 1 and "probes[1]" in err[0] and "expected deny, got allow" in err[0]
+    assert err == [
+        f"{path}: probes[1] c1/x/a -> c1/x/b TCP/80: expected deny, got allow (egress not-isolated, ingress not-isolated)"
+    ]
+    data["probes"][0]["expect"] = "allow"
+    code, out, err = run("evaluate", "--check", write(tmp_path, data))
+    assert (code, out[-1]) == (1, "1 passed, 2 failed")
+    assert err[0].endswith("expected allow, got deny (egress not-isolated, ingress denied)")
 
 
 def test_check_counts_across_files(tmp_path: Path) -> None:

@@ -467,3 +467,21 @@ def test_delete_last_policy_then_add_again(engine: PolicyEngine) -> None:
     assert engine.world.policies("c1", "x") == ()
     add_policy(engine, {"podSelector": {}}, name="again")
     assert not ok(engine, "y/c", "x/a")
+
+
+def test_portless_protocols_match_only_rules_without_ports(engine: PolicyEngine) -> None:
+    add_policy(engine, {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"protocol": "TCP"}]}]})
+    add_policy(engine, {"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{}]}, name="all")
+    assert not engine.decide("10.0.1.3", "10.0.0.1", 1, None).allowed  # ICMP to a: only TCP allowed
+    assert engine.decide("10.0.1.3", "10.0.0.2", 1, None).allowed  # ICMP to b: rule without ports
+
+
+def test_pod_update_with_same_labels_keeps_cached_selection(engine: PolicyEngine) -> None:
+    add_policy(engine, {"podSelector": {"matchLabels": {"pod": "a"}}})
+    assert not ok(engine, "y/c", "x/a")
+    engine.set_pod(pod("a", "10.0.0.77"))  # new IP, same labels
+    entry = engine.world.pod("c1", "x", "a")
+    assert entry is not None and [p.name for p in engine.world.selection(entry).ingress] == ["p"]
+    assert not engine.decide("10.0.1.3", "10.0.0.77", "TCP", 80).allowed
+    add_policy(engine, {"podSelector": {"matchLabels": {"pod": "zz"}}})  # replaces p: a no longer selected
+    assert engine.decide("10.0.1.3", "10.0.0.77", "TCP", 80).allowed

@@ -113,6 +113,12 @@ class World:
     def set_pod(self, record: PodRecord) -> PodEntry:
         """Add or replace a pod. Raises ValueError for an unparsable IP."""
         entry = PodEntry(record)
+        old = self._pods.get(record.key)
+        if old is not None and old.record.labels == record.labels:
+            # Same labels (e.g. only the IP or node changed): the cached selection still holds.
+            entry.selection = old.selection
+            entry.selection_bucket = old.selection_bucket
+            entry.selection_gen = old.selection_gen
         self.delete_pod(*record.key)
         self._pods[record.key] = entry
         for text in entry.ip_by_text:
