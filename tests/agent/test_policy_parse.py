@@ -230,3 +230,27 @@ def test_known_metadata_fields_accepted() -> None:
     compiled = parse_network_policy(obj, "c1")
     assert compiled.pod_selector.is_empty
     assert compiled.ingress == () and compiled.egress == ()
+
+
+def test_non_strict_mode_ignores_unknown_fields_but_still_validates() -> None:
+    obj = policy(
+        {"podSelector": {"matchLabels": {"a": "b"}, "x": 1}, "ingress": [{"from": [{"podSelector": {}, "y": 2}]}]}
+    )
+    obj["status"] = {}
+    obj["metadata"]["futureField"] = True
+    with pytest.raises(PolicyError):
+        parse_network_policy(obj, "c1")
+    compiled = parse_network_policy(obj, "c1", strict=False)
+    assert compiled.pod_selector.matches({"a": "b"})
+    assert compiled.ingress[0].peers[0].pod_selector is not None
+    obj["spec"]["ingress"][0]["ports"] = [{"port": 0}]
+    with pytest.raises(PolicyError) as info:
+        parse_network_policy(obj, "c1", strict=False)
+    assert info.value.path == "spec.ingress[0].ports[0].port"
+
+
+def test_prune_schema_knows_the_same_selector_fields_as_the_parser() -> None:
+    from kube_ip_tracker.agent.policy.parse import POLICY_SCHEMA
+    from kube_ip_tracker.agent.policy.selectors import SELECTOR_FIELDS
+
+    assert frozenset(POLICY_SCHEMA["spec"]["podSelector"]) == SELECTOR_FIELDS

@@ -14,37 +14,71 @@ from typing import Any
 from .compiled import PROTOCOLS, CompiledPolicy, IPBlock, IPNetwork, Peer, PortSpec, Rule
 from .errors import PolicyError, join
 from .names import dns1123_label_problem, dns1123_subdomain_problem, port_name_problem
-from .selectors import expect_list, expect_object, expect_string, parse_selector, reject_unknown
+from .selectors import (
+    REQUIREMENT_FIELDS,
+    expect_list,
+    expect_object,
+    expect_string,
+    parse_selector,
+    reject_unknown,
+)
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
 
-_TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec"})
-_METADATA_FIELDS = frozenset(
-    {
-        "name",
-        "generateName",
-        "namespace",
-        "selfLink",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "labels",
-        "annotations",
-        "ownerReferences",
-        "finalizers",
-        "managedFields",
-    }
+_METADATA_FIELDS = (
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
 )
-_SPEC_FIELDS = frozenset({"podSelector", "ingress", "egress", "policyTypes"})
-_INGRESS_FIELDS = frozenset({"ports", "from"})
-_EGRESS_FIELDS = frozenset({"ports", "to"})
-_PEER_FIELDS = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
-_IPBLOCK_FIELDS = frozenset({"cidr", "except"})
-_PORT_FIELDS = frozenset({"protocol", "port", "endPort"})
+
+# The known fields of a NetworkPolicy: a dict maps field -> schema of its value, a one-element list
+# is an array of that schema, None is a leaf. The field sets below are derived from it.
+_SELECTOR_SCHEMA: dict[str, Any] = {
+    "matchLabels": None,
+    "matchExpressions": [dict.fromkeys(REQUIREMENT_FIELDS)],
+}
+_PEER_SCHEMA: dict[str, Any] = {
+    "podSelector": _SELECTOR_SCHEMA,
+    "namespaceSelector": _SELECTOR_SCHEMA,
+    "ipBlock": {"cidr": None, "except": None},
+}
+_PORT_SCHEMA: dict[str, Any] = {"protocol": None, "port": None, "endPort": None}
+_INGRESS_SCHEMA: dict[str, Any] = {"ports": [_PORT_SCHEMA], "from": [_PEER_SCHEMA]}
+_EGRESS_SCHEMA: dict[str, Any] = {"ports": [_PORT_SCHEMA], "to": [_PEER_SCHEMA]}
+_SPEC_SCHEMA: dict[str, Any] = {
+    "podSelector": _SELECTOR_SCHEMA,
+    "ingress": [_INGRESS_SCHEMA],
+    "egress": [_EGRESS_SCHEMA],
+    "policyTypes": None,
+}
+POLICY_SCHEMA: dict[str, Any] = {
+    "apiVersion": None,
+    "kind": None,
+    "metadata": dict.fromkeys(_METADATA_FIELDS),
+    "spec": _SPEC_SCHEMA,
+}
+
+_TOP_FIELDS = frozenset(POLICY_SCHEMA)
+_METADATA_SET = frozenset(_METADATA_FIELDS)
+_SPEC_FIELDS = frozenset(_SPEC_SCHEMA)
+_INGRESS_FIELDS = frozenset(_INGRESS_SCHEMA)
+_EGRESS_FIELDS = frozenset(_EGRESS_SCHEMA)
+_PEER_FIELDS = frozenset(_PEER_SCHEMA)
+_IPBLOCK_FIELDS = frozenset(_PEER_SCHEMA["ipBlock"])
+_PORT_FIELDS = frozenset(_PORT_SCHEMA)
 _POLICY_TYPES = ("Ingress", "Egress")
 _CIDR_SYNTAX = re.compile(r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$")
 
@@ -61,11 +95,25 @@ def policy_identity(obj: Any) -> str:
     return f"{namespace}/{name}"
 
 
-def parse_network_policy(obj: Any, cluster: str) -> CompiledPolicy:
+def prune_unknown(value: Any, schema: Any = POLICY_SCHEMA) -> Any:
+    """A copy of ``value`` without the fields ``schema`` does not know (other shapes are kept)."""
+    if isinstance(schema, dict) and isinstance(value, dict):
+        return {key: prune_unknown(item, schema[key]) for key, item in value.items() if key in schema}
+    if isinstance(schema, list) and isinstance(value, list):
+        return [prune_unknown(item, schema[0]) for item in value]
+    return value
+
+
+def parse_network_policy(obj: Any, cluster: str, *, strict: bool = True) -> CompiledPolicy:
     """Validate one NetworkPolicy object (parsed JSON) of ``cluster`` and compile it.
 
+    ``strict`` rejects unknown fields, as the API server's strict field validation does. A live
+    informer, whose objects the API server has already validated, may pass ``strict=False`` to
+    ignore fields of other API versions (such as the removed ``status``).
     Raises :class:`PolicyError` whose path is relative to the object (``spec.ingress[0]...``).
     """
+    if not strict:
+        obj = prune_unknown(obj)
     top = expect_object(obj, "")
     reject_unknown(top, _TOP_FIELDS, "")
     if "apiVersion" in top and top["apiVersion"] != API_VERSION:
@@ -107,7 +155,7 @@ def _parse_metadata(value: Any) -> tuple[str, str]:
     if value is None:
         raise PolicyError("metadata", "required value")
     meta = expect_object(value, "metadata")
-    reject_unknown(meta, _METADATA_FIELDS, "metadata")
+    reject_unknown(meta, _METADATA_SET, "metadata")
     if not meta.get("name"):
         raise PolicyError("metadata.name", "required value")
     name = expect_string(meta["name"], "metadata.name")

@@ -66,8 +66,8 @@ class LabelSelector:
 
 EVERYTHING = LabelSelector()
 
-_SELECTOR_FIELDS = frozenset({"matchLabels", "matchExpressions"})
-_REQUIREMENT_FIELDS = frozenset({"key", "operator", "values"})
+SELECTOR_FIELDS = frozenset({"matchLabels", "matchExpressions"})
+REQUIREMENT_FIELDS = frozenset({"key", "operator", "values"})
 
 
 def expect_object(value: Any, path: str) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def parse_selector(value: Any, path: str) -> LabelSelector:
     if value is None:
         return EVERYTHING
     obj = expect_object(value, path)
-    reject_unknown(obj, _SELECTOR_FIELDS, path)
+    reject_unknown(obj, SELECTOR_FIELDS, path)
     match_labels = parse_labels(obj.get("matchLabels"), join(path, "matchLabels"))
     requirements = []
     expressions_path = join(path, "matchExpressions")
@@ -151,7 +151,7 @@ def parse_selector(value: Any, path: str) -> LabelSelector:
 
 def _parse_requirement(value: Any, path: str) -> Requirement:
     obj = expect_object(value, path)
-    reject_unknown(obj, _REQUIREMENT_FIELDS, path)
+    reject_unknown(obj, REQUIREMENT_FIELDS, path)
     if "key" not in obj:
         raise PolicyError(join(path, "key"), "required value")
     key = expect_string(obj["key"], join(path, "key"))
