@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kube_ip_tracker.agent.policy import PolicyEngine, Reason, parse_network_policy
+from kube_ip_tracker.agent.policy import LabelSelector, PolicyEngine, Reason, parse_network_policy
 from kube_ip_tracker.model import ContainerPort, NamespaceRecord, PodRecord
 
 HTTP = (ContainerPort("http", 80, "TCP"), ContainerPort("dns", 53, "UDP"), ContainerPort("sctp", 90, "SCTP"))
@@ -485,3 +485,28 @@ def test_pod_update_with_same_labels_keeps_cached_selection(engine: PolicyEngine
     assert not engine.decide("10.0.1.3", "10.0.0.77", "TCP", 80).allowed
     add_policy(engine, {"podSelector": {"matchLabels": {"pod": "zz"}}})  # replaces p: a no longer selected
     assert engine.decide("10.0.1.3", "10.0.0.77", "TCP", 80).allowed
+
+
+def test_decisions_touch_only_policies_of_the_endpoints_namespaces(
+    engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(300):
+        add_policy(engine, {"podSelector": {"matchLabels": {"pod": "a"}}}, name=f"other-{index}", ns="y")
+        add_policy(engine, {"podSelector": {}}, name=f"remote-{index}", cluster="c2")
+    add_policy(engine, {"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [{"podSelector": {}}]}]})
+    for index in range(300):
+        engine.set_pod(pod(f"filler-{index}", f"10.5.{index // 250}.{index % 250}", namespace="y"))
+    calls = 0
+    original = LabelSelector.matches
+
+    def counting(self: LabelSelector, labels: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return original(self, labels)
+
+    monkeypatch.setattr(LabelSelector, "matches", counting)
+    assert ok(engine, "x/a", "x/b")  # cold: selections of x/a and x/b are computed from x's one policy
+    assert calls <= 4
+    calls = 0
+    assert ok(engine, "x/a", "x/b")  # warm: only the peer selector of the one rule
+    assert calls <= 2

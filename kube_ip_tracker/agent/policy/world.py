@@ -157,6 +157,10 @@ class World:
         return iter(self._pods.values())
 
     @property
+    def namespace_count(self) -> int:
+        return len(self._namespaces)
+
+    @property
     def pod_count(self) -> int:
         return len(self._pods)
 

@@ -1,0 +1,21 @@
+"""Smoke test of bench/bench_evaluator.py at a tiny size (figures are not checked: no speed targets here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_evaluator.py"
+
+
+def test_bench_runs_and_reports_figures() -> None:
+    spec = importlib.util.spec_from_file_location("bench_evaluator_smoke", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.run(sizes=((60, 40),), decisions=300)
+    assert report["benchmark"] == "evaluator"
+    (result,) = report["results"]
+    assert result["pods"] == 60 and result["policies"] == 40 and result["decisions"] == 300
+    assert result["warm_decisions_per_second"] > 0
+    assert 0 < result["allowed_fraction"] < 1
