@@ -114,3 +114,45 @@ async def test_two_clusters_discovered_and_reachable(cluster_factory, tmp_path: 
     assert first.ca_pem == clusters[0].ca_file.read_bytes()
     assert "only-in-one" in await _namespaces(first, tmp_path)
     assert "only-in-one" not in await _namespaces(second, tmp_path)
+
+
+async def test_check_command_prints_each_cluster(ca_pem: bytes) -> None:
+    import argparse
+    import io
+
+    from kube_ip_tracker.gke import check, flags
+
+    creds = SequenceCredentials(["check-token"])
+    async with FakeClusterManager() as gke:
+        gke.put(PROJECT, LOCATION, make_cluster("ok", "https://127.0.0.1:9", ca_pem))
+        gke.put(
+            PROJECT,
+            LOCATION,
+            make_cluster("stopping", "https://127.0.0.1:9", ca_pem, status=container_v1.Cluster.Status.STOPPING),
+        )
+        parser = argparse.ArgumentParser()
+        flags.add_arguments(parser)
+        args = parser.parse_args(
+            [f"--gcp-cluster-names={PROJECT}/{LOCATION}/ok,{PROJECT}/{LOCATION}/stopping,{PROJECT}/{LOCATION}/gone"]
+        )
+        out = io.StringIO()
+        status = await check.run_check(args, credentials=creds, client=gke.client(creds), out=out)
+    lines = out.getvalue().splitlines()
+    assert status == 1
+    assert lines[0].split() == [
+        "OK",
+        "my-project/europe-west1/ok",
+        "id=gke_my-project_europe-west1_ok",
+        "server=https://127.0.0.1:9",
+        "verified-with=cluster",
+        "CA",
+    ]
+    assert lines[1].split() == ["NOT", "RUNNING", "my-project/europe-west1/stopping", "status=STOPPING"]
+    assert lines[2].startswith("ERROR        my-project/europe-west1/gone  NotFound: 404")
+
+
+def test_check_command_without_clusters_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from kube_ip_tracker.gke import check
+
+    assert check.main([]) == 2
+    assert "no GKE clusters configured" in capsys.readouterr().out
