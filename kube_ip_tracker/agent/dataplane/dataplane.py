@@ -1,0 +1,432 @@
+"""The agent's packet enforcement: first packets over NFQUEUE, accepted connections marked in conntrack."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kube_ip_tracker.agent.client.backoff import Backoff
+
+from . import commands, conntrack
+from . import metrics as m
+from .config import DataplaneConfig, IPNetwork, parse_networks
+from .nfq import QueueSocket
+from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
+from .rules import Backend, RuleSet, parse_iptables_save, queue_statement, split_families
+
+log = logging.getLogger("kube_ip_tracker.agent.dataplane")
+
+Decide = Callable[[PacketInfo], bool | Awaitable[bool]]
+IsReady = Callable[[], bool]
+
+NFT = "nft"
+IPTABLES_TOOLS = (("iptables", "ipv4"), ("ip6tables", "ipv6"))
+
+
+class DataplaneError(RuntimeError):
+    """The dataplane could not start or change its rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidation:
+    """Outcome of one :meth:`Dataplane.revalidate` pass."""
+
+    outcome: str  # ok, not-ready, timeout, error
+    checked: int = 0
+    cleared: int = 0
+
+
+async def detect_backend(config: DataplaneConfig) -> Backend:
+    """nft when the kernel accepts an nft ``queue`` rule (checked with ``nft -c``, nothing is loaded), else iptables."""
+    probe = (
+        f"table inet {config.name}-probe {{\n  chain probe {{\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f"    meta l4proto 253 {queue_statement(config.nfqueue_id, True)}\n  }}\n}}\n"
+    )
+    try:
+        await commands.run([NFT, "-c", "-f", "-"], stdin=probe, time_limit=config.command_timeout)
+        return Backend.NFT
+    except commands.CommandError as exc:
+        errors = [line for line in exc.stderr.splitlines() if "Error" in line] or [exc.stderr.strip()]
+        log.info("nft queue expression unavailable (%s); using iptables NFQUEUE", errors[0].strip())
+    try:
+        await commands.run(["iptables-save", "-t", "filter"], time_limit=config.command_timeout)
+    except commands.CommandError as exc:
+        raise DataplaneError(f"neither nft queue nor iptables NFQUEUE is usable: {exc}") from exc
+    return Backend.IPTABLES
+
+
+class Dataplane:
+    """Enforces verdicts for connections to and from this node's pods.
+
+    ``decide(packet)`` returns (or resolves to) True to allow the connection; it runs on the event
+    loop of :meth:`start`. ``is_ready()`` says whether decisions can be trusted yet; while it is
+    False, packets pass (``fail_open``) or are dropped, and nothing is marked, so the connection is
+    decided again on its next packet once the agent is ready.
+    """
+
+    def __init__(self, config: DataplaneConfig, decide: Decide, is_ready: IsReady) -> None:
+        self.config = config
+        self._decide = decide
+        self._is_ready = is_ready
+        self._pods: tuple[IPNetwork, ...] = config.local_pods
+        self._backend: Backend | None = None
+        self._rules: RuleSet | None = None
+        self._queue: QueueSocket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, tuple[Any, asyncio.Task[None]]] = {}
+        self._rule_lock = asyncio.Lock()
+        self._revalidate_lock = asyncio.Lock()
+        self._rebind_task: asyncio.Task[None] | None = None
+        self._label = str(config.nfqueue_id)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend chosen at :meth:`start` (None before)."""
+        return self._backend
+
+    @property
+    def running(self) -> bool:
+        return self._queue is not None
+
+    async def start(self) -> None:
+        """Bind the queue, then install (or atomically replace) the rules."""
+        if self._queue is not None:
+            raise DataplaneError("dataplane already started")
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._backend = await detect_backend(cfg) if cfg.backend == "auto" else Backend(cfg.backend)
+        self._rules = RuleSet(cfg, self._backend)
+        for backend in Backend:
+            m.BACKEND.labels(self._label, backend.value).set(1 if backend is self._backend else 0)
+        queue = QueueSocket(cfg.nfqueue_id, cfg.queue_max_len, self._on_packet)
+        queue.bind(cfg.fail_open)
+        queue.on_error = self._on_queue_error
+        queue.attach(self._loop)
+        self._queue = queue
+        try:
+            await self._install()
+        except BaseException:
+            self._queue = None
+            queue.close()
+            raise
+        log.info(
+            "dataplane started: backend=%s queue=%d fail_open=%s pods=%s table=inet %s",
+            self._backend.value,
+            cfg.nfqueue_id,
+            cfg.fail_open,
+            ",".join(str(p) for p in self._pods) or "(none)",
+            cfg.name,
+        )
+
+    async def stop(self, remove_rules: bool = True) -> None:
+        """Remove the rules (unless ``remove_rules`` is False), give every pending packet a verdict, unbind."""
+        if self._rebind_task is not None:
+            self._rebind_task.cancel()
+            self._rebind_task = None
+        try:
+            if remove_rules:
+                await self.remove_rules()
+        finally:
+            queue, self._queue = self._queue, None
+            if queue is not None:
+                queue.poll()  # packets queued before the rules went away
+                self._flush_pending("shutdown")
+                queue.close()
+            log.info(
+                "dataplane stopped: queue=%d rules %s", self.config.nfqueue_id, "removed" if remove_rules else "kept"
+            )
+
+    async def remove_rules(self) -> None:
+        """Delete our iptables chain (if any) and nft table."""
+        rules = self._rules or RuleSet(self.config, Backend.IPTABLES)
+        async with self._rule_lock:
+            try:
+                await self._remove_iptables(rules)
+                await self._nft(rules.nft_delete(), "remove")
+            except commands.CommandError as exc:
+                raise DataplaneError(f"removing dataplane rules failed: {exc}") from exc
+
+    async def __aenter__(self) -> Dataplane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- local pods ------------------------------------------------------------------------------
+
+    @property
+    def local_pods(self) -> tuple[IPNetwork, ...]:
+        return self._pods
+
+    async def set_local_pods(self, pods: Iterable[str | IPNetwork]) -> None:
+        """Replace the enforced pod addresses/CIDRs in one nft transaction."""
+        networks = tuple(p if not isinstance(p, str) else parse_networks([p])[0] for p in pods)
+        if self._rules is not None and self._queue is not None:
+            async with self._rule_lock:
+                await self._nft(self._rules.nft_set_pods(networks), "pods")
+        self._pods = networks
+        log.info("dataplane local pods: %s", ",".join(str(p) for p in networks) or "(none)")
+
+    def is_local(self, ip: IPAddress) -> bool:
+        """Whether ``ip`` belongs to a local pod."""
+        return any(ip in net for net in self._pods if net.version == ip.version)
+
+    # --- rules -----------------------------------------------------------------------------------
+
+    async def _nft(self, text: str, op: str) -> None:
+        try:
+            await commands.run([NFT, "-f", "-"], stdin=text, time_limit=self.config.command_timeout)
+        except commands.CommandError:
+            m.RULE_SYNCS.labels(self._label, op, "error").inc()
+            raise
+        m.RULE_SYNCS.labels(self._label, op, "ok").inc()
+
+    async def _iptables_state(self, tool: str, chain: str) -> tuple[bool, dict[str, int]]:
+        saved = await commands.run([f"{tool}-save", "-t", "filter"], time_limit=self.config.command_timeout)
+        return parse_iptables_save(saved.stdout, chain)
+
+    async def _restore(self, tool: str, text: str, op: str) -> None:
+        try:
+            await commands.run([f"{tool}-restore", "--noflush"], stdin=text, time_limit=self.config.command_timeout)
+        except commands.CommandError:
+            m.RULE_SYNCS.labels(self._label, op, "error").inc()
+            raise
+        m.RULE_SYNCS.labels(self._label, op, "ok").inc()
+
+    async def _install(self) -> None:
+        assert self._rules is not None
+        rules = self._rules
+        async with self._rule_lock:
+            try:
+                await self._nft(rules.nft_replace(self._pods), "install")
+                if self._backend is Backend.IPTABLES:
+                    for tool, family in IPTABLES_TOOLS:
+                        await self._install_iptables(tool, family, rules)
+                else:
+                    await self._remove_iptables(rules)
+            except commands.CommandError as exc:
+                raise DataplaneError(f"installing dataplane rules failed: {exc}") from exc
+
+    async def _install_iptables(self, tool: str, family: str, rules: RuleSet) -> None:
+        # iptables-save and -restore are two steps; retry when someone changed the hook chains in between.
+        for attempt in range(3):
+            try:
+                _, jumps = await self._iptables_state(tool, rules.queue_chain)
+                await self._restore(tool, rules.iptables_install(jumps), "install")
+                return
+            except commands.CommandError as exc:
+                if family == "ipv6" and not split_families(self._pods)[1]:
+                    log.warning("%s unusable, IPv6 pod traffic is not queued: %s", tool, exc)
+                    return
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def _remove_iptables(self, rules: RuleSet) -> None:
+        for tool, _family in IPTABLES_TOOLS:
+            try:
+                exists, jumps = await self._iptables_state(tool, rules.queue_chain)
+            except commands.CommandError as exc:
+                log.debug("%s-save failed, nothing to remove: %s", tool, exc)
+                continue
+            if exists or jumps:
+                await self._restore(tool, rules.iptables_remove(jumps), "remove")
+
+    # --- verdicts --------------------------------------------------------------------------------
+
+    def _default_verdict(self, packet: Any, info: PacketInfo | None, reason: str) -> None:
+        """The fail-open/closed verdict: accept without marking, or drop."""
+        if self.config.fail_open:
+            m.FAIL_OPEN_PASSES.labels(self._label, reason).inc()
+            self._give(packet, info, accept=False, fail_open=True, reason=reason)
+        else:
+            self._give(packet, info, accept=False, fail_open=False, reason=reason)
+
+    def _give(self, packet: Any, info: PacketInfo | None, accept: bool, fail_open: bool, reason: str) -> None:
+        try:
+            if accept:
+                packet.set_mark(packet.get_mark() | self.config.verdict_mark)
+                packet.accept()
+            elif fail_open:
+                packet.accept()
+            else:
+                packet.drop()
+        except RuntimeError as exc:  # queue unbound meanwhile: the kernel has dropped the packet
+            m.QUEUE_ERRORS.labels(self._label, "verdict").inc()
+            log.warning("verdict for %s failed: %s", info, exc)
+            return
+        result = "accept" if accept or fail_open else "drop"
+        m.VERDICTS.labels(self._label, result, reason).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("queue %d: %s %s (%s)", self.config.nfqueue_id, result, info, reason)
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self._is_ready())
+        except Exception:
+            log.exception("is_ready callback failed; treating the agent as not ready")
+            m.QUEUE_ERRORS.labels(self._label, "ready-callback").inc()
+            return False
+
+    def _on_packet(self, packet: Any) -> None:
+        """Called from the queue socket for each packet; never raises, always leads to a verdict."""
+        m.PACKETS_QUEUED.labels(self._label).inc()
+        try:
+            info = parse_packet(packet.get_payload())
+        except (PacketParseError, RuntimeError) as exc:
+            m.QUEUE_ERRORS.labels(self._label, "parse").inc()
+            log.warning("queue %d: unreadable packet (%s)", self.config.nfqueue_id, exc)
+            self._default_verdict(packet, None, "parse-error")
+            return
+        if not self._ready():
+            self._default_verdict(packet, info, "not-ready")
+            return
+        try:
+            result = self._decide(info)
+        except Exception:
+            m.QUEUE_ERRORS.labels(self._label, "decide").inc()
+            log.exception("decide failed for %s", info)
+            self._default_verdict(packet, info, "error")
+            return
+        if inspect.isawaitable(result):
+            assert self._loop is not None
+            key = id(packet)
+            task = self._loop.create_task(self._finish(key, packet, info, result))
+            self._pending[key] = (packet, task)
+            m.PENDING.labels(self._label).set(len(self._pending))
+            return
+        self._give(packet, info, accept=bool(result), fail_open=False, reason="decided")
+
+    async def _finish(self, key: int, packet: Any, info: PacketInfo, result: Awaitable[bool]) -> None:
+        try:
+            allowed = await asyncio.wait_for(result, self.config.verdict_timeout)
+        except TimeoutError:
+            m.QUEUE_ERRORS.labels(self._label, "timeout").inc()
+            log.warning("no decision for %s within %ss", info, self.config.verdict_timeout)
+            if self._pending.pop(key, None) is not None:
+                self._default_verdict(packet, info, "timeout")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            m.QUEUE_ERRORS.labels(self._label, "decide").inc()
+            log.exception("decide failed for %s", info)
+            if self._pending.pop(key, None) is not None:
+                self._default_verdict(packet, info, "error")
+            return
+        finally:
+            m.PENDING.labels(self._label).set(len(self._pending))
+        if self._pending.pop(key, None) is not None:
+            self._give(packet, info, accept=bool(allowed), fail_open=False, reason="decided")
+        m.PENDING.labels(self._label).set(len(self._pending))
+
+    def _flush_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for packet, task in pending.values():
+            task.cancel()
+            self._default_verdict(packet, None, reason)
+        m.PENDING.labels(self._label).set(0)
+
+    # --- queue recovery --------------------------------------------------------------------------
+
+    def _on_queue_error(self, exc: OSError) -> None:
+        m.QUEUE_ERRORS.labels(self._label, "recv").inc()
+        log.error("queue %d: receive failed (%s); rebinding", self.config.nfqueue_id, exc)
+        if self._loop is not None and (self._rebind_task is None or self._rebind_task.done()):
+            self._rebind_task = self._loop.create_task(self._rebind())
+
+    async def _rebind(self) -> None:
+        """Rebind the queue with exponential backoff until it works or the dataplane stops."""
+        backoff = Backoff(0.05, 5.0)
+        while self._queue is not None:
+            self._flush_pending("error")
+            self._queue.close()
+            queue = QueueSocket(self.config.nfqueue_id, self.config.queue_max_len, self._on_packet)
+            try:
+                queue.bind(self.config.fail_open)
+            except OSError as exc:
+                m.QUEUE_ERRORS.labels(self._label, "rebind").inc()
+                delay = backoff.next_delay()
+                log.error("queue %d: rebind failed (%s); retrying in %.2fs", self.config.nfqueue_id, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            queue.on_error = self._on_queue_error
+            assert self._loop is not None
+            queue.attach(self._loop)
+            self._queue = queue
+            log.info("queue %d: rebound", self.config.nfqueue_id)
+            return
+
+    # --- revalidation ----------------------------------------------------------------------------
+
+    async def revalidate(self) -> Revalidation:
+        """Re-decide every accepted connection of a local pod; delete the conntrack entries now denied.
+
+        Bounded by ``revalidate_timeout``. A deleted TCP/UDP connection's next packet is a new
+        connection to the kernel (unmarked), so it is queued and decided again.
+        """
+        label = self._label
+        if not self._ready():
+            m.REVALIDATIONS.labels(label, "not-ready").inc()
+            return Revalidation("not-ready")
+        async with self._revalidate_lock:
+            started = time.monotonic()
+            counts = [0, 0]
+            try:
+                await asyncio.wait_for(self._revalidate(counts), self.config.revalidate_timeout)
+                outcome = "ok"
+            except TimeoutError:
+                outcome = "timeout"
+                log.warning("revalidation stopped after %ss: checked=%d", self.config.revalidate_timeout, counts[0])
+            except commands.CommandError as exc:
+                outcome = "error"
+                log.error("revalidation failed: %s", exc)
+            m.REVALIDATIONS.labels(label, outcome).inc()
+            m.REVALIDATION_SECONDS.labels(label).observe(time.monotonic() - started)
+            if counts[1]:
+                log.info("revalidation: checked %d connections, cleared %d", counts[0], counts[1])
+            return Revalidation(outcome, counts[0], counts[1])
+
+    async def _allowed(self, info: PacketInfo) -> bool:
+        try:
+            result = self._decide(info)
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, self.config.verdict_timeout)
+            return bool(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            m.QUEUE_ERRORS.labels(self._label, "decide").inc()
+            log.exception("decide failed for %s during revalidation", info)
+            return self.config.fail_open
+
+    async def _revalidate(self, counts: list[int]) -> None:
+        v4, v6 = split_families(self._pods)
+        families = [f for f, nets in (("ipv4", v4), ("ipv6", v6)) if nets]
+        entries = await conntrack.list_marked(self.config.accepted_ct_mark, families, self.config.command_timeout)
+        denied: list[conntrack.Entry] = []
+        for entry in entries:
+            if not (self.is_local(entry.src) or self.is_local(entry.dst)):
+                continue
+            counts[0] += 1
+            if not await self._allowed(entry.packet):
+                denied.append(entry)
+        limit = asyncio.Semaphore(8)
+
+        async def delete(entry: conntrack.Entry) -> None:
+            async with limit:
+                if await conntrack.delete(entry, self.config.command_timeout):
+                    counts[1] += 1
+                    m.CONNTRACK_CLEARED.labels(self._label).inc()
+                    log.info("revalidation: cut %s", entry.packet)
+
+        await asyncio.gather(*(delete(e) for e in denied))

@@ -1,0 +1,170 @@
+"""The rule texts: one nft transaction for our table, one iptables-restore transaction for the queue chain.
+
+Packet path on a hook (forward, input, output), for packets to or from a local pod:
+
+1. nft ``inet <name>``, priority filter-5: a connection whose conntrack mark has the accepted bit is
+   accepted here (stays in the kernel); any other packet is queued (nft backend) or gets the queue
+   bit in its packet mark (iptables backend).
+2. iptables ``filter`` (iptables backend only), priority filter: ``<PREFIX>-QUEUE`` sends packets with
+   the queue bit to NFQUEUE. Its ``--queue-bypass`` (nft: ``bypass``) lets packets pass while no
+   agent listens when ``fail_open``; without it they are dropped.
+3. nft ``inet <name>``, priority filter+5: a packet the agent accepted carries the verdict bit; its
+   connection gets the accepted conntrack mark. Both packet bits are cleared again.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .config import DataplaneConfig, IPNetwork
+
+HOOKS = ("forward", "input", "output")
+IPTABLES_HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+
+
+class Backend(enum.Enum):
+    """Where the NFQUEUE rule lives."""
+
+    NFT = "nft"
+    IPTABLES = "iptables"
+
+
+def _elements(networks: Iterable[IPNetwork]) -> str:
+    return ", ".join(str(n) for n in networks)
+
+
+def split_families(networks: Iterable[IPNetwork]) -> tuple[list[IPNetwork], list[IPNetwork]]:
+    """Collapse overlapping networks; return (IPv4, IPv6)."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
+
+
+def queue_statement(queue_num: int, bypass: bool) -> str:
+    """The nft queue statement."""
+    return f"queue num {queue_num}" + (" bypass" if bypass else "")
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Renders the rules of one config, backend and set of local pods."""
+
+    config: DataplaneConfig
+    backend: Backend
+
+    @property
+    def table(self) -> str:
+        return f"inet {self.config.name}"
+
+    @property
+    def queue_chain(self) -> str:
+        return f"{self.config.chain_prefix}-QUEUE"
+
+    def nft_replace(self, pods: Iterable[IPNetwork]) -> str:
+        """One nft transaction that replaces our whole table (created first so the delete cannot fail)."""
+        return f"table {self.table}\ndelete table {self.table}\n" + self.nft_table(pods)
+
+    def nft_table(self, pods: Iterable[IPNetwork]) -> str:
+        """Our table: pod sets, the enforce chain and per-hook classify/commit base chains."""
+        cfg = self.config
+        v4, v6 = split_families(pods)
+        both = cfg.queue_mark | cfg.verdict_mark
+        if self.backend is Backend.NFT:
+            to_queue = queue_statement(cfg.nfqueue_id, cfg.fail_open)
+        else:
+            to_queue = f"meta mark set meta mark | {cfg.queue_mark:#010x}"
+        lines = [f"table {self.table} {{"]
+        for set_name, kind, members in (("pods4", "ipv4_addr", v4), ("pods6", "ipv6_addr", v6)):
+            lines.append(f"  set {set_name} {{")
+            lines.append(f"    type {kind}; flags interval; auto-merge;")
+            if members:
+                lines.append(f"    elements = {{ {_elements(members)} }}")
+            lines.append("  }")
+        lines += [
+            "  chain enforce {",
+            f"    ct mark & {cfg.accepted_ct_mark:#010x} == {cfg.accepted_ct_mark:#010x} accept",
+            f"    {to_queue}",
+            "  }",
+        ]
+        for hook in HOOKS:
+            lines += [
+                f"  chain classify_{hook} {{",
+                f"    type filter hook {hook} priority filter - 5; policy accept;",
+                "    ip saddr @pods4 goto enforce",
+                "    ip daddr @pods4 goto enforce",
+                "    ip6 saddr @pods6 goto enforce",
+                "    ip6 daddr @pods6 goto enforce",
+                "  }",
+                f"  chain commit_{hook} {{",
+                f"    type filter hook {hook} priority filter + 5; policy accept;",
+                f"    meta mark & {cfg.verdict_mark:#010x} == {cfg.verdict_mark:#010x}"
+                f" ct mark set ct mark | {cfg.accepted_ct_mark:#010x}",
+                f"    meta mark & {both:#010x} != 0 meta mark set meta mark & {~both & 0xFFFFFFFF:#010x}",
+                "  }",
+            ]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def nft_set_pods(self, pods: Iterable[IPNetwork]) -> str:
+        """One nft transaction that replaces the members of both pod sets."""
+        v4, v6 = split_families(pods)
+        lines = [f"flush set {self.table} pods4", f"flush set {self.table} pods6"]
+        if v4:
+            lines.append(f"add element {self.table} pods4 {{ {_elements(v4)} }}")
+        if v6:
+            lines.append(f"add element {self.table} pods6 {{ {_elements(v6)} }}")
+        return "\n".join(lines) + "\n"
+
+    def nft_delete(self) -> str:
+        """Remove our table (no error when it is absent)."""
+        return f"table {self.table}\ndelete table {self.table}\n"
+
+    def iptables_install(self, existing_jumps: dict[str, int]) -> str:
+        """iptables-restore --noflush input that (re)fills the queue chain and leaves one jump per hook.
+
+        ``existing_jumps`` counts the jumps to our chain already in each hook chain (from iptables-save).
+        Declaring the chain flushes it in the same transaction, so there is never a moment without the rule.
+        """
+        cfg = self.config
+        chain = self.queue_chain
+        bypass = " --queue-bypass" if cfg.fail_open else ""
+        lines = [
+            "*filter",
+            f":{chain} - [0:0]",
+            f"-A {chain} -m mark --mark {cfg.queue_mark:#x}/{cfg.queue_mark:#x}"
+            f' -m comment --comment "{cfg.name}: first packets to the agent"'
+            f" -j NFQUEUE --queue-num {cfg.nfqueue_id}{bypass}",
+        ]
+        for hook in IPTABLES_HOOKS:
+            count = existing_jumps.get(hook, 0)
+            if count == 0:
+                lines.append(f"-I {hook} 1 -j {chain}")
+            lines += [f"-D {hook} -j {chain}"] * max(0, count - 1)
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def iptables_remove(self, existing_jumps: dict[str, int]) -> str:
+        """iptables-restore --noflush input that removes our jumps and chain."""
+        chain = self.queue_chain
+        lines = ["*filter"]
+        for hook in IPTABLES_HOOKS:
+            lines += [f"-D {hook} -j {chain}"] * existing_jumps.get(hook, 0)
+        lines += [f"-F {chain}", f"-X {chain}", "COMMIT"]
+        return "\n".join(lines) + "\n"
+
+
+def parse_iptables_save(text: str, chain: str) -> tuple[bool, dict[str, int]]:
+    """From ``iptables-save -t filter`` output: whether ``chain`` exists and how many jumps each hook has to it."""
+    exists = False
+    jumps: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith(f":{chain} "):
+            exists = True
+            continue
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "-A" and parts[2] == "-j" and parts[3] == chain:
+            jumps[parts[1]] = jumps.get(parts[1], 0) + 1
+    return exists, jumps

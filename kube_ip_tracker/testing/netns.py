@@ -1,0 +1,391 @@
+"""Pods as network namespaces, for tests and demos of the node agent (needs root).
+
+Each pod is a network namespace with one veth pair into the root namespace (the "host"). The
+host routes each pod address (/32 or /128) to its veth and forwards between them (forwarding is
+enabled per veth only, not globally); a pod reaches the whole test subnet through a link-local
+gateway on its veth, like Calico does. So all pods share one flat network, and pod-to-pod
+traffic crosses the host's netfilter FORWARD hook. Neighbour entries are static: no ARP.
+
+Only private addresses inside the configured test subnet are accepted, and pods get no default
+route, so they cannot send traffic anywhere else.
+
+Sockets are created inside a pod by switching the calling thread's network namespace for the
+duration of ``socket()``; the returned socket stays in the pod and can be used from any thread.
+The probes and servers here block: call them from a thread (``asyncio.to_thread``) when an
+asyncio loop must keep running, e.g. one that serves NFQUEUE verdicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+log = logging.getLogger("kube_ip_tracker.testing.netns")
+
+_CLONE_NEWNET = 0x40000000
+_GATEWAY4 = "169.254.1.1"
+_GATEWAY6 = "fe80::1"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(RuntimeError):
+    """Creating or using a pod namespace failed."""
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def inside(netns_path: str) -> Iterator[None]:
+    """Run the body with the calling thread in the network namespace at ``netns_path``."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns_path, os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+
+class TcpEchoServer:
+    """Echoes everything each TCP client sends, one thread per connection."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self._listener = listener
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="tcp-echo", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self._conns.append(conn)
+            threading.Thread(target=self._echo, args=(conn,), name="tcp-echo-conn", daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                conn.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop accepting, close every connection."""
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+        self._thread.join(timeout=2)
+
+
+class UdpEchoServer:
+    """Sends every datagram back to its sender."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self.received = 0
+        self._thread = threading.Thread(target=self._loop, name="udp-echo", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            with contextlib.suppress(OSError):
+                self._sock.sendto(data, peer)
+
+    def close(self) -> None:
+        """Stop the server."""
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=2)
+
+
+class TcpStream:
+    """A long-lived TCP connection to an echo server; :meth:`exchange` checks it still carries data."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._counter = 0
+
+    def exchange(self, timeout: float = 1.0) -> bool:
+        """Send a message and wait for its echo; False when no echo arrives in time or the stream broke."""
+        self._counter += 1
+        message = f"msg-{self._counter}\n".encode()
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(message)
+            received = b""
+            while len(received) < len(message):
+                chunk = self._sock.recv(len(message) - len(received))
+                if not chunk:
+                    return False
+                received += chunk
+        except OSError:
+            return False
+        return received == message
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# --- pods -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pod:
+    """One pod: a namespace with ``eth0`` holding ``ip``, wired to ``host_if`` in the root namespace."""
+
+    name: str
+    netns: str
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    host_if: str
+    _closers: list[TcpEchoServer | UdpEchoServer | TcpStream] = field(default_factory=list, repr=False)
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
+
+    def socket(self, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+        """A new socket inside this pod's namespace."""
+        with inside(self.netns_path):
+            return socket.socket(self.family, kind)
+
+    def exec(self, *argv: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the pod (``ip netns exec``)."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def serve_tcp(self, port: int) -> TcpEchoServer:
+        """Start a TCP echo server on ``ip:port`` (stopped with the network)."""
+        sock = self.socket(socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(self.ip), port))
+        sock.listen(64)
+        server = TcpEchoServer(sock)
+        self._closers.append(server)
+        return server
+
+    def serve_udp(self, port: int) -> UdpEchoServer:
+        """Start a UDP echo server on ``ip:port`` (stopped with the network)."""
+        sock = self.socket(socket.SOCK_DGRAM)
+        sock.bind((str(self.ip), port))
+        server = UdpEchoServer(sock)
+        self._closers.append(server)
+        return server
+
+    def tcp_probe(self, ip: object, port: int, timeout: float = 1.0) -> bool:
+        """Whether a TCP connection to ``ip:port`` opens and echoes within ``timeout`` seconds."""
+        sock = self.socket(socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((str(ip), port))
+            sock.sendall(b"probe")
+            return sock.recv(16) == b"probe"
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def udp_probe(self, ip: object, port: int, timeout: float = 1.0, payload: bytes = b"probe") -> bool:
+        """Whether a datagram to ``ip:port`` is echoed within ``timeout`` seconds (fresh source port each call)."""
+        sock = self.socket(socket.SOCK_DGRAM)
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(payload, (str(ip), port))
+            data, _ = sock.recvfrom(65536)
+            return data == payload
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def udp_socket(self, ip: object, port: int) -> socket.socket:
+        """A UDP socket connected to ``ip:port`` (one flow for many datagrams); the caller closes it."""
+        sock = self.socket(socket.SOCK_DGRAM)
+        sock.connect((str(ip), port))
+        return sock
+
+    def open_stream(self, ip: object, port: int, timeout: float = 1.0) -> TcpStream:
+        """A long-lived TCP connection to an echo server (closed with the network)."""
+        sock = self.socket(socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((str(ip), port))
+        except OSError:
+            sock.close()
+            raise
+        stream = TcpStream(sock)
+        self._closers.append(stream)
+        return stream
+
+    def close_servers(self) -> None:
+        for closer in self._closers:
+            closer.close()
+        self._closers.clear()
+
+
+class PodNetwork:
+    """A set of pod namespaces on one flat routed network through the host.
+
+    Use as a context manager (or call :meth:`close`): namespaces, veths and host routes are removed
+    even when a test fails. ``subnet`` must be private; pods can reach only it.
+    """
+
+    def __init__(self, subnet: str = "10.244.0.0/16", prefix: str | None = None) -> None:
+        net = ipaddress.ip_network(subnet)
+        if not net.is_private or net.is_global:
+            raise ValueError(f"test subnet {subnet} is not a private network")
+        self.subnet = net
+        self.prefix = prefix or f"kipt{secrets.token_hex(2)}"
+        if len(self.prefix) > 10:
+            raise ValueError(f"prefix {self.prefix!r} is longer than 10 characters (interface names)")
+        self.pods: list[Pod] = []
+        # A random /24 (or /120) inside the subnet keeps parallel networks from colliding.
+        self._auto = self._pick_block()
+        self._next_host = 2
+
+    def _pick_block(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        block_len = 24 if self.subnet.version == 4 else 120
+        if self.subnet.prefixlen >= block_len:
+            return list(self.subnet.hosts())
+        blocks = 2 ** (block_len - self.subnet.prefixlen)
+        index = secrets.randbelow(blocks - 1) + 1
+        block = ipaddress.ip_network(
+            (int(self.subnet.network_address) + index * 2 ** (self.subnet.max_prefixlen - block_len), block_len)
+        )
+        return list(block.hosts())
+
+    def next_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """An unused address of this network's block."""
+        if self._next_host >= len(self._auto):
+            raise NetnsError("address block exhausted")
+        ip = self._auto[self._next_host]
+        self._next_host += 1
+        return ip
+
+    def add_pod(self, name: str, ip: str | None = None) -> Pod:
+        """Create a pod namespace with address ``ip`` (default: the next free one)."""
+        address = ipaddress.ip_address(ip) if ip is not None else self.next_ip()
+        if address not in self.subnet:
+            raise ValueError(f"pod address {address} is outside the test subnet {self.subnet}")
+        index = len(self.pods)
+        pod = Pod(name=name, netns=f"{self.prefix}-{name}", ip=address, host_if=f"{self.prefix}h{index}")
+        self.pods.append(pod)  # before creation, so close() removes half-built pods
+        self._create(pod)
+        log.info("pod %s: netns %s ip %s host veth %s", name, pod.netns, address, pod.host_if)
+        return pod
+
+    def _create(self, pod: Pod) -> None:
+        v6 = pod.ip.version == 6
+        _ip("netns", "add", pod.netns)
+        _ip("link", "add", pod.host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
+        _write(f"/proc/sys/net/{'ipv6' if v6 else 'ipv4'}/conf/{pod.host_if}/forwarding", "1")
+        _ip("link", "set", pod.host_if, "up")
+        _ip("-n", pod.netns, "link", "set", "lo", "up")
+        plen = "128" if v6 else "32"
+        _ip("-n", pod.netns, "addr", "add", f"{pod.ip}/{plen}", "dev", "eth0", *(["nodad"] if v6 else []))
+        _ip("-n", pod.netns, "link", "set", "eth0", "up")
+        host_mac = _mac(pod.host_if)
+        pod_mac = _mac("eth0", pod.netns)
+        gateway = _GATEWAY6 if v6 else _GATEWAY4
+        _ip("-n", pod.netns, "neigh", "replace", gateway, "lladdr", host_mac, "dev", "eth0", "nud", "permanent")
+        _ip("-n", pod.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
+        _ip("-n", pod.netns, "route", "add", str(self.subnet), "via", gateway, "dev", "eth0", "onlink")
+        _ip("route", "add", f"{pod.ip}/{plen}", "dev", pod.host_if)
+        _ip("neigh", "replace", str(pod.ip), "lladdr", pod_mac, "dev", pod.host_if, "nud", "permanent")
+
+    def close(self) -> None:
+        """Stop servers, delete every pod namespace (their veths and host routes go with them)."""
+        for pod in self.pods:
+            pod.close_servers()
+        for pod in self.pods:
+            subprocess.run(["ip", "link", "del", pod.host_if], capture_output=True, check=False)
+            subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
+        self.pods.clear()
+
+    def __enter__(self) -> PodNetwork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _mac(interface: str, netns: str | None = None) -> str:
+    """The MAC address of ``interface`` (in ``netns``, or the root namespace)."""
+    argv = ["ip", "-j", *(["-n", netns] if netns else []), "link", "show", "dev", interface]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return str(json.loads(result.stdout)[0]["address"])
+
+
+def pod_exists(netns: str) -> bool:
+    """Whether a namespace of that name exists."""
+    return os.path.exists(f"/run/netns/{netns}")
