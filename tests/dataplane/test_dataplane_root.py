@@ -347,3 +347,33 @@ async def test_forcing_an_unsupported_backend_fails_cleanly(
         await dp.start()
     assert not dp.running
     assert not rules_present(dp_name)
+
+
+async def test_requested_revalidation_runs_in_the_background(
+    net: PodNetwork, make_dataplane: DataplaneFactory, queue_id: int
+) -> None:
+    a, b = net.add_pod("a"), net.add_pod("b")
+    b.serve_tcp(TCP_PORT)
+    allowed = True
+    dp = make_dataplane(lambda packet: allowed, revalidate_delay=0.01)
+    await dp.start()
+    stream = await asyncio.to_thread(a.open_stream, b.ip, TCP_PORT)
+    assert await asyncio.to_thread(stream.exchange, 1.0)
+    before = metric("kube_ip_agent_dataplane_conntrack_cleared_total", queue=str(queue_id))
+    allowed = False
+    for _ in range(5):  # a burst of changes: coalesced into few passes
+        dp.request_revalidation()
+    deadline = time.monotonic() + 3
+    while metric("kube_ip_agent_dataplane_conntrack_cleared_total", queue=str(queue_id)) == before:
+        assert time.monotonic() < deadline, "no background revalidation"
+        await asyncio.sleep(0.02)
+    assert not await asyncio.to_thread(stream.exchange, 0.5)
+
+
+async def test_kernel_queue_metrics_show_the_bound_queue(make_dataplane: DataplaneFactory, queue_id: int) -> None:
+    assert REGISTRY.get_sample_value("kube_ip_agent_dataplane_kernel_queue_length", {"queue": str(queue_id)}) is None
+    dp = make_dataplane(deny_all([]))
+    await dp.start()
+    assert REGISTRY.get_sample_value("kube_ip_agent_dataplane_kernel_queue_dropped", {"queue": str(queue_id)}) == 0.0
+    await dp.stop()
+    assert REGISTRY.get_sample_value("kube_ip_agent_dataplane_kernel_queue_length", {"queue": str(queue_id)}) is None

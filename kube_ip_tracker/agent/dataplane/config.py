@@ -38,7 +38,8 @@ class DataplaneConfig:
     """How the agent enforces verdicts on this node.
 
     ``local_pods`` are the pod addresses/CIDRs of this node: packets to or from them are enforced.
-    ``name`` names the nft table (``inet <name>``) and prefixes the iptables chains (upper-cased).
+    ``revalidate_delay`` coalesces revalidation requests; ``revalidate_interval`` (0: off) adds
+    periodic passes. ``name`` names the nft table (``inet <name>``) and prefixes the iptables chains (upper-cased).
     The three marks are single bits: ``queue_mark`` and ``verdict_mark`` in the packet mark
     (only between our own chains, cleared before the packet leaves them), ``accepted_ct_mark``
     in the conntrack mark of accepted connections.
@@ -51,6 +52,8 @@ class DataplaneConfig:
     queue_max_len: int = 4096
     verdict_timeout: float = 1.0
     revalidate_timeout: float = 10.0
+    revalidate_delay: float = 0.05
+    revalidate_interval: float = 0.0
     command_timeout: float = 10.0
     queue_mark: int = 0x01000000
     verdict_mark: int = 0x02000000
@@ -67,6 +70,9 @@ class DataplaneConfig:
         for label in ("verdict_timeout", "revalidate_timeout", "command_timeout"):
             if getattr(self, label) <= 0:
                 raise ConfigError(f"{label} must be positive, got {getattr(self, label)}")
+        for label in ("revalidate_delay", "revalidate_interval"):
+            if getattr(self, label) < 0:
+                raise ConfigError(f"{label} must not be negative, got {getattr(self, label)}")
         _check_bit("queue_mark", self.queue_mark)
         _check_bit("verdict_mark", self.verdict_mark)
         _check_bit("accepted_ct_mark", self.accepted_ct_mark)
@@ -113,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a verdict may take before the fail-open/closed default applies",
     )
 
+    group.add_argument(
+        "--revalidate-interval",
+        type=float,
+        default=DataplaneConfig.revalidate_interval,
+        help="seconds between periodic re-checks of accepted connections (0: only when asked)",
+    )
+
 
 def config_from_args(args: argparse.Namespace) -> DataplaneConfig:
     """Build the config from parsed flags (see :func:`add_arguments`)."""
@@ -122,4 +135,5 @@ def config_from_args(args: argparse.Namespace) -> DataplaneConfig:
         local_pods=parse_networks(args.pod_cidr),
         backend=args.dataplane_backend,
         verdict_timeout=args.verdict_timeout,
+        revalidate_interval=args.revalidate_interval,
     )

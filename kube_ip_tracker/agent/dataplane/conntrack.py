@@ -60,15 +60,18 @@ def parse_line(line: str, family: str) -> Entry | None:
         return None
     sport = values.get("sport")
     dport = values.get("dport")
-    return Entry(
-        family=family,
-        protocol_number=int(fields[1]),
-        src=ipaddress.ip_address(values["src"]),
-        dst=ipaddress.ip_address(values["dst"]),
-        sport=int(sport) if sport is not None else None,
-        dport=int(dport) if dport is not None else None,
-        mark=int(values.get("mark", "0"), 0),
-    )
+    try:
+        return Entry(
+            family=family,
+            protocol_number=int(fields[1]),
+            src=ipaddress.ip_address(values["src"]),
+            dst=ipaddress.ip_address(values["dst"]),
+            sport=int(sport) if sport is not None else None,
+            dport=int(dport) if dport is not None else None,
+            mark=int(values.get("mark", "0"), 0),
+        )
+    except ValueError:
+        return None
 
 
 async def list_marked(mark: int, families: Iterable[str], time_limit: float) -> list[Entry]:

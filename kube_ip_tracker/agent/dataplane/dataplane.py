@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -83,6 +84,8 @@ class Dataplane:
         self._rule_lock = asyncio.Lock()
         self._revalidate_lock = asyncio.Lock()
         self._rebind_task: asyncio.Task[None] | None = None
+        self._revalidate_wanted = asyncio.Event()
+        self._revalidator: asyncio.Task[None] | None = None
         self._label = str(config.nfqueue_id)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -117,6 +120,7 @@ class Dataplane:
             self._queue = None
             queue.close()
             raise
+        self._revalidator = self._loop.create_task(self._revalidation_loop())
         log.info(
             "dataplane started: backend=%s queue=%d fail_open=%s pods=%s table=inet %s",
             self._backend.value,
@@ -128,9 +132,12 @@ class Dataplane:
 
     async def stop(self, remove_rules: bool = True) -> None:
         """Remove the rules (unless ``remove_rules`` is False), give every pending packet a verdict, unbind."""
-        if self._rebind_task is not None:
-            self._rebind_task.cancel()
-            self._rebind_task = None
+        for task in (self._rebind_task, self._revalidator):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._rebind_task = self._revalidator = None
         try:
             if remove_rules:
                 await self.remove_rules()
@@ -368,6 +375,33 @@ class Dataplane:
 
     # --- revalidation ----------------------------------------------------------------------------
 
+    def request_revalidation(self) -> None:
+        """Ask for a revalidation pass soon; cheap and coalesced, call it on every policy or pod change."""
+        self._revalidate_wanted.set()
+
+    async def _revalidation_loop(self) -> None:
+        """Run requested (and periodic) passes; retry failed or not-ready ones with backoff and jitter."""
+        cfg = self.config
+        backoff = Backoff(0.2, 30.0)
+        retry = m.REVALIDATION_RETRY_SECONDS.labels(self._label)
+        while True:
+            if cfg.revalidate_interval > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._revalidate_wanted.wait(), cfg.revalidate_interval)
+            else:
+                await self._revalidate_wanted.wait()
+            await asyncio.sleep(cfg.revalidate_delay)  # let a burst of changes settle into one pass
+            self._revalidate_wanted.clear()
+            result = await self.revalidate()
+            if result.outcome == "ok":
+                backoff.reset()
+                retry.set(0)
+                continue
+            self._revalidate_wanted.set()
+            delay = backoff.next_delay()
+            retry.set(delay)
+            await asyncio.sleep(delay)
+
     async def revalidate(self) -> Revalidation:
         """Re-decide every accepted connection of a local pod; delete the conntrack entries now denied.
 
@@ -390,6 +424,9 @@ class Dataplane:
             except commands.CommandError as exc:
                 outcome = "error"
                 log.error("revalidation failed: %s", exc)
+            except Exception:
+                outcome = "error"
+                log.exception("revalidation failed")
             m.REVALIDATIONS.labels(label, outcome).inc()
             m.REVALIDATION_SECONDS.labels(label).observe(time.monotonic() - started)
             if counts[1]:

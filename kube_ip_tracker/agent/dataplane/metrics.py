@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 PACKETS_QUEUED = Counter(
     "kube_ip_agent_dataplane_packets_queued_total",
@@ -55,3 +58,62 @@ BACKEND = Gauge(
     "1 for the backend holding the NFQUEUE rule (nft or iptables).",
     ["queue", "backend"],
 )
+REVALIDATION_RETRY_SECONDS = Gauge(
+    "kube_ip_agent_dataplane_revalidation_retry_seconds",
+    "Delay before the revalidation loop retries a failed or not-ready pass (0 when healthy).",
+    ["queue"],
+)
+
+NFQUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
+
+
+class KernelQueueCollector:
+    """Kernel-side NFQUEUE counters from /proc (length, drops), per bound queue on this host."""
+
+    def __init__(self, path: str = NFQUEUE_PROC) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        length = GaugeMetricFamily(
+            "kube_ip_agent_dataplane_kernel_queue_length", "Packets waiting in the kernel queue.", labels=["queue"]
+        )
+        dropped = GaugeMetricFamily(
+            "kube_ip_agent_dataplane_kernel_queue_dropped",
+            "Packets the kernel dropped because the queue was full (fail-closed) or could not be sent, since bind.",
+            labels=["queue"],
+        )
+        user_dropped = GaugeMetricFamily(
+            "kube_ip_agent_dataplane_kernel_queue_user_dropped",
+            "Packets lost because the agent's netlink socket buffer was full, since bind.",
+            labels=["queue"],
+        )
+        for row in read_kernel_queues(self.path):
+            queue = str(row["queue"])
+            length.add_metric([queue], row["length"])
+            dropped.add_metric([queue], row["dropped"])
+            user_dropped.add_metric([queue], row["user_dropped"])
+        yield length
+        yield dropped
+        yield user_dropped
+
+
+def read_kernel_queues(path: str = NFQUEUE_PROC) -> list[dict[str, int]]:
+    """Rows of /proc/net/netfilter/nfnetlink_queue: queue, portid, length, dropped, user_dropped."""
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 7 or not all(f.isdigit() for f in fields[:7]):
+            continue
+        queue, portid, length, _mode, _range, dropped, user_dropped = (int(f) for f in fields[:7])
+        rows.append(
+            {"queue": queue, "portid": portid, "length": length, "dropped": dropped, "user_dropped": user_dropped}
+        )
+    return rows
+
+
+REGISTRY.register(KernelQueueCollector())
