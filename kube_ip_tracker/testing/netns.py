@@ -205,7 +205,8 @@ class Pod:
 
     @property
     def netns_path(self) -> str:
-        return f"/run/netns/{self.netns}"
+        """The namespace file (the host's own namespace when ``netns`` is empty)."""
+        return f"/run/netns/{self.netns}" if self.netns else "/proc/self/ns/net"
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -298,7 +299,7 @@ class PodNetwork:
     even when a test fails. ``subnet`` must be private; pods can reach only it.
     """
 
-    def __init__(self, subnet: str = "10.244.0.0/16", prefix: str | None = None) -> None:
+    def __init__(self, subnet: str = "10.244.0.0/16", prefix: str | None = None, host_address: bool = False) -> None:
         net = ipaddress.ip_network(subnet)
         if not net.is_private or net.is_global:
             raise ValueError(f"test subnet {subnet} is not a private network")
@@ -310,6 +311,9 @@ class PodNetwork:
         # A random /24 (or /120) inside the subnet keeps parallel networks from colliding.
         self._auto = self._pick_block()
         self._next_host = 2
+        self.host: Pod | None = None
+        if host_address:
+            self._add_host()
 
     def _pick_block(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         block_len = 24 if self.subnet.version == 4 else 120
@@ -321,6 +325,19 @@ class PodNetwork:
             (int(self.subnet.network_address) + index * 2 ** (self.subnet.max_prefixlen - block_len), block_len)
         )
         return list(block.hosts())
+
+    def _add_host(self) -> None:
+        """Give the host an address of the block on its own veth (peer parked in a namespace)."""
+        address = self._auto[0]
+        host = Pod(name="host", netns="", ip=address, host_if=f"{self.prefix}hx")
+        parking = f"{self.prefix}-hostaddr"
+        self._parking = parking
+        _ip("netns", "add", parking)
+        _ip("link", "add", host.host_if, "type", "veth", "peer", "name", "eth0", "netns", parking)
+        plen = "128" if address.version == 6 else "32"
+        _ip("addr", "add", f"{address}/{plen}", "dev", host.host_if, *(["nodad"] if address.version == 6 else []))
+        _ip("link", "set", host.host_if, "up")
+        self.host = host
 
     def next_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """An unused address of this network's block."""
@@ -358,7 +375,8 @@ class PodNetwork:
         _ip("-n", pod.netns, "neigh", "replace", gateway, "lladdr", host_mac, "dev", "eth0", "nud", "permanent")
         _ip("-n", pod.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
         _ip("-n", pod.netns, "route", "add", str(self.subnet), "via", gateway, "dev", "eth0", "onlink")
-        _ip("route", "add", f"{pod.ip}/{plen}", "dev", pod.host_if)
+        source = ["src", str(self.host.ip)] if self.host is not None else []
+        _ip("route", "add", f"{pod.ip}/{plen}", "dev", pod.host_if, *source)
         _ip("neigh", "replace", str(pod.ip), "lladdr", pod_mac, "dev", pod.host_if, "nud", "permanent")
 
     def close(self) -> None:
@@ -369,6 +387,11 @@ class PodNetwork:
             subprocess.run(["ip", "link", "del", pod.host_if], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
         self.pods.clear()
+        if self.host is not None:
+            self.host.close_servers()
+            subprocess.run(["ip", "link", "del", self.host.host_if], capture_output=True, check=False)
+            subprocess.run(["ip", "netns", "del", self._parking], capture_output=True, check=False)
+            self.host = None
 
     def __enter__(self) -> PodNetwork:
         return self

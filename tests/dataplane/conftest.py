@@ -18,7 +18,7 @@ DataplaneFactory = Callable[..., Dataplane]
 @pytest.fixture
 def net() -> Iterator[PodNetwork]:
     """A pod network removed after the test, pass or fail."""
-    with PodNetwork() as network:
+    with PodNetwork(host_address=True) as network:
         yield network
 
 

@@ -377,3 +377,23 @@ async def test_kernel_queue_metrics_show_the_bound_queue(make_dataplane: Datapla
     assert REGISTRY.get_sample_value("kube_ip_agent_dataplane_kernel_queue_dropped", {"queue": str(queue_id)}) == 0.0
     await dp.stop()
     assert REGISTRY.get_sample_value("kube_ip_agent_dataplane_kernel_queue_length", {"queue": str(queue_id)}) is None
+
+
+async def test_host_to_pod_and_pod_to_host_are_enforced(net: PodNetwork, make_dataplane: DataplaneFactory) -> None:
+    """Traffic between the node itself and a local pod crosses OUTPUT/INPUT instead of FORWARD."""
+    a = net.add_pod("a")
+    host = net.host
+    assert host is not None
+    a.serve_tcp(TCP_PORT)
+    host.serve_tcp(TCP_PORT + 1)
+    calls: list[PacketInfo] = []
+
+    def decide(packet: PacketInfo) -> bool:
+        calls.append(packet)
+        return packet.dst_port == TCP_PORT  # host -> pod allowed, pod -> host denied
+
+    await make_dataplane(decide).start()
+    assert await asyncio.to_thread(host.tcp_probe, a.ip, TCP_PORT, 1.0)
+    assert not await asyncio.to_thread(a.tcp_probe, host.ip, TCP_PORT + 1, 0.5)
+    assert (calls[0].src_ip, calls[0].dst_ip) == (host.ip, a.ip)
+    assert (calls[1].src_ip, calls[1].dst_ip) == (a.ip, host.ip)
