@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ _CLONE_NEWNET = 0x40000000
 _GATEWAY4 = "169.254.1.1"
 _GATEWAY6 = "fe80::1"
 _libc = ctypes.CDLL(None, use_errno=True)
+_BLOCK_COUNTER = itertools.count(secrets.randbelow(1 << 16))
 
 
 class NetnsError(RuntimeError):
@@ -186,6 +188,11 @@ class TcpStream:
             return False
         return received == message
 
+    @property
+    def local_port(self) -> int:
+        """The client's port."""
+        return int(self._sock.getsockname()[1])
+
     def close(self) -> None:
         self._sock.close()
 
@@ -316,15 +323,19 @@ class PodNetwork:
             self._add_host()
 
     def _pick_block(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """A /24 (/120) of the subnet that no live network routes: blocks rotate within a process, so
+        tests run one after another get different addresses (and cannot meet old conntrack entries)."""
         block_len = 24 if self.subnet.version == 4 else 120
         if self.subnet.prefixlen >= block_len:
             return list(self.subnet.hosts())
         blocks = 2 ** (block_len - self.subnet.prefixlen)
-        index = secrets.randbelow(blocks - 1) + 1
-        block = ipaddress.ip_network(
-            (int(self.subnet.network_address) + index * 2 ** (self.subnet.max_prefixlen - block_len), block_len)
-        )
-        return list(block.hosts())
+        size = 2 ** (self.subnet.max_prefixlen - block_len)
+        for _ in range(blocks):
+            index = next(_BLOCK_COUNTER) % (blocks - 1) + 1
+            block = ipaddress.ip_network((int(self.subnet.network_address) + index * size, block_len))
+            if not _routed(block):
+                return list(block.hosts())
+        raise NetnsError(f"every block of {self.subnet} is in use")
 
     def _add_host(self) -> None:
         """Give the host an address of the block on its own veth (peer parked in a namespace)."""
@@ -386,6 +397,9 @@ class PodNetwork:
         for pod in self.pods:
             subprocess.run(["ip", "link", "del", pod.host_if], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
+            # Forget the pods' connections, so a later network reusing the addresses starts clean.
+            for direction in ("-s", "-d"):
+                subprocess.run(["conntrack", "-D", direction, str(pod.ip)], capture_output=True, check=False)
         self.pods.clear()
         if self.host is not None:
             self.host.close_servers()
@@ -407,6 +421,13 @@ def _mac(interface: str, netns: str | None = None) -> str:
     if result.returncode != 0:
         raise NetnsError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
     return str(json.loads(result.stdout)[0]["address"])
+
+
+def _routed(block: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether the root namespace routes any address of ``block`` (another network uses it)."""
+    argv = ["ip", "-j", f"-{block.version}", "route", "show", "root", str(block)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return result.returncode != 0 or bool(json.loads(result.stdout or "[]"))
 
 
 def pod_exists(netns: str) -> bool:

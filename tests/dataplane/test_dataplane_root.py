@@ -78,6 +78,7 @@ async def test_allowed_tcp_and_udp_connect_and_only_first_packets_are_queued(
     for _ in range(5):
         assert await asyncio.to_thread(stream.exchange, 1.0)
     sock = a.udp_socket(b.ip, UDP_PORT)
+    udp_port = sock.getsockname()[1]
     try:
         sock.settimeout(1.0)
         for i in range(5):
@@ -93,8 +94,12 @@ async def test_allowed_tcp_and_udp_connect_and_only_first_packets_are_queued(
     ]
     assert udp_server.received == 5
     assert metric("kube_ip_agent_dataplane_packets_queued_total", queue=str(queue_id)) - queued_before == 2
-    marked = [line for line in conntrack_entries(a.ip, b.ip) if f"mark={dp.config.accepted_ct_mark}" in line]
-    assert len(marked) == 2, conntrack_entries(a.ip, b.ip)
+    ours = [
+        line
+        for line in conntrack_entries(a.ip, b.ip)
+        if f" sport={stream.local_port} " in line or f" sport={udp_port} " in line
+    ]
+    assert len(ours) == 2 and all(f"mark={dp.config.accepted_ct_mark} " in line for line in ours), ours
 
 
 async def test_denied_tcp_times_out_and_udp_gets_no_answer(net: PodNetwork, make_dataplane: DataplaneFactory) -> None:
@@ -299,7 +304,7 @@ async def test_revalidate_cuts_a_connection_that_is_no_longer_allowed(
     started = time.monotonic()
     result = await dp.revalidate()
     assert result.outcome == "ok"
-    assert result.cleared == 1
+    assert result.cleared == 1, conntrack_entries(a.ip, b.ip)
     assert result.checked >= 2
     assert time.monotonic() - started < dp.config.revalidate_timeout
     assert metric("kube_ip_agent_dataplane_conntrack_cleared_total", queue=str(queue_id)) - cleared_before == 1
@@ -397,3 +402,17 @@ async def test_host_to_pod_and_pod_to_host_are_enforced(net: PodNetwork, make_da
     assert not await asyncio.to_thread(a.tcp_probe, host.ip, TCP_PORT + 1, 0.5)
     assert (calls[0].src_ip, calls[0].dst_ip) == (host.ip, a.ip)
     assert (calls[1].src_ip, calls[1].dst_ip) == (a.ip, host.ip)
+
+
+async def test_a_second_dataplane_on_a_bound_queue_fails_without_touching_rules(
+    net: PodNetwork, make_dataplane: DataplaneFactory, dp_name: str, queue_id: int
+) -> None:
+    net.add_pod("a")
+    first = make_dataplane(deny_all([]))
+    await first.start()
+    before = iptables_jumps(dp_name)
+    second = make_dataplane(deny_all([]), name=dp_name + "x")
+    with pytest.raises(DataplaneError, match=f"NFQUEUE {queue_id}"):
+        await second.start()
+    assert not rules_present(dp_name + "x")
+    assert iptables_jumps(dp_name) == before

@@ -218,3 +218,19 @@ def test_read_kernel_queues(tmp_path: object) -> None:
         {"queue": 100, "portid": 12345, "length": 2, "dropped": 7, "user_dropped": 1}
     ]
     assert read_kernel_queues(str(path) + ".missing") == []
+
+
+def test_conntrack_entry_of_a_service_connection_names_the_backend_pod() -> None:
+    """A client connected to a Service VIP that was DNATed to a pod: the policy concerns the pod."""
+    entry = parse_line(
+        "tcp 6 86399 ESTABLISHED src=10.244.1.2 dst=10.96.0.10 sport=40000 dport=53 "
+        "src=10.244.2.7 dst=10.244.1.2 sport=5353 dport=40000 [ASSURED] mark=16777216 use=1",
+        "ipv4",
+    )
+    assert entry is not None
+    assert (str(entry.packet.src_ip), str(entry.packet.dst_ip), entry.packet.dst_port) == (
+        "10.244.1.2",
+        "10.244.2.7",
+        5353,
+    )
+    assert entry.delete_argv()[6:10] == ["-s", "10.244.1.2", "-d", "10.96.0.10"]  # deletion matches the original tuple

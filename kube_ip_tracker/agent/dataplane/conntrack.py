@@ -14,7 +14,7 @@ CONNTRACK = "conntrack"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """The original-direction tuple of one conntrack entry."""
+    """One conntrack entry: its original-direction tuple and where its replies come from."""
 
     family: str  # "ipv4" or "ipv6"
     protocol_number: int
@@ -23,16 +23,23 @@ class Entry:
     sport: int | None
     dport: int | None
     mark: int
+    reply_src: IPAddress | None = None
+    reply_sport: int | None = None
 
     @property
     def packet(self) -> PacketInfo:
-        """The entry as the first packet of its connection."""
+        """The first packet as our filter hooks saw it: after destination NAT, before source NAT.
+
+        The real destination is where replies come from (a Service VIP in ``dst`` was DNATed to a pod).
+        """
+        dst = self.reply_src if self.reply_src is not None else self.dst
+        dport = self.reply_sport if self.reply_src is not None else self.dport
         return PacketInfo(
             src_ip=self.src,
-            dst_ip=self.dst,
+            dst_ip=dst,
             protocol=Protocol.from_number(self.protocol_number),
             src_port=self.sport,
-            dst_port=self.dport,
+            dst_port=dport,
             protocol_number=self.protocol_number,
         )
 
@@ -52,10 +59,15 @@ def parse_line(line: str, family: str) -> Entry | None:
     if len(fields) < 3 or not fields[1].isdigit():
         return None
     values: dict[str, str] = {}
+    reply: dict[str, str] = {}
     for token in fields[2:]:
         key, sep, value = token.partition("=")
-        if sep and key not in values:  # the first src/dst/sport/dport are the original direction
+        if not sep:
+            continue
+        if key not in values:  # the first src/dst/sport/dport are the original direction
             values[key] = value
+        elif key not in reply:
+            reply[key] = value
     if "src" not in values or "dst" not in values:
         return None
     sport = values.get("sport")
@@ -69,6 +81,8 @@ def parse_line(line: str, family: str) -> Entry | None:
             sport=int(sport) if sport is not None else None,
             dport=int(dport) if dport is not None else None,
             mark=int(values.get("mark", "0"), 0),
+            reply_src=ipaddress.ip_address(reply["src"]) if "src" in reply else None,
+            reply_sport=int(reply["sport"]) if "sport" in reply else None,
         )
     except ValueError:
         return None

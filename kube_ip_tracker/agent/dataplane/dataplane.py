@@ -16,7 +16,7 @@ from kube_ip_tracker.agent.client.backoff import Backoff
 from . import commands, conntrack
 from . import metrics as m
 from .config import DataplaneConfig, IPNetwork, parse_networks
-from .nfq import QueueSocket
+from .nfq import QueueBindError, QueueSocket
 from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
 from .rules import Backend, RuleSet, parse_iptables_save, queue_statement, split_families
 
@@ -110,7 +110,10 @@ class Dataplane:
         for backend in Backend:
             m.BACKEND.labels(self._label, backend.value).set(1 if backend is self._backend else 0)
         queue = QueueSocket(cfg.nfqueue_id, cfg.queue_max_len, self._on_packet)
-        queue.bind(cfg.fail_open)
+        try:
+            queue.bind(cfg.fail_open)
+        except QueueBindError as exc:
+            raise DataplaneError(str(exc)) from exc
         queue.on_error = self._on_queue_error
         queue.attach(self._loop)
         self._queue = queue
@@ -330,11 +333,12 @@ class Dataplane:
             if self._pending.pop(key, None) is not None:
                 self._default_verdict(packet, info, "error")
             return
+        else:
+            # Absent when shutdown already gave the packet its verdict.
+            if self._pending.pop(key, None) is not None:
+                self._give(packet, info, accept=bool(allowed), fail_open=False, reason="decided")
         finally:
             m.PENDING.labels(self._label).set(len(self._pending))
-        if self._pending.pop(key, None) is not None:
-            self._give(packet, info, accept=bool(allowed), fail_open=False, reason="decided")
-        m.PENDING.labels(self._label).set(len(self._pending))
 
     def _flush_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
