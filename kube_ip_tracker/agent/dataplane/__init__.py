@@ -1,7 +1,17 @@
 """Packet enforcement on the node: NFQUEUE for first packets, conntrack marks for accepted connections.
 
 Use :class:`Dataplane` with a :class:`DataplaneConfig`, a ``decide(PacketInfo) -> bool`` (or awaitable)
-callback and an ``is_ready() -> bool`` callback.
+callback and an ``is_ready() -> bool`` callback, inside the agent's asyncio loop::
+
+    config = config_from_args(args)  # --nfqueue-id, --fail-open, --pod-cidr ... (see add_arguments)
+    dataplane = Dataplane(config, decide=lambda p: engine.decide(...).allowed, is_ready=mirror.is_ready)
+    await dataplane.start()                      # bind the queue, then swap the rules in atomically
+    await dataplane.set_local_pods(["10.244.1.0/24"])   # when this node's pods change
+    dataplane.request_revalidation()             # on every policy / pod change: cut what is now denied
+    await dataplane.stop()                       # remove the rules (stop(remove_rules=False) keeps them)
+
+The rule layout is described in :mod:`.rules`. ``decide`` runs on the event loop: keep it fast (an
+awaitable is awaited up to ``verdict_timeout``, then the fail-open/closed default applies).
 """
 
 from .config import ConfigError, DataplaneConfig, add_arguments, config_from_args, parse_networks

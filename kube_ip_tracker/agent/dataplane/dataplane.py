@@ -121,6 +121,8 @@ class Dataplane:
             await self._install()
         except BaseException:
             self._queue = None
+            queue.poll()  # old rules may already be queueing to us: answer those packets
+            self._flush_pending("error")
             queue.close()
             raise
         self._revalidator = self._loop.create_task(self._revalidation_loop())
