@@ -17,7 +17,9 @@ from kube_ip_tracker.agent.dataplane import (
     PacketInfo,
     Protocol,
     detect_backend,
+    parse_networks,
 )
+from kube_ip_tracker.agent.dataplane.rules import RuleSet
 from kube_ip_tracker.testing.netns import PodNetwork
 
 from .conftest import DataplaneFactory, iptables_jumps, rules_present
@@ -416,3 +418,20 @@ async def test_a_second_dataplane_on_a_bound_queue_fails_without_touching_rules(
         await second.start()
     assert not rules_present(dp_name + "x")
     assert iptables_jumps(dp_name) == before
+
+
+async def test_nft_backend_table_is_valid_for_nft(dp_name: str, queue_id: int) -> None:
+    """``nft -c`` checks the nft-backend table against the kernel without loading it.
+
+    On kernels without the nft queue expression only the queue statement may be refused.
+    """
+    config = DataplaneConfig(name=dp_name, nfqueue_id=queue_id, local_pods=parse_networks(["10.244.9.0/24", "fd00::9"]))
+    text = RuleSet(config, Backend.NFT).nft_replace(config.local_pods)
+    checked = await asyncio.to_thread(run, "nft", "-c", "-f", "-", stdin=text)
+    if checked.returncode != 0:
+        errors = [line for line in checked.stderr.splitlines() if "Error" in line]
+        assert errors and all("Could not process rule" in line for line in errors), checked.stderr
+        assert await detect_backend(config) is Backend.IPTABLES
+        failing_lines = {int(line.split(":")[1]) for line in errors}
+        assert all("queue num" in text.splitlines()[n - 1] for n in failing_lines), checked.stderr
+    assert not rules_present(dp_name)
