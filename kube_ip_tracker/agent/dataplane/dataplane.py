@@ -109,7 +109,7 @@ class Dataplane:
         self._rules = RuleSet(cfg, self._backend)
         for backend in Backend:
             m.BACKEND.labels(self._label, backend.value).set(1 if backend is self._backend else 0)
-        queue = QueueSocket(cfg.nfqueue_id, cfg.queue_max_len, self._on_packet)
+        queue = QueueSocket(cfg.nfqueue_id, cfg.queue_max_len, self.handle_packet)
         try:
             queue.bind(cfg.fail_open)
         except QueueBindError as exc:
@@ -150,7 +150,8 @@ class Dataplane:
             queue, self._queue = self._queue, None
             if queue is not None:
                 queue.poll()  # packets queued before the rules went away
-                self._flush_pending("shutdown")
+            self._flush_pending("shutdown")
+            if queue is not None:
                 queue.close()
             log.info(
                 "dataplane stopped: queue=%d rules %s", self.config.nfqueue_id, "removed" if remove_rules else "kept"
@@ -289,8 +290,12 @@ class Dataplane:
             m.QUEUE_ERRORS.labels(self._label, "ready-callback").inc()
             return False
 
-    def _on_packet(self, packet: Any) -> None:
-        """Called from the queue socket for each packet; never raises, always leads to a verdict."""
+    def handle_packet(self, packet: Any) -> None:
+        """Decide one queued packet (called by the queue socket on the event loop; public for tests).
+
+        ``packet`` is a netfilterqueue Packet (get_payload, get_mark, set_mark, accept, drop).
+        Never raises; always leads to exactly one verdict, now or after an awaitable decision.
+        """
         m.PACKETS_QUEUED.labels(self._label).inc()
         try:
             info = parse_packet(packet.get_payload())
@@ -310,9 +315,8 @@ class Dataplane:
             self._default_verdict(packet, info, "error")
             return
         if inspect.isawaitable(result):
-            assert self._loop is not None
             key = id(packet)
-            task = self._loop.create_task(self._finish(key, packet, info, result))
+            task = asyncio.get_running_loop().create_task(self._finish(key, packet, info, result))
             self._pending[key] = (packet, task)
             m.PENDING.labels(self._label).set(len(self._pending))
             return
@@ -363,7 +367,7 @@ class Dataplane:
         while self._queue is not None:
             self._flush_pending("error")
             self._queue.close()
-            queue = QueueSocket(self.config.nfqueue_id, self.config.queue_max_len, self._on_packet)
+            queue = QueueSocket(self.config.nfqueue_id, self.config.queue_max_len, self.handle_packet)
             try:
                 queue.bind(self.config.fail_open)
             except OSError as exc:
