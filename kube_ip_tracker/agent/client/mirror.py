@@ -227,7 +227,9 @@ class Mirror:
         key = state.claims.owner(ip)
         if key is None:
             return None
-        pod = state.pods[key]
+        pod = state.pods.get(key)
+        if pod is None:  # a reader on another thread raced a delta
+            return None
         return pod, state.namespaces.get((pod.cluster, pod.namespace)), state.nodes.get((pod.cluster, pod.node))
 
     def pod(self, cluster: str, namespace: str, name: str) -> PodRecord | None:
