@@ -435,3 +435,53 @@ async def test_nft_backend_table_is_valid_for_nft(dp_name: str, queue_id: int) -
         failing_lines = {int(line.split(":")[1]) for line in errors}
         assert all("queue num" in text.splitlines()[n - 1] for n in failing_lines), checked.stderr
     assert not rules_present(dp_name)
+
+
+async def test_queue_error_rebinds_and_keeps_deciding(
+    net: PodNetwork, make_dataplane: DataplaneFactory, queue_id: int
+) -> None:
+    a, b = net.add_pod("a"), net.add_pod("b")
+    b.serve_tcp(TCP_PORT)
+    calls: list[PacketInfo] = []
+    dp = make_dataplane(allow_all(calls), fail_open=False)
+    await dp.start()
+    assert await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 1.0)
+    rebinds_before = metric("kube_ip_agent_dataplane_queue_errors_total", queue=str(queue_id), kind="recv")
+    dp._on_queue_error(OSError(105, "No buffer space available"))  # what a failing recv reports
+    for _ in range(100):
+        if dp._rebind_task is not None and dp._rebind_task.done():
+            break
+        await asyncio.sleep(0.02)
+    assert metric("kube_ip_agent_dataplane_queue_errors_total", queue=str(queue_id), kind="recv") == rebinds_before + 1
+    assert await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 1.0)  # fail-closed: only a live queue lets it in
+    assert len(calls) == 2
+
+
+async def test_revalidation_loop_retries_until_ready(
+    net: PodNetwork, make_dataplane: DataplaneFactory, queue_id: int
+) -> None:
+    a, b = net.add_pod("a"), net.add_pod("b")
+    b.serve_tcp(TCP_PORT)
+    ready = threading.Event()
+    ready.set()
+    allowed = True
+    dp = make_dataplane(lambda packet: allowed, is_ready=ready.is_set, revalidate_delay=0.0)
+    await dp.start()
+    stream = await asyncio.to_thread(a.open_stream, b.ip, TCP_PORT)
+    assert await asyncio.to_thread(stream.exchange, 1.0)
+    ready.clear()
+    allowed = False
+    not_ready_before = metric("kube_ip_agent_dataplane_revalidations_total", queue=str(queue_id), outcome="not-ready")
+    dp.request_revalidation()
+    await asyncio.sleep(0.1)
+    assert (
+        metric("kube_ip_agent_dataplane_revalidations_total", queue=str(queue_id), outcome="not-ready")
+        > not_ready_before
+    )
+    assert metric("kube_ip_agent_dataplane_revalidation_retry_seconds", queue=str(queue_id)) > 0
+    ready.set()  # the retry (after 0.1-0.2s of backoff) now cuts the stream
+    deadline = time.monotonic() + 3
+    while metric("kube_ip_agent_dataplane_revalidation_retry_seconds", queue=str(queue_id)) > 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert not await asyncio.to_thread(stream.exchange, 0.5)
