@@ -256,3 +256,55 @@ def test_tls_options_need_cert_and_key_together(tmp_path) -> None:  # type: igno
         TlsOptions(cert_file=tmp_path / "c.pem")
     with pytest.raises(OSError, match="CA file"):
         TlsOptions(ca_file=tmp_path / "missing.pem").credentials()
+
+
+async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_ip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.agent.client.client import TlsOptions
+    from kube_ip_tracker.testing.certs import TestCA
+
+    ca = TestCA(tmp_path)
+    server_cert, server_key = ca.issue("tracker", hosts=["kube-ip-tracker.kube-system.svc"])
+    client_cert, client_key = ca.issue("agent", client=True)
+    servicer = ScriptedTracker([[snapshot(BASE, 5), end(5)], [snapshot(BASE, 5), end(5)]])
+    server = grpc.aio.server()
+    tracker_pb2_grpc.add_TrackerServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [(server_key.read_bytes(), server_cert.read_bytes())],
+        root_certificates=ca.cert_path.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+
+    async def resolve(host: str, p: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    try:
+        target = f"kube-ip-tracker.kube-system.svc:{port}"
+        tls = TlsOptions(ca_file=ca.cert_path, cert_file=client_cert, key_file=client_key)
+        client = TrackerClient(
+            target, Mirror(), ClientOptions(tls=tls, backoff_base=0.05, backoff_cap=0.1), resolve=resolve
+        )
+        client.start()
+        try:
+            async with asyncio.timeout(10):
+                await client.wait_ready()
+            assert client.endpoint == f"127.0.0.1:{port}"
+        finally:
+            await client.stop()
+
+        # Without a client certificate the server refuses the handshake; the client keeps retrying.
+        no_cert = TrackerClient(
+            target, Mirror(), ClientOptions(tls=TlsOptions(ca_file=ca.cert_path), backoff_base=0.05), resolve=resolve
+        )
+        before = metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE")
+        no_cert.start()
+        try:
+            await wait_for(
+                lambda: metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE") > before
+            )
+            assert not no_cert.ready
+        finally:
+            await no_cert.stop()
+    finally:
+        await server.stop(None)
