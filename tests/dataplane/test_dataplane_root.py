@@ -485,3 +485,38 @@ async def test_revalidation_loop_retries_until_ready(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert not await asyncio.to_thread(stream.exchange, 0.5)
+
+
+async def test_reapplying_rules_never_lets_a_packet_slip_through(
+    net: PodNetwork, make_dataplane: DataplaneFactory, dp_name: str
+) -> None:
+    """Fail-closed, deny-all, a UDP flow whose every datagram is new: 30 rule syncs must not let one pass."""
+    a, b = net.add_pod("a"), net.add_pod("b")
+    udp_server = b.serve_udp(UDP_PORT)
+    dp = make_dataplane(deny_all([]), fail_open=False)
+    await dp.start()
+    stop = threading.Event()
+    sent = 0
+
+    def blast_udp() -> None:
+        nonlocal sent
+        sock = a.udp_socket(b.ip, UDP_PORT)
+        try:
+            while not stop.is_set():
+                sock.send(b"x")
+                sent += 1
+                time.sleep(0.0002)
+        finally:
+            sock.close()
+
+    blaster = threading.Thread(target=blast_udp)
+    blaster.start()
+    try:
+        for _ in range(30):
+            await dp.sync_rules()
+    finally:
+        stop.set()
+        await asyncio.to_thread(blaster.join)
+    assert sent >= 200
+    assert udp_server.received == 0
+    assert iptables_jumps(dp_name) == {"FORWARD": 1, "INPUT": 1, "OUTPUT": 1}

@@ -234,3 +234,19 @@ def test_conntrack_entry_of_a_service_connection_names_the_backend_pod() -> None
         5353,
     )
     assert entry.delete_argv()[6:10] == ["-s", "10.244.1.2", "-d", "10.96.0.10"]  # deletion matches the original tuple
+
+
+def test_nft_update_refills_in_place_without_deleting() -> None:
+    config = DataplaneConfig(nfqueue_id=9, local_pods=parse_networks(["10.244.1.2"]))
+    lines = RuleSet(config, Backend.NFT).nft_update(config.local_pods).splitlines()
+    assert not any(line.startswith("delete") for line in lines)
+    assert lines[0] == "add table inet kube-ip-agent"
+    first_rule = next(i for i, line in enumerate(lines) if line.startswith("add rule"))
+    flushes = [i for i, line in enumerate(lines) if line.startswith("flush chain")]
+    assert len(flushes) == 7 and max(flushes) < first_rule  # every chain emptied before any rule is added
+    assert "add element inet kube-ip-agent pods4 { 10.244.1.2/32 }" in lines
+    assert "add rule inet kube-ip-agent enforce queue num 9 bypass" in lines
+    assert (
+        "add chain inet kube-ip-agent classify_input { type filter hook input priority filter - 5; policy accept; }"
+        in lines
+    )

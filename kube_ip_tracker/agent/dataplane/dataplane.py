@@ -118,7 +118,7 @@ class Dataplane:
         queue.attach(self._loop)
         self._queue = queue
         try:
-            await self._install()
+            await self.sync_rules()
         except BaseException:
             self._queue = None
             queue.poll()  # old rules may already be queueing to us: answer those packets
@@ -215,12 +215,22 @@ class Dataplane:
             raise
         m.RULE_SYNCS.labels(self._label, op, "ok").inc()
 
-    async def _install(self) -> None:
-        assert self._rules is not None
+    async def sync_rules(self) -> None:
+        """(Re)apply all our rules: nft in one transaction, then iptables in one; gapless for traffic.
+
+        :meth:`start` calls it; call it again to repair rules someone else removed or changed.
+        """
+        if self._rules is None:
+            raise DataplaneError("dataplane not started: no backend chosen yet")
         rules = self._rules
         async with self._rule_lock:
             try:
-                await self._nft(rules.nft_replace(self._pods), "install")
+                try:
+                    await self._nft(rules.nft_update(self._pods), "install")
+                except commands.CommandError as exc:
+                    # An existing table of another layout (older version, other marks): replace it whole.
+                    log.warning("updating table inet %s in place failed (%s); replacing it", self.config.name, exc)
+                    await self._nft(rules.nft_replace(self._pods), "replace")
                 if self._backend is Backend.IPTABLES:
                     for tool, family in IPTABLES_TOOLS:
                         await self._install_iptables(tool, family, rules)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .config import DataplaneConfig, IPNetwork
 
 HOOKS = ("forward", "input", "output")
+SETS = (("pods4", "ipv4_addr"), ("pods6", "ipv6_addr"))
 IPTABLES_HOOKS = ("FORWARD", "INPUT", "OUTPUT")
 
 
@@ -63,48 +64,88 @@ class RuleSet:
     def queue_chain(self) -> str:
         return f"{self.config.chain_prefix}-QUEUE"
 
-    def nft_replace(self, pods: Iterable[IPNetwork]) -> str:
-        """One nft transaction that replaces our whole table (created first so the delete cannot fail)."""
-        return f"table {self.table}\ndelete table {self.table}\n" + self.nft_table(pods)
-
-    def nft_table(self, pods: Iterable[IPNetwork]) -> str:
-        """Our table: pod sets, the enforce chain and per-hook classify/commit base chains."""
+    def _chains(self) -> list[tuple[str, str | None, list[str]]]:
+        """(name, base chain spec or None, rules) of every chain of our table."""
         cfg = self.config
-        v4, v6 = split_families(pods)
         both = cfg.queue_mark | cfg.verdict_mark
         if self.backend is Backend.NFT:
             to_queue = queue_statement(cfg.nfqueue_id, cfg.fail_open)
         else:
             to_queue = f"meta mark set meta mark | {cfg.queue_mark:#010x}"
+        chains: list[tuple[str, str | None, list[str]]] = [
+            (
+                "enforce",
+                None,
+                [f"ct mark & {cfg.accepted_ct_mark:#010x} == {cfg.accepted_ct_mark:#010x} accept", to_queue],
+            )
+        ]
+        for hook in HOOKS:
+            chains.append(
+                (
+                    f"classify_{hook}",
+                    f"type filter hook {hook} priority filter - 5; policy accept;",
+                    [
+                        "ip saddr @pods4 goto enforce",
+                        "ip daddr @pods4 goto enforce",
+                        "ip6 saddr @pods6 goto enforce",
+                        "ip6 daddr @pods6 goto enforce",
+                    ],
+                )
+            )
+            chains.append(
+                (
+                    f"commit_{hook}",
+                    f"type filter hook {hook} priority filter + 5; policy accept;",
+                    [
+                        f"meta mark & {cfg.verdict_mark:#010x} == {cfg.verdict_mark:#010x}"
+                        f" ct mark set ct mark | {cfg.accepted_ct_mark:#010x}",
+                        f"meta mark & {both:#010x} != 0 meta mark set meta mark & {~both & 0xFFFFFFFF:#010x}",
+                    ],
+                )
+            )
+        return chains
+
+    def nft_update(self, pods: Iterable[IPNetwork]) -> str:
+        """One nft transaction that brings our table to this config in place, keeping table, sets and
+        base chains: chains and sets are flushed and refilled, so each chain and set switches from old
+        to new contents at once. (Deleting and re-creating the table is not gapless: a packet can meet
+        the old chain after the switch and the new one before it.) Fails when existing chains or sets
+        differ in type, hook or priority; :meth:`nft_replace` handles that case.
+        """
+        table = self.table
+        lines = [f"add table {table}"]
+        for set_name, kind in SETS:
+            lines.append(f"add set {table} {set_name} {{ type {kind}; flags interval; auto-merge; }}")
+        chains = self._chains()
+        for name, base, _rules in chains:
+            lines.append(f"add chain {table} {name}" + (f" {{ {base} }}" if base else ""))
+        for name, _base, _rules in chains:
+            lines.append(f"flush chain {table} {name}")
+        lines.append(self.nft_set_pods(pods).rstrip("\n"))
+        for name, _base, rules in chains:
+            lines += [f"add rule {table} {name} {rule}" for rule in rules]
+        return "\n".join(lines) + "\n"
+
+    def nft_replace(self, pods: Iterable[IPNetwork]) -> str:
+        """One nft transaction that deletes and re-creates our whole table (created first so the delete cannot fail)."""
+        return f"table {self.table}\ndelete table {self.table}\n" + self.nft_table(pods)
+
+    def nft_table(self, pods: Iterable[IPNetwork]) -> str:
+        """Our table as one block: pod sets, the enforce chain and per-hook classify/commit base chains."""
+        v4, v6 = split_families(pods)
         lines = [f"table {self.table} {{"]
-        for set_name, kind, members in (("pods4", "ipv4_addr", v4), ("pods6", "ipv6_addr", v6)):
+        for (set_name, kind), members in zip(SETS, (v4, v6), strict=True):
             lines.append(f"  set {set_name} {{")
             lines.append(f"    type {kind}; flags interval; auto-merge;")
             if members:
                 lines.append(f"    elements = {{ {_elements(members)} }}")
             lines.append("  }")
-        lines += [
-            "  chain enforce {",
-            f"    ct mark & {cfg.accepted_ct_mark:#010x} == {cfg.accepted_ct_mark:#010x} accept",
-            f"    {to_queue}",
-            "  }",
-        ]
-        for hook in HOOKS:
-            lines += [
-                f"  chain classify_{hook} {{",
-                f"    type filter hook {hook} priority filter - 5; policy accept;",
-                "    ip saddr @pods4 goto enforce",
-                "    ip daddr @pods4 goto enforce",
-                "    ip6 saddr @pods6 goto enforce",
-                "    ip6 daddr @pods6 goto enforce",
-                "  }",
-                f"  chain commit_{hook} {{",
-                f"    type filter hook {hook} priority filter + 5; policy accept;",
-                f"    meta mark & {cfg.verdict_mark:#010x} == {cfg.verdict_mark:#010x}"
-                f" ct mark set ct mark | {cfg.accepted_ct_mark:#010x}",
-                f"    meta mark & {both:#010x} != 0 meta mark set meta mark & {~both & 0xFFFFFFFF:#010x}",
-                "  }",
-            ]
+        for name, base, rules in self._chains():
+            lines.append(f"  chain {name} {{")
+            if base:
+                lines.append(f"    {base}")
+            lines += [f"    {rule}" for rule in rules]
+            lines.append("  }")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
