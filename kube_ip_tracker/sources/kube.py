@@ -1,0 +1,464 @@
+"""Informers: keep the index equal to one cluster's Pods, Namespaces and Nodes.
+
+Each kind runs a reflector loop, like client-go's:
+
+1. a paginated list (``limit``/``continue``, a consistent read), applied with
+   :meth:`IndexWriter.replace` so nothing the API server no longer has survives;
+2. a watch from the list's resourceVersion with bookmarks and a server-side timeout; when it ends
+   the watch is reopened from the last resourceVersion seen (objects and bookmarks advance it);
+3. on 410 Gone (an HTTP 410 or a watch ERROR event with code 410) the resourceVersion is too old:
+   back to 1 (relist and reconcile);
+4. any other error: exponential backoff with jitter, then watch again from the last resourceVersion
+   (or list again if no list has succeeded yet).
+
+Lists and watches are read as raw JSON (no client-model deserialization) and only the fields the
+index needs are kept (see :mod:`.convert`). A :class:`ClusterSource` first reads the kube-system
+namespace (its UID identifies the cluster), then runs the three informers and reports the
+cluster's status (connected, synced, last error) to the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, IndexWriter, Kind, Record
+from kube_ip_tracker.sources import metrics
+from kube_ip_tracker.sources.backoff import Backoff
+from kube_ip_tracker.sources.convert import object_key, to_record
+from kube_ip_tracker.sources.kubeconfig import KubeconfigError, api_client
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[Kind, ...] = (Kind.NAMESPACE, Kind.NODE, Kind.POD)
+PLURALS: dict[Kind, str] = {Kind.POD: "pods", Kind.NAMESPACE: "namespaces", Kind.NODE: "nodes"}
+
+ApiClientFactory = Callable[[ClusterSpec], contextlib.AbstractAsyncContextManager[client.ApiClient]]
+
+
+@dataclass(frozen=True)
+class InformerOptions:
+    """Tuning of the list/watch loops (seconds unless noted)."""
+
+    page_size: int = 500
+    # Server-side watch timeout; each watch uses a random value in [watch_timeout, 2 * watch_timeout).
+    watch_timeout: float = 300.0
+    # Client-side limits: connecting, a list page or a get, silence on a watch beyond its timeout.
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+    watch_read_margin: float = 30.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+
+class ResourceExpired(Exception):
+    """The resourceVersion to watch from (or a list continue token) is too old: relist."""
+
+
+class ConnectError(Exception):
+    """Reading the kube-system namespace failed; the message says why (the cause is chained)."""
+
+
+class WatchError(Exception):
+    """A watch ERROR event other than 410."""
+
+    def __init__(self, code: object, message: str) -> None:
+        super().__init__(f"watch error {code}: {message}")
+        self.code = code
+
+
+def _status_message(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body:
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            return body.strip()[:300]
+        if isinstance(decoded, dict) and decoded.get("message"):
+            return str(decoded["message"])
+    return str(exc.reason or "")
+
+
+def describe_error(exc: BaseException, what: str) -> tuple[str, str]:
+    """(metric reason, human message) for an error of request ``what`` (e.g. "list pods")."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return describe_error(exc.exceptions[0], what)
+    if isinstance(exc, ConnectError):
+        cause = exc.__cause__
+        return (describe_error(cause, what)[0] if cause is not None else "other"), str(exc)
+    if isinstance(exc, ResourceExpired):
+        return "expired", f"{what}: resource version expired (410 Gone): {exc}"
+    if isinstance(exc, ApiException):
+        message = _status_message(exc)
+        if exc.status == 401:
+            return "unauthorized", f"{what}: unauthorized (401): the API server rejected the credentials"
+        if exc.status == 403:
+            return "forbidden", f"{what}: forbidden (403): {message}"
+        if exc.status == 410:
+            return "expired", f"{what}: resource version expired (410 Gone): {message}"
+        return "api", f"{what}: API error {exc.status}: {message}"
+    if isinstance(exc, WatchError):
+        return "api", f"{what}: {exc}"
+    if isinstance(exc, KubeconfigError):
+        return "config", str(exc)
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout", f"{what}: timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "unreachable", f"{what}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return "unreachable", f"{what}: connection failed: {type(exc).__name__}: {exc}"
+    return "other", f"{what}: {type(exc).__name__}: {exc}"
+
+
+class ClusterState:
+    """Aggregates the informers' health into one ClusterStatusRecord, written only when it changes."""
+
+    def __init__(self, cluster: str, writer: IndexWriter, *, synced: bool = False) -> None:
+        self.cluster = cluster
+        self.writer = writer
+        self.kube_system_uid = ""
+        self.api_ok = False
+        self.kind_errors: dict[Kind, str] = {}
+        self.listed: set[Kind] = set()
+        self.last_error = ""
+        self.synced = synced
+        self.synced_event = asyncio.Event()
+        if synced:
+            self.synced_event.set()
+        self._published: ClusterStatusRecord | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.api_ok and not self.kind_errors
+
+    def status(self) -> ClusterStatusRecord:
+        """The status as it would be published now."""
+        connected = self.connected
+        return ClusterStatusRecord(
+            cluster=self.cluster,
+            connected=connected,
+            synced=self.synced,
+            stale=self.synced and not connected,
+            last_error="" if connected else self.last_error,
+            kube_system_uid=self.kube_system_uid,
+        )
+
+    def publish(self) -> None:
+        status = self.status()
+        if status != self._published:
+            self._published = status
+            self.writer.set_cluster_status(status)
+            metrics.CONNECTED.labels(self.cluster).set(1 if status.connected else 0)
+            metrics.SYNCED.labels(self.cluster).set(1 if status.synced else 0)
+
+    def connect_failed(self, message: str) -> None:
+        self.api_ok = False
+        self.last_error = message
+        self.publish()
+
+    def connect_ok(self, uid: str) -> None:
+        self.api_ok = True
+        self.kube_system_uid = uid
+        self.publish()
+
+    def kind_failed(self, kind: Kind, message: str) -> None:
+        self.kind_errors[kind] = message
+        self.last_error = message
+        self.publish()
+
+    def kind_ok(self, kind: Kind) -> None:
+        if self.kind_errors.pop(kind, None) is not None or self._published is None:
+            self.publish()
+
+    def kind_listed(self, kind: Kind) -> None:
+        self.listed.add(kind)
+        self.kind_errors.pop(kind, None)
+        if not self.synced and self.listed.issuperset(KINDS):
+            self.synced = True
+            self.synced_event.set()
+            log.info("Cluster %s synced (UID: %s)", self.cluster, self.kube_system_uid)
+        self.publish()
+
+
+async def _open(
+    api: client.ApiClient, kind: Kind, client_timeout: aiohttp.ClientTimeout, **params: Any
+) -> aiohttp.ClientResponse:
+    """Start a list or watch request for ``kind`` and return the unread response (raises on non-2xx)."""
+    core = client.CoreV1Api(api)
+    method = {
+        Kind.POD: core.list_pod_for_all_namespaces,
+        Kind.NAMESPACE: core.list_namespace,
+        Kind.NODE: core.list_node,
+    }[kind]
+    params = {k: v for k, v in params.items() if v is not None}
+    resp: aiohttp.ClientResponse = await method(**params, _preload_content=False, _request_timeout=client_timeout)
+    if not 200 <= resp.status <= 299:
+        try:
+            body = await resp.read()
+        finally:
+            resp.release()
+        exc = ApiException(status=resp.status, reason=resp.reason)
+        exc.body = body.decode("utf-8", "replace")
+        raise exc
+    return resp
+
+
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Newline-delimited chunks of a streaming response body."""
+    pending = bytearray()
+    async for chunk in resp.content.iter_any():
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            if end > start:
+                yield bytes(pending[start:end])
+            start = end + 1
+        del pending[:start]
+    if pending.strip():
+        yield bytes(pending)
+
+
+class Informer:
+    """The list/watch loop of one kind in one cluster; see the module docstring."""
+
+    def __init__(
+        self,
+        cluster: str,
+        kind: Kind,
+        api: client.ApiClient,
+        writer: IndexWriter,
+        state: ClusterState,
+        options: InformerOptions,
+    ) -> None:
+        self.cluster = cluster
+        self.kind = kind
+        self.plural = PLURALS[kind]
+        self.api = api
+        self.writer = writer
+        self.state = state
+        self.options = options
+        self.resource_version: str | None = None
+        # What this informer put in the index, by (namespace, name): skips no-op updates, and
+        # tells whether an object that stops qualifying (or is deleted) must be removed.
+        self.indexed: dict[tuple[str, str], Record] = {}
+        self._rng = random.Random()
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
+        reason = "initial"
+        expired_in_a_row = 0
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self.list(reason)
+                await self.watch()
+                backoff.reset()
+                expired_in_a_row = 0
+                metrics.BACKOFF.labels(self.cluster, self.plural).set(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                label, message = describe_error(
+                    exc, f"{'list' if self.resource_version is None else 'watch'} {self.plural}"
+                )
+                metrics.ERRORS.labels(self.cluster, self.plural, label).inc()
+                if label == "expired":
+                    # Too old to resume: relist at once (with backoff only if it keeps happening).
+                    log.info("Watch of %s in cluster %s expired; relisting: %s", self.plural, self.cluster, exc)
+                    self.resource_version = None
+                    reason = "expired"
+                    expired_in_a_row += 1
+                    if expired_in_a_row < 2:
+                        continue
+                else:
+                    self.state.kind_failed(self.kind, message)
+                    if reason == "initial" and self.state.synced and self.resource_version is None:
+                        reason = "error"
+                delay = backoff.next_delay()
+                metrics.BACKOFF.labels(self.cluster, self.plural).set(delay)
+                level = logging.DEBUG if label == "expired" else logging.WARNING
+                log.log(level, "Cluster %s: %s; retrying in %.1fs", self.cluster, message, delay)
+                if label == "other":
+                    log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
+                await asyncio.sleep(delay)
+
+    async def list(self, reason: str) -> None:
+        """Paginated list, then make the index hold exactly the listed objects."""
+        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
+        for attempt in range(3):
+            items: list[dict[str, Any]] = []
+            token: str | None = None
+            try:
+                while True:
+                    resp = await _open(self.api, self.kind, timeout, limit=self.options.page_size, _continue=token)
+                    try:
+                        page = json.loads(await resp.read())
+                    finally:
+                        resp.release()
+                    items.extend(page.get("items") or [])
+                    meta = page.get("metadata") or {}
+                    token = meta.get("continue") or None
+                    if token is None:
+                        resource_version = meta.get("resourceVersion") or ""
+                        break
+            except ApiException as exc:
+                if exc.status == 410 and token is not None and attempt < 2:
+                    log.info("Cluster %s: list of %s expired between pages; listing again", self.cluster, self.plural)
+                    continue
+                raise
+            break
+        records: dict[tuple[str, str], Record] = {}
+        for obj in items:
+            record = to_record(self.kind, self.cluster, obj)
+            if record is not None:
+                records[object_key(self.kind, obj)] = record
+        self.writer.replace(self.cluster, self.kind, list(records.values()))
+        removed = len(self.indexed.keys() - records.keys())
+        self.indexed = records
+        self.resource_version = resource_version
+        metrics.RELISTS.labels(self.cluster, self.plural, reason).inc()
+        metrics.OBJECTS.labels(self.cluster, self.plural).set(len(records))
+        log.log(
+            logging.DEBUG if reason == "initial" else logging.INFO,
+            "Cluster %s: listed %d %s (%d indexed, %d stale removed) at resourceVersion %s (%s)",
+            self.cluster,
+            len(items),
+            self.plural,
+            len(records),
+            removed,
+            resource_version,
+            reason,
+        )
+        self.state.kind_listed(self.kind)
+
+    async def watch(self) -> None:
+        """One watch request from the current resourceVersion, applied until the server ends it."""
+        server_timeout = int(self.options.watch_timeout * (1 + self._rng.random())) or 1
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.options.connect_timeout,
+            sock_read=server_timeout + self.options.watch_read_margin,
+        )
+        resp = await _open(
+            self.api,
+            self.kind,
+            timeout,
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=server_timeout,
+        )
+        metrics.WATCHES.labels(self.cluster, self.plural).inc()
+        self.state.kind_ok(self.kind)
+        try:
+            async for line in _lines(resp):
+                self.handle_event(json.loads(line))
+        finally:
+            resp.close()
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """Apply one watch event to the index and advance the resourceVersion."""
+        etype = event.get("type")
+        obj = event.get("object") or {}
+        if etype == "ERROR":
+            code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
+            metrics.EVENTS.labels(self.cluster, self.plural, "ERROR").inc()
+            if code == 410:
+                raise ResourceExpired(message)
+            raise WatchError(code, message)
+        metrics.EVENTS.labels(self.cluster, self.plural, str(etype)).inc()
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if etype in ("ADDED", "MODIFIED", "DELETED"):
+            self._apply(etype, obj)
+        elif etype != "BOOKMARK":
+            log.warning("Cluster %s: ignoring watch event of unknown type %r for %s", self.cluster, etype, self.plural)
+        if rv:
+            self.resource_version = rv
+
+    def _apply(self, etype: str, obj: dict[str, Any]) -> None:
+        key = object_key(self.kind, obj)
+        record = None if etype == "DELETED" else to_record(self.kind, self.cluster, obj)
+        if record is None:
+            if self.indexed.pop(key, None) is not None:
+                self.writer.delete(self.kind, self.cluster, key[0], key[1])
+        elif self.indexed.get(key) != record:
+            self.indexed[key] = record
+            self.writer.upsert(record)
+        else:
+            return
+        metrics.OBJECTS.labels(self.cluster, self.plural).set(len(self.indexed))
+
+
+@dataclass
+class ClusterSource:
+    """Connects to one cluster and runs its three informers until cancelled, reconnecting with backoff."""
+
+    spec: ClusterSpec
+    writer: IndexWriter
+    options: InformerOptions = field(default_factory=InformerOptions)
+    client_factory: ApiClientFactory = api_client
+    previously_synced: bool = False
+
+    def __post_init__(self) -> None:
+        self.state = ClusterState(self.spec.cluster_id, self.writer, synced=self.previously_synced)
+        self.informers: dict[Kind, Informer] = {}
+
+    @property
+    def cluster(self) -> str:
+        return self.spec.cluster_id
+
+    @property
+    def synced(self) -> bool:
+        return self.state.synced
+
+    async def run(self) -> None:
+        """Connect, read the kube-system UID, run the informers; retry the whole on connection errors."""
+        backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
+        self.state.publish()
+        while True:
+            try:
+                async with self.client_factory(self.spec) as api:
+                    uid = await self._kube_system_uid(api)
+                    log.info("Successfully connected to cluster %s (UID: %s). Starting informers...", self.cluster, uid)
+                    self.state.connect_ok(uid)
+                    backoff.reset()
+                    async with asyncio.TaskGroup() as group:
+                        for kind in KINDS:
+                            informer = Informer(self.cluster, kind, api, self.writer, self.state, self.options)
+                            self.informers[kind] = informer
+                            group.create_task(informer.run(), name=f"informer-{self.cluster}-{informer.plural}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                label, message = describe_error(exc, "connect")
+                metrics.ERRORS.labels(self.cluster, "", label).inc()
+                self.state.connect_failed(message)
+                delay = backoff.next_delay()
+                log.error("Cannot connect to cluster %s: %s; retrying in %.1fs", self.cluster, message, delay)
+                if label == "other":
+                    log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
+                await asyncio.sleep(delay)
+
+    async def _kube_system_uid(self, api: client.ApiClient) -> str:
+        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
+        try:
+            ns = await client.CoreV1Api(api).read_namespace("kube-system", _request_timeout=timeout)
+        except ApiException as exc:
+            _, message = describe_error(exc, "get namespace kube-system")
+            raise ConnectError(message) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            _, message = describe_error(exc, f"get namespace kube-system from {api.configuration.host}")
+            raise ConnectError(message) from exc
+        return str(ns.metadata.uid or "")
