@@ -129,3 +129,17 @@ async def test_shutdown_answers_every_pending_packet_exactly_once() -> None:
     await asyncio.sleep(0.01)
     assert [p.verdicts for p in packets] == [["accept"]] * 5
     assert all(not p.mark & VERDICT for p in packets)
+
+
+async def test_verdict_objects_count_by_their_allowed_field_and_other_results_are_errors() -> None:
+    from kube_ip_tracker.agent.policy.evaluator import Reason, Verdict
+
+    denied_verdict = FakePacket(tcp_syn())
+    make(lambda p: Verdict(False, Reason.DENIED, Reason.NOT_ISOLATED)).handle_packet(denied_verdict)
+    assert denied_verdict.verdicts == ["drop"]  # a Verdict object is truthy; its allowed field decides
+    allowed_verdict = FakePacket(tcp_syn())
+    make(lambda p: Verdict(True, Reason.ALLOWED, Reason.NOT_A_POD)).handle_packet(allowed_verdict)
+    assert allowed_verdict.verdicts == ["accept"] and allowed_verdict.mark & VERDICT
+    wrong_type = FakePacket(tcp_syn())
+    make(lambda p: "yes", fail_open=False).handle_packet(wrong_type)
+    assert wrong_type.verdicts == ["drop"]

@@ -15,7 +15,7 @@ awaitable is awaited up to ``verdict_timeout``, then the fail-open/closed defaul
 """
 
 from .config import ConfigError, DataplaneConfig, add_arguments, config_from_args, parse_networks
-from .dataplane import Dataplane, DataplaneError, Decide, IsReady, Revalidation, detect_backend
+from .dataplane import Dataplane, DataplaneError, Decide, Decision, IsReady, Revalidation, as_allowed, detect_backend
 from .packet import PacketInfo, PacketParseError, Protocol, parse_packet
 from .rules import Backend
 
@@ -26,12 +26,14 @@ __all__ = [
     "DataplaneConfig",
     "DataplaneError",
     "Decide",
+    "Decision",
     "IsReady",
     "PacketInfo",
     "PacketParseError",
     "Protocol",
     "Revalidation",
     "add_arguments",
+    "as_allowed",
     "config_from_args",
     "detect_backend",
     "parse_networks",

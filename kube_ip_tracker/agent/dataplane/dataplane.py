@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kube_ip_tracker.agent.client.backoff import Backoff
 
@@ -22,7 +22,16 @@ from .rules import Backend, RuleSet, parse_iptables_save, queue_statement, split
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
-Decide = Callable[[PacketInfo], bool | Awaitable[bool]]
+
+class HasAllowed(Protocol):
+    """A verdict object, like the policy evaluator's ``Verdict``."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+
+Decision = bool | HasAllowed
+Decide = Callable[[PacketInfo], Decision | Awaitable[Decision]]
 IsReady = Callable[[], bool]
 
 NFT = "nft"
@@ -31,6 +40,17 @@ IPTABLES_TOOLS = (("iptables", "ipv4"), ("ip6tables", "ipv6"))
 
 class DataplaneError(RuntimeError):
     """The dataplane could not start or change its rules."""
+
+
+def as_allowed(decision: object) -> bool:
+    """A decision as a bool: ``True``/``False`` or an object with a bool ``allowed`` (never plain truthiness,
+    so returning the wrong object cannot silently allow everything)."""
+    if isinstance(decision, bool):
+        return decision
+    allowed = getattr(decision, "allowed", None)
+    if isinstance(allowed, bool):
+        return allowed
+    raise TypeError(f"decide must return a bool or an object with a bool 'allowed', got {type(decision).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,22 +339,23 @@ class Dataplane:
             return
         try:
             result = self._decide(info)
+            if inspect.isawaitable(result):
+                key = id(packet)
+                task = asyncio.get_running_loop().create_task(self._finish(key, packet, info, result))
+                self._pending[key] = (packet, task)
+                m.PENDING.labels(self._label).set(len(self._pending))
+                return
+            allowed = as_allowed(result)
         except Exception:
             m.QUEUE_ERRORS.labels(self._label, "decide").inc()
             log.exception("decide failed for %s", info)
             self._default_verdict(packet, info, "error")
             return
-        if inspect.isawaitable(result):
-            key = id(packet)
-            task = asyncio.get_running_loop().create_task(self._finish(key, packet, info, result))
-            self._pending[key] = (packet, task)
-            m.PENDING.labels(self._label).set(len(self._pending))
-            return
-        self._give(packet, info, accept=bool(result), fail_open=False, reason="decided")
+        self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
 
-    async def _finish(self, key: int, packet: Any, info: PacketInfo, result: Awaitable[bool]) -> None:
+    async def _finish(self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision]) -> None:
         try:
-            allowed = await asyncio.wait_for(result, self.config.verdict_timeout)
+            allowed = as_allowed(await asyncio.wait_for(result, self.config.verdict_timeout))
         except TimeoutError:
             m.QUEUE_ERRORS.labels(self._label, "timeout").inc()
             log.warning("no decision for %s within %ss", info, self.config.verdict_timeout)
@@ -352,7 +373,7 @@ class Dataplane:
         else:
             # Absent when shutdown already gave the packet its verdict.
             if self._pending.pop(key, None) is not None:
-                self._give(packet, info, accept=bool(allowed), fail_open=False, reason="decided")
+                self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
         finally:
             m.PENDING.labels(self._label).set(len(self._pending))
 
@@ -458,7 +479,7 @@ class Dataplane:
             result = self._decide(info)
             if inspect.isawaitable(result):
                 result = await asyncio.wait_for(result, self.config.verdict_timeout)
-            return bool(result)
+            return as_allowed(result)
         except asyncio.CancelledError:
             raise
         except Exception:
