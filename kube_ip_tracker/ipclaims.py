@@ -1,0 +1,113 @@
+"""Which pod owns an IP when several pods claim it.
+
+Two pods can report the same IP: clusters with overlapping pod CIDRs, or an IP reused while the
+old pod's deletion has not been seen yet. The rule, shared by the tracker index and the agent
+mirror so both always agree:
+
+- the pod with the newest ``creation_timestamp`` owns the IP;
+- on equal timestamps the greater ``(cluster, namespace, name)`` owns it;
+- when the owner goes away (or drops the IP) the best remaining claim owns it again.
+
+Claims hold the :class:`~kube_ip_tracker.model.PodRecord` the caller already stores, so an IP with
+a single claim costs one dict entry.
+"""
+
+from __future__ import annotations
+
+from kube_ip_tracker.model import PodRecord
+
+PodKey = tuple[str, str, str]
+
+
+def _rank(pod: PodRecord) -> tuple[int, str, str, str]:
+    return (pod.creation_timestamp, pod.cluster, pod.namespace, pod.name)
+
+
+def wins(a: PodRecord, b: PodRecord) -> bool:
+    """True when ``a`` owns an IP that ``b`` also claims."""
+    return _rank(a) > _rank(b)
+
+
+class IPClaims:
+    """IP -> claiming pods, with the owner picked by :func:`wins`.
+
+    ``add``/``remove`` take whole records; a record is identified by its key, so removing the
+    previous version of a pod works even if it is not the same object.
+    """
+
+    __slots__ = ("_claims", "conflicts")
+
+    def __init__(self) -> None:
+        # ip -> PodRecord (one claim) or list[PodRecord] sorted best first (several claims).
+        self._claims: dict[str, PodRecord | list[PodRecord]] = {}
+        self.conflicts = 0  # IPs that are claimed by more than one pod right now
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def add(self, pod: PodRecord) -> int:
+        """Record ``pod``'s claims on its IPs; returns how many of them another pod claims too."""
+        contested = 0
+        key = pod.key
+        for ip in pod.ips:
+            current = self._claims.get(ip)
+            if current is None:
+                self._claims[ip] = pod
+                continue
+            if isinstance(current, PodRecord):
+                if current.key == key:
+                    self._claims[ip] = pod
+                    continue
+                claims = [current]
+                self.conflicts += 1
+            else:
+                claims = [c for c in current if c.key != key]
+            contested += 1
+            claims.append(pod)
+            claims.sort(key=_rank, reverse=True)
+            self._claims[ip] = claims
+        return contested
+
+    def remove(self, pod: PodRecord) -> None:
+        """Drop ``pod``'s claims (by key) on the IPs it lists."""
+        key = pod.key
+        for ip in pod.ips:
+            current = self._claims.get(ip)
+            if current is None:
+                continue
+            if isinstance(current, PodRecord):
+                if current.key == key:
+                    del self._claims[ip]
+                continue
+            rest = [c for c in current if c.key != key]
+            if len(rest) == 1:
+                self._claims[ip] = rest[0]
+                self.conflicts -= 1
+            else:
+                self._claims[ip] = rest
+
+    def owner(self, ip: str) -> PodKey | None:
+        """Key of the pod owning ``ip``, or ``None``."""
+        pod = self.owner_record(ip)
+        return None if pod is None else pod.key
+
+    def owner_record(self, ip: str) -> PodRecord | None:
+        """The claim (as added) of the pod owning ``ip``, or ``None``."""
+        current = self._claims.get(ip)
+        if current is None or isinstance(current, PodRecord):
+            return current
+        return current[0]
+
+    def claimants(self, ip: str) -> list[PodKey]:
+        """Keys of every pod claiming ``ip``, owner first."""
+        current = self._claims.get(ip)
+        if current is None:
+            return []
+        if isinstance(current, PodRecord):
+            return [current.key]
+        return [c.key for c in current]
+
+    def clear(self) -> None:
+        """Forget every claim."""
+        self._claims.clear()
+        self.conflicts = 0

@@ -1,0 +1,229 @@
+"""Conversion between :mod:`kube_ip_tracker.model` records and the v1 wire messages.
+
+Shared by the tracker (encoding) and the agent client (decoding). Decoding interns the strings
+that repeat across many objects (cluster, namespace, node names, label keys and values) so a
+mirror of 100k pods does not hold 100k copies of ``"default"``.
+
+Besides the message builders there is a small hand-written encoder for ``WatchResponse``:
+a response is a few scalar fields plus ``repeated Change changes = 6``, so a batch's changes can
+be serialized once each and concatenated into any number of responses (one per watcher filter,
+one per chunk) without building protobuf objects again.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.model import (
+    ClusterStatusRecord,
+    ContainerPort,
+    Kind,
+    NamespaceRecord,
+    NodeRecord,
+    PodRecord,
+)
+
+AnyRecord = PodRecord | NamespaceRecord | NodeRecord | ClusterStatusRecord
+
+_PROTOCOL_TO_PB = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
+_PROTOCOL_FROM_PB = {pb.TCP: "TCP", pb.UDP: "UDP", pb.SCTP: "SCTP", pb.PROTOCOL_UNSPECIFIED: "TCP"}
+
+_intern = sys.intern
+
+
+def intern_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A new dict of ``labels`` with interned keys and values."""
+    return {_intern(k): _intern(v) for k, v in labels.items()}
+
+
+# -- records -> protos -------------------------------------------------------------------------
+
+
+def pod_to_proto(record: PodRecord) -> pb.Pod:
+    """Build the wire ``Pod`` of a record."""
+    return pb.Pod(
+        cluster=record.cluster,
+        namespace=record.namespace,
+        name=record.name,
+        labels=record.labels,
+        ports=[pb.ContainerPort(name=p.name, port=p.port, protocol=_protocol_to_pb(p.protocol)) for p in record.ports],
+        node=record.node,
+        ips=record.ips,
+        creation_timestamp=record.creation_timestamp,
+        uid=record.uid,
+    )
+
+
+def namespace_to_proto(record: NamespaceRecord) -> pb.Namespace:
+    """Build the wire ``Namespace`` of a record."""
+    return pb.Namespace(cluster=record.cluster, name=record.name, labels=record.labels)
+
+
+def node_to_proto(record: NodeRecord) -> pb.Node:
+    """Build the wire ``Node`` of a record."""
+    return pb.Node(cluster=record.cluster, name=record.name, labels=record.labels, internal_ips=record.internal_ips)
+
+
+def cluster_status_to_proto(record: ClusterStatusRecord) -> pb.ClusterStatus:
+    """Build the wire ``ClusterStatus`` of a record."""
+    return pb.ClusterStatus(
+        cluster=record.cluster,
+        connected=record.connected,
+        synced=record.synced,
+        stale=record.stale,
+        last_error=record.last_error,
+        kube_system_uid=record.kube_system_uid,
+        via=record.via,
+    )
+
+
+def change_to_proto(record: AnyRecord, deleted: bool = False) -> pb.Change:
+    """Build a ``Change``; a deletion carries only the object's key."""
+    if isinstance(record, PodRecord):
+        if deleted:
+            return pb.Change(
+                pod=pb.Pod(cluster=record.cluster, namespace=record.namespace, name=record.name), deleted=True
+            )
+        return pb.Change(pod=pod_to_proto(record))
+    if isinstance(record, NamespaceRecord):
+        if deleted:
+            return pb.Change(namespace=pb.Namespace(cluster=record.cluster, name=record.name), deleted=True)
+        return pb.Change(namespace=namespace_to_proto(record))
+    if isinstance(record, NodeRecord):
+        if deleted:
+            return pb.Change(node=pb.Node(cluster=record.cluster, name=record.name), deleted=True)
+        return pb.Change(node=node_to_proto(record))
+    if isinstance(record, ClusterStatusRecord):
+        if deleted:
+            return pb.Change(cluster=pb.ClusterStatus(cluster=record.cluster), deleted=True)
+        return pb.Change(cluster=cluster_status_to_proto(record))
+    raise TypeError(f"cannot encode {type(record).__name__} as a Change")
+
+
+def encode_change(record: AnyRecord, deleted: bool = False) -> bytes:
+    """Serialized ``Change`` of a record, for :func:`encode_response`."""
+    return change_to_proto(record, deleted).SerializeToString()
+
+
+# -- protos -> records -------------------------------------------------------------------------
+
+
+def pod_from_proto(msg: pb.Pod) -> PodRecord:
+    """Build a record from a wire ``Pod`` (repeated strings interned)."""
+    return PodRecord(
+        cluster=_intern(msg.cluster),
+        namespace=_intern(msg.namespace),
+        name=msg.name,
+        labels=intern_labels(msg.labels),
+        ports=tuple(
+            ContainerPort(_intern(p.name), p.port, _PROTOCOL_FROM_PB.get(p.protocol, "TCP")) for p in msg.ports
+        ),
+        node=_intern(msg.node),
+        ips=tuple(msg.ips),
+        creation_timestamp=msg.creation_timestamp,
+        uid=msg.uid,
+    )
+
+
+def namespace_from_proto(msg: pb.Namespace) -> NamespaceRecord:
+    """Build a record from a wire ``Namespace``."""
+    return NamespaceRecord(cluster=_intern(msg.cluster), name=_intern(msg.name), labels=intern_labels(msg.labels))
+
+
+def node_from_proto(msg: pb.Node) -> NodeRecord:
+    """Build a record from a wire ``Node``."""
+    return NodeRecord(
+        cluster=_intern(msg.cluster),
+        name=_intern(msg.name),
+        labels=intern_labels(msg.labels),
+        internal_ips=tuple(msg.internal_ips),
+    )
+
+
+def cluster_status_from_proto(msg: pb.ClusterStatus) -> ClusterStatusRecord:
+    """Build a record from a wire ``ClusterStatus``."""
+    return ClusterStatusRecord(
+        cluster=_intern(msg.cluster),
+        connected=msg.connected,
+        synced=msg.synced,
+        stale=msg.stale,
+        last_error=msg.last_error,
+        kube_system_uid=msg.kube_system_uid,
+        via=tuple(msg.via),
+    )
+
+
+def record_kind(record: PodRecord | NamespaceRecord | NodeRecord) -> Kind:
+    """The :class:`Kind` of an object record."""
+    if isinstance(record, PodRecord):
+        return Kind.POD
+    if isinstance(record, NamespaceRecord):
+        return Kind.NAMESPACE
+    if isinstance(record, NodeRecord):
+        return Kind.NODE
+    raise TypeError(f"not an object record: {type(record).__name__}")
+
+
+def _protocol_to_pb(protocol: str) -> int:
+    try:
+        return _PROTOCOL_TO_PB[protocol]
+    except KeyError:
+        raise ValueError(f"unknown container port protocol {protocol!r} (want TCP, UDP or SCTP)") from None
+
+
+# -- WatchResponse encoding from pre-serialized changes -----------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+_CHANGES_TAG = b"\x32"  # field 6, wire type 2
+
+
+def frame_change(change: bytes) -> bytes:
+    """The bytes one serialized ``Change`` takes inside a ``WatchResponse`` (tag + length + body)."""
+    return _CHANGES_TAG + _varint(len(change)) + change
+
+
+def encode_response(
+    kind: int,
+    epoch: str,
+    revision: int,
+    *,
+    first_revision: int = 0,
+    reset: bool = False,
+    cluster: str = "",
+    framed_changes: Iterable[bytes] = (),
+) -> bytes:
+    """Serialize a ``WatchResponse`` whose changes are already framed by :func:`frame_change`.
+
+    The result parses to the same message protobuf itself would produce from the same fields.
+    """
+    parts: list[bytes] = []
+    if kind:
+        parts.append(b"\x08" + _varint(kind))
+    if epoch:
+        raw = epoch.encode()
+        parts.append(b"\x12" + _varint(len(raw)) + raw)
+    if revision:
+        parts.append(b"\x18" + _varint(revision))
+    if first_revision:
+        parts.append(b"\x20" + _varint(first_revision))
+    if reset:
+        parts.append(b"\x28\x01")
+    parts.extend(framed_changes)
+    if cluster:
+        raw = cluster.encode()
+        parts.append(b"\x3a" + _varint(len(raw)) + raw)
+    return b"".join(parts)
