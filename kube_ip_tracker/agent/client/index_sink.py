@@ -13,19 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from kube_ip_tracker.agent.client.sink import ClusterStatusChange, Delete, RecordChange, Upsert
-from kube_ip_tracker.model import ClusterStatusRecord, IndexWriter, Kind, NamespaceRecord, NodeRecord, PodRecord, Record
+from kube_ip_tracker.model import ClusterStatusRecord, IndexWriter, Kind, Record
+from kube_ip_tracker.wire import record_kind
 
 log = logging.getLogger(__name__)
-
-
-def _kind(record: Record) -> Kind:
-    if isinstance(record, PodRecord):
-        return Kind.POD
-    if isinstance(record, NamespaceRecord):
-        return Kind.NAMESPACE
-    if isinstance(record, NodeRecord):
-        return Kind.NODE
-    raise TypeError(f"not an index record: {record!r}")
 
 
 class _IndexSnapshot:
@@ -37,7 +28,7 @@ class _IndexSnapshot:
     def add(self, changes: Sequence[RecordChange]) -> None:
         for change in changes:
             if isinstance(change, Upsert):
-                self._records[change.record.cluster][_kind(change.record)].append(change.record)
+                self._records[change.record.cluster][record_kind(change.record)].append(change.record)
             elif isinstance(change, ClusterStatusChange) and not change.deleted:
                 self._statuses[change.status.cluster] = change.status
             else:

@@ -224,11 +224,8 @@ class Mirror:
     def pod_by_ip(self, ip: str) -> PodLookup | None:
         """The pod owning ``ip`` with its namespace and node (``None`` where not known), or ``None``."""
         state = self._state
-        key = state.claims.owner(ip)
-        if key is None:
-            return None
-        pod = state.pods.get(key)
-        if pod is None:  # a reader on another thread raced a delta
+        pod = state.claims.owner_record(ip)
+        if pod is None:
             return None
         return pod, state.namespaces.get((pod.cluster, pod.namespace)), state.nodes.get((pod.cluster, pod.node))
 
