@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pytest
-
-pytest.importorskip("kube_ip_tracker.wire")
-
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
 from kube_ip_tracker.agent.client.stream import WatchSession
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, Record

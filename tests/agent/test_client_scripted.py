@@ -13,10 +13,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 import grpc.aio
 import pytest
-
-# Until kube_ip_tracker.wire / ipclaims land (written in parallel), these tests cannot run.
-pytest.importorskip("kube_ip_tracker.wire")
-pytest.importorskip("kube_ip_tracker.ipclaims")
 from prometheus_client import REGISTRY
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient

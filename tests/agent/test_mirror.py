@@ -6,10 +6,6 @@ from collections.abc import Sequence
 
 import pytest
 
-# Until kube_ip_tracker.wire / ipclaims land (written in parallel), these tests cannot run.
-pytest.importorskip("kube_ip_tracker.wire")
-pytest.importorskip("kube_ip_tracker.ipclaims")
-
 from kube_ip_tracker.agent.client import events as ev
 from kube_ip_tracker.agent.client.mirror import Mirror
 from kube_ip_tracker.agent.client.stream import ResyncRequired, WatchSession
