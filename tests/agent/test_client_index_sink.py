@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
 from kube_ip_tracker.agent.client.stream import WatchSession
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, Record
+from kube_ip_tracker.wire import record_kind
 
 from .test_mirror import BASE, EPOCH, delta, end, namespace, pod, pod_deleted, snapshot, status, synced
 
@@ -21,8 +22,7 @@ class DictIndex:
 
     @staticmethod
     def _key(record: Record) -> tuple[Kind, str, str, str]:
-        kind = {"PodRecord": Kind.POD, "NamespaceRecord": Kind.NAMESPACE, "NodeRecord": Kind.NODE}
-        return (kind[type(record).__name__], record.cluster, getattr(record, "namespace", ""), record.name)
+        return (record_kind(record), record.cluster, getattr(record, "namespace", ""), record.name)
 
     def upsert(self, record: Record) -> None:
         self.calls.append("upsert")
