@@ -1,0 +1,386 @@
+"""``kube-ip-tracker``: watch the Pods, Namespaces and Nodes of many clusters and serve them over gRPC.
+
+Clusters come from ``--kubeconfig`` files (each context is a cluster named after it),
+``--kubeconfig-dir`` (one file per cluster, followed while running), or the in-cluster
+configuration when neither is given (cluster id ``--cluster-id``). Health turns SERVING once every
+configured cluster has been listed completely, or after ``--ready-timeout``.
+
+Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration error at start (named in the message),
+2 on bad flags.
+
+The parser is assembled from ``add_*_arguments`` functions listed in :data:`ARGUMENT_GROUPS`; a
+feature with its own flags adds its function there and reads its values from the parsed namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kube_ip_tracker.model import ClusterSpec, IndexWriter
+from kube_ip_tracker.sources.kubeconfig import (
+    KubeconfigError,
+    check_in_cluster,
+    in_cluster_spec,
+    static_specs,
+)
+from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
+from kube_ip_tracker.sources.supervisor import ClusterSupervisor
+
+log = logging.getLogger("kube_ip_tracker.cli")
+
+DEFAULT_LISTEN_ADDRESS = "0.0.0.0:50051"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9090"
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[IPv6]:PORT`` to (host, port); host "" means all interfaces."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected HOST:PORT, e.g. 0.0.0.0:50051")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _address(text: str) -> str:
+    parse_address(text)
+    return text
+
+
+def _optional_address(text: str) -> str:
+    return text if text in ("", "0", "off") else _address(text)
+
+
+def _seconds(text: str) -> float:
+    """Seconds as a number or a Go-style duration (``30s``, ``2m``, ``1h``)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip()
+    for suffix in ("ms", "s", "m", "h"):
+        if value.endswith(suffix) and value[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(value[: -len(suffix)]) * units[suffix]
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 30s, 2m or a number of seconds"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return seconds
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must not be negative")
+    return value
+
+
+def _log_level(text: str) -> int:
+    try:
+        return LOG_LEVELS[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"invalid log level {text!r}: choose from {', '.join(LOG_LEVELS)}") from None
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """gRPC serving, readiness and metrics."""
+    group = parser.add_argument_group("serving")
+    group.add_argument(
+        "--listen-address",
+        type=_address,
+        default=DEFAULT_LISTEN_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"gRPC listen address (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    group.add_argument(
+        "--metrics-address",
+        type=_optional_address,
+        default=DEFAULT_METRICS_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",
+    )
+    group.add_argument(
+        "--max-watchers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="maximum concurrent Watch streams, 0 for no limit (default 0)",
+    )
+    group.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="DURATION",
+        help="report SERVING after this long even if some clusters are not synced yet (default 2m)",
+    )
+    group.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=5.0,
+        metavar="DURATION",
+        help="how long open RPCs may take to finish on SIGTERM (default 5s)",
+    )
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The static cluster set."""
+    group = parser.add_argument_group("clusters")
+    group.add_argument(
+        "--kubeconfig",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="kubeconfig file; each of its contexts is a cluster whose id is the context name (repeatable)",
+    )
+    group.add_argument(
+        "--kubeconfig-dir",
+        default=None,
+        metavar="DIR",
+        help="directory of kubeconfig files, one cluster per file (its current context); followed while running",
+    )
+    group.add_argument(
+        "--kubeconfig-dir-interval",
+        type=_seconds,
+        default=2.0,
+        metavar="DURATION",
+        help="how often --kubeconfig-dir is re-read (default 2s)",
+    )
+    group.add_argument(
+        "--cluster-id",
+        default="local",
+        help="cluster id of the in-cluster configuration, used without --kubeconfig/--kubeconfig-dir (default local)",
+    )
+    group.add_argument(
+        "--cluster-removal-grace",
+        type=_seconds,
+        default=60.0,
+        metavar="DURATION",
+        help="how long a removed cluster's objects stay in the index before they are purged (default 1m)",
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """Log verbosity."""
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=logging.INFO,
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (default info)",
+    )
+
+
+# Each function adds one group of flags; features with their own flags append theirs.
+ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
+    add_server_arguments,
+    add_cluster_arguments,
+    add_logging_arguments,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="kube-ip-tracker",
+        description="Multi-cluster pod metadata cache served over a gRPC watch API.",
+    )
+    for add in ARGUMENT_GROUPS:
+        add(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check flags; exits with status 2 and a message on bad flags."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.cluster_id:
+        parser.error("--cluster-id must not be empty")
+    if args.kubeconfig_dir_interval <= 0:
+        parser.error("--kubeconfig-dir-interval must be positive")
+    return args
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class KlogFormatter(logging.Formatter):
+    """``I1124 00:52:39.123456   12345 kube.py:42] sources.kube: message`` (UTC), like Kubernetes components."""
+
+    LETTERS = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "F"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        logger = record.name.removeprefix("kube_ip_tracker.")
+        line = (
+            f"{self.LETTERS.get(record.levelname, record.levelname[:1])}{when:%m%d %H:%M:%S.%f} "
+            f"{record.process:7d} {record.filename}:{record.lineno}] {logger}: {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: int) -> None:
+    """klog-style lines on stderr; client-library chatter stays at INFO or above."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KlogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("kubernetes_asyncio", "aiohttp", "asyncio", "grpc"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def load_static_clusters(args: argparse.Namespace) -> list[ClusterSpec]:
+    """Specs from --kubeconfig, or the in-cluster spec when no kubeconfig flag is given."""
+    if args.kubeconfig:
+        return static_specs(args.kubeconfig)
+    if args.kubeconfig_dir:
+        return []
+    check_in_cluster()
+    return [in_cluster_spec(args.cluster_id)]
+
+
+def build_index() -> Any:
+    """The index (the only owner of state)."""
+    from kube_ip_tracker.index import Index
+
+    return Index()
+
+
+def build_server(index: Any, args: argparse.Namespace) -> Any:
+    """The gRPC server over the index."""
+    from kube_ip_tracker.server import TrackerServer
+
+    kwargs: dict[str, Any] = {}
+    if args.max_watchers:
+        kwargs["max_watchers"] = args.max_watchers
+    return TrackerServer(index, args.listen_address, **kwargs)
+
+
+def start_metrics(address: str) -> None:
+    """Serve Prometheus metrics over HTTP (in a background thread)."""
+    if address in ("", "0", "off"):
+        return
+    from prometheus_client import start_http_server
+
+    host, port = parse_address(address)
+    start_http_server(port, addr=host or "0.0.0.0")
+    log.info("Serving metrics on http://%s/metrics", address)
+
+
+async def mark_ready(supervisor: ClusterSupervisor, server: Any, cluster_ids: set[str], within: float) -> None:
+    """Report SERVING once every configured cluster synced, or after ``within`` seconds."""
+    missing = await supervisor.wait_synced(cluster_ids, within)
+    if missing:
+        log.warning(
+            "Ready timeout (%.0fs) reached; serving although these clusters are not synced: %s",
+            within,
+            ", ".join(sorted(missing)),
+        )
+    else:
+        log.info("All %d configured clusters synced; serving", len(cluster_ids))
+    server.set_serving(True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Start the index, the server and the sources; run until SIGTERM/SIGINT."""
+    try:
+        specs = load_static_clusters(args)
+    except KubeconfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    index = build_index()
+    writer: IndexWriter = index
+    supervisor = ClusterSupervisor(writer)
+    watcher: KubeconfigDirWatcher | None = None
+    if args.kubeconfig_dir:
+        watcher = KubeconfigDirWatcher(args.kubeconfig_dir, supervisor, interval=args.kubeconfig_dir_interval)
+    static_ids = {s.cluster_id for s in specs}
+    try:
+        if watcher is not None:
+            await watcher.start()
+            clash = static_ids & watcher.cluster_ids()
+            if clash:
+                raise KubeconfigError(
+                    f"cluster ids {', '.join(sorted(clash))} are defined both by --kubeconfig and in "
+                    f"--kubeconfig-dir {args.kubeconfig_dir}"
+                )
+    except KubeconfigError as exc:
+        await supervisor.stop()
+        log.error("%s", exc)
+        return EXIT_CONFIG
+
+    server = build_server(index, args)
+    try:
+        await server.start()
+    except Exception as exc:
+        await supervisor.stop()
+        log.error("Cannot serve on %s: %s", args.listen_address, exc)
+        return EXIT_CONFIG
+    log.info("Serving gRPC on %s", args.listen_address)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        start_metrics(args.metrics_address)
+        for spec in specs:
+            await supervisor.ensure(spec)
+        configured = static_ids | (watcher.cluster_ids() if watcher else set())
+        log.info("Watching %d clusters: %s", len(configured), ", ".join(sorted(configured)) or "(none yet)")
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.run(), name="kubeconfig-dir"))
+        tasks.append(asyncio.create_task(mark_ready(supervisor, server, configured, args.ready_timeout)))
+        await stop.wait()
+        log.info("Shutting down")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            server.set_serving(False)
+        await server.stop(args.shutdown_grace)
+        await supervisor.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("Stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    log.info("Starting kube-ip-tracker (pid %d)", os.getpid())
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
