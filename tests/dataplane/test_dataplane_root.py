@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import subprocess
 import threading
 import time
@@ -16,6 +17,8 @@ from kube_ip_tracker.agent.dataplane import (
     DataplaneError,
     PacketInfo,
     Protocol,
+    conntrack,
+    ctnetlink,
     detect_backend,
     parse_networks,
 )
@@ -520,3 +523,27 @@ async def test_reapplying_rules_never_lets_a_packet_slip_through(
     assert sent >= 200
     assert udp_server.received == 0
     assert iptables_jumps(dp_name) == {"FORWARD": 1, "INPUT": 1, "OUTPUT": 1}
+
+
+async def test_ctnetlink_deletes_entries_in_one_batch(
+    net: PodNetwork, make_dataplane: DataplaneFactory, queue_id: int
+) -> None:
+    a, b = net.add_pod("a"), net.add_pod("b")
+    b.serve_udp(UDP_PORT)
+    dp = make_dataplane(allow_all([]))
+    await dp.start()
+    for _ in range(3):  # three flows (fresh source ports)
+        assert await asyncio.to_thread(a.udp_probe, b.ip, UDP_PORT, 1.0)
+    entries = [
+        e
+        for e in await conntrack.list_marked(dp.config.accepted_ct_mark, ["ipv4"], 5.0)
+        if e.src == a.ip and e.dst == b.ip
+    ]
+    assert len(entries) == 3
+    errors_before = metric("kube_ip_agent_dataplane_queue_errors_total", queue=str(queue_id), kind="ctnetlink")
+    results = await asyncio.to_thread(ctnetlink.delete_entries, entries, 2.0)
+    assert set(results.values()) == {0}
+    assert conntrack_entries(a.ip, b.ip) == []
+    again = await asyncio.to_thread(ctnetlink.delete_entries, entries, 2.0)
+    assert set(again.values()) == {errno.ENOENT}
+    assert metric("kube_ip_agent_dataplane_queue_errors_total", queue=str(queue_id), kind="ctnetlink") == errors_before

@@ -250,3 +250,23 @@ def test_nft_update_refills_in_place_without_deleting() -> None:
         "add chain inet kube-ip-agent classify_input { type filter hook input priority filter - 5; policy accept; }"
         in lines
     )
+
+
+def test_ctnetlink_delete_message_and_acks() -> None:
+    from kube_ip_tracker.agent.dataplane import ctnetlink
+
+    entry = parse_line("udp 17 29 src=10.244.1.2 dst=10.244.1.3 sport=4000 dport=53 mark=1 use=1", "ipv4")
+    assert entry is not None and ctnetlink.can_delete(entry)
+    message = ctnetlink.delete_message(entry, seq=42)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", message)
+    assert (length, kind, flags, seq) == (len(message), (1 << 8) | 2, 0x5, 42)
+    assert ipaddress.IPv4Address("10.244.1.2").packed in message and struct.pack("!H", 53) in message
+    icmp = parse_line("icmp 1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 mark=1 use=1", "ipv4")
+    assert icmp is not None and not ctnetlink.can_delete(icmp)
+    acks = (
+        struct.pack("=IHHIIi", 36, 2, 0, 42, 0, 0)
+        + b"\0" * 16
+        + struct.pack("=IHHIIi", 36, 2, 0, 43, 0, -2)
+        + b"\0" * 16
+    )
+    assert ctnetlink.parse_acks(acks) == {42: 0, 43: 2}

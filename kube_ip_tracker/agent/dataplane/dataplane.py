@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import Any, Protocol
 
 from kube_ip_tracker.agent.client.backoff import Backoff
 
-from . import commands, conntrack
+from . import commands, conntrack, ctnetlink
 from . import metrics as m
 from .config import DataplaneConfig, IPNetwork, parse_networks
 from .nfq import QueueBindError, QueueSocket
@@ -498,13 +500,36 @@ class Dataplane:
             counts[0] += 1
             if not await self._allowed(entry.packet):
                 denied.append(entry)
+        await self._delete_entries(denied, counts)
+
+    def _cleared(self, entry: conntrack.Entry, counts: list[int]) -> None:
+        counts[1] += 1
+        m.CONNTRACK_CLEARED.labels(self._label).inc()
+        log.info("revalidation: cut %s", entry.packet)
+
+    async def _delete_entries(self, denied: list[conntrack.Entry], counts: list[int]) -> None:
+        """Delete over ctnetlink in batches; entries it cannot express (or all, if it fails) with the tool."""
+        by_tool = [e for e in denied if not ctnetlink.can_delete(e)]
+        batched = [e for e in denied if ctnetlink.can_delete(e)]
+        if batched:
+            try:
+                results = await asyncio.to_thread(ctnetlink.delete_entries, batched, self.config.command_timeout)
+            except OSError as exc:
+                m.QUEUE_ERRORS.labels(self._label, "ctnetlink").inc()
+                log.warning("ctnetlink delete failed (%s); using the conntrack tool", exc)
+                by_tool += batched
+            else:
+                for entry, error in results.items():
+                    if error == 0:
+                        self._cleared(entry, counts)
+                    elif error != errno.ENOENT:
+                        m.QUEUE_ERRORS.labels(self._label, "ctnetlink").inc()
+                        log.warning("ctnetlink delete of %s failed: %s", entry.packet, os.strerror(error))
         limit = asyncio.Semaphore(8)
 
         async def delete(entry: conntrack.Entry) -> None:
             async with limit:
                 if await conntrack.delete(entry, self.config.command_timeout):
-                    counts[1] += 1
-                    m.CONNTRACK_CLEARED.labels(self._label).inc()
-                    log.info("revalidation: cut %s", entry.packet)
+                    self._cleared(entry, counts)
 
-        await asyncio.gather(*(delete(e) for e in denied))
+        await asyncio.gather(*(delete(e) for e in by_tool))
