@@ -180,7 +180,7 @@ class Dataplane:
             )
 
     async def remove_rules(self) -> None:
-        """Delete our iptables chain (if any) and nft table."""
+        """Delete our iptables chain (if any) and nft table (by name: also when another process installed them)."""
         rules = self._rules or RuleSet(self.config, Backend.IPTABLES)
         async with self._rule_lock:
             try:
@@ -207,7 +207,10 @@ class Dataplane:
         networks = tuple(p if not isinstance(p, str) else parse_networks([p])[0] for p in pods)
         if self._rules is not None and self._queue is not None:
             async with self._rule_lock:
-                await self._nft(self._rules.nft_set_pods(networks), "pods")
+                try:
+                    await self._nft(self._rules.nft_set_pods(networks), "pods")
+                except commands.CommandError as exc:
+                    raise DataplaneError(f"updating the local pod sets failed: {exc}") from exc
         self._pods = networks
         log.info("dataplane local pods: %s", ",".join(str(p) for p in networks) or "(none)")
 
