@@ -1,0 +1,255 @@
+"""Encoding of Watch messages: filters, DELTA chunks of a committed batch, snapshots.
+
+Each change is serialized once per batch (``wire.encode_change``) and framed; the DELTA messages of
+every watcher filter are then concatenations of those frames, so watchers with the same filter share
+the same bytes and different filters only cost a join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+from kube_ip_tracker import wire
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.index import Batch, Change, ClusterContent, Index, Snapshot
+from kube_ip_tracker.model import ClusterStatusRecord
+from kube_ip_tracker.server import metrics
+
+log = logging.getLogger(__name__)
+
+WR = pb.WatchResponse
+
+MAX_CHANGES_PER_MESSAGE = 1000
+MAX_BYTES_PER_MESSAGE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFilter:
+    """Which clusters a watcher gets: a cluster list (empty: all) and loop exclusion by tracker id."""
+
+    clusters: frozenset[str] = frozenset()
+    tracker_id: str = ""
+
+    @property
+    def everything(self) -> bool:
+        """True when the filter lets every cluster through."""
+        return not self.clusters and not self.tracker_id
+
+    def admits(self, status: ClusterStatusRecord) -> bool:
+        """Whether a cluster with this status is sent to the watcher."""
+        if self.clusters and status.cluster not in self.clusters:
+            return False
+        return not (self.tracker_id and self.tracker_id in status.via)
+
+    def describe(self) -> str:
+        parts = []
+        if self.clusters:
+            parts.append("clusters=" + ",".join(sorted(self.clusters)))
+        if self.tracker_id:
+            parts.append(f"tracker_id={self.tracker_id}")
+        return " ".join(parts) or "all clusters"
+
+
+class EncodedBatch:
+    """One committed batch with each change serialized and framed once (lazily)."""
+
+    __slots__ = ("_framed", "batch")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self._framed: list[bytes] | None = None
+
+    @property
+    def framed(self) -> list[bytes]:
+        if self._framed is None:
+            self._framed = [wire.frame_change(wire.encode_change(c.record, c.deleted)) for c in self.batch.changes]
+        return self._framed
+
+
+def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: int) -> list[bytes]:
+    """DELTA messages for ``(revision, framed change)`` items; the last message carries ``last_revision``."""
+    out: list[bytes] = []
+    start = 0
+    n = len(items)
+    while start < n:
+        end = start
+        size = 0
+        while (
+            end < n
+            and end - start < MAX_CHANGES_PER_MESSAGE
+            and (size == 0 or size + len(items[end][1]) <= MAX_BYTES_PER_MESSAGE)
+        ):
+            size += len(items[end][1])
+            end += 1
+        revision = last_revision if end == n else items[end - 1][0]
+        out.append(
+            wire.encode_response(
+                WR.DELTA,
+                epoch,
+                revision,
+                first_revision=items[start][0],
+                framed_changes=[f for _, f in items[start:end]],
+            )
+        )
+        start = end
+    metrics.DELTA_ENCODINGS.inc(len(out))
+    return out
+
+
+def content_items(content: ClusterContent, revision: int) -> list[tuple[int, bytes]]:
+    """Every object of a cluster as framed upserts, all tagged with ``revision``."""
+    records: list = [content.status, *content.namespaces, *content.nodes, *content.pods]
+    return [(revision, wire.frame_change(wire.encode_change(r))) for r in records]
+
+
+class FilterGroup:
+    """Watchers sharing one filter; tracks which clusters they currently see.
+
+    A cluster becomes visible (its status now passes the filter) -> its whole current content is sent;
+    it stops being visible -> a deleted cluster is sent. For an unfiltered group every change goes out.
+    """
+
+    def __init__(self, flt: WatchFilter, index: Index) -> None:
+        self.filter = flt
+        self.index = index
+        self.visible: set[str] = set()
+        if not flt.everything:
+            for name in index.cluster_names():
+                status = index.cluster_status(name)
+                if status is not None and flt.admits(status):
+                    self.visible.add(name)
+
+    def encode(self, enc: EncodedBatch, epoch: str) -> list[bytes]:
+        """DELTA messages of a batch for this group (shared by its watchers); updates visibility."""
+        batch = enc.batch
+        if self.filter.everything:
+            items = list(zip((c.revision for c in batch.changes), enc.framed, strict=True))
+            return chunk_deltas(epoch, items, batch.revision)
+        decided: dict[str, str] = {}  # cluster -> "send" | "skip" | "done"
+        items = []
+        for change, framed in zip(batch.changes, enc.framed, strict=True):
+            name = change.cluster
+            action = decided.get(name)
+            if action is None:
+                action = decided[name] = self._decide(change, items)
+            if action == "send":
+                items.append((change.revision, framed))
+        if not items:
+            return []
+        return chunk_deltas(epoch, items, batch.revision)
+
+    def _decide(self, change: Change, items: list[tuple[int, bytes]]) -> str:
+        name = change.cluster
+        status = self.index.cluster_status(name)
+        was = name in self.visible
+        now = status is not None and self.filter.admits(status)
+        if status is None:  # removed by the end of this batch: its changes end with the deleted status
+            self.visible.discard(name)
+            return "send" if was else "skip"
+        if was and now:
+            return "send"
+        if was and not now:
+            self.visible.discard(name)
+            items.append((change.revision, wire.frame_change(wire.encode_change(ClusterStatusRecord(name), True))))
+            log.info("Cluster %s is no longer sent to watchers with filter %s", name, self.filter.describe())
+            return "done"
+        if now:
+            self.visible.add(name)
+            snap = self.index.snapshot(lambda s: s.cluster == name)
+            for content in snap.clusters:
+                items.extend(content_items(content, change.revision))
+            return "done"
+        return "skip"
+
+
+def filter_resume_batches(flt: WatchFilter, index: Index, batches: Iterable[Batch]) -> list[tuple[int, bytes]]:
+    """A resuming watcher's missed changes under its filter (cluster filter, and the current via path)."""
+    items: list[tuple[int, bytes]] = []
+    for batch in batches:
+        for change in batch.changes:
+            status = index.cluster_status(change.cluster)
+            record_status = change.record if isinstance(change.record, ClusterStatusRecord) else None
+            if not flt.admits(status or record_status or ClusterStatusRecord(change.cluster)):
+                continue
+            items.append((change.revision, wire.frame_change(wire.encode_change(change.record, change.deleted))))
+    return items
+
+
+class EncodedSnapshot:
+    """A snapshot encoded once, in chunks, while watchers that connected together stream it.
+
+    Encoding runs in a task that yields to the event loop between chunks, so a large snapshot does
+    not stall other watchers. ``messages(reset)`` streams SNAPSHOT*, CLUSTER_SYNCED*, END_OF_SNAPSHOT.
+    """
+
+    CHUNK_OBJECTS = 500
+
+    def __init__(self, snapshot: Snapshot, flt: WatchFilter) -> None:
+        self.snapshot = snapshot
+        self.filter = flt
+        self.revision = snapshot.revision
+        self.bodies: list[bytes] = []  # framed changes of each SNAPSHOT message
+        self.total_bytes = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._progress = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._build(), name=f"snapshot-encode-{self.revision}")
+        metrics.SNAPSHOT_ENCODINGS.inc()
+
+    async def _build(self) -> None:
+        try:
+            pending: list[bytes] = []
+            count = 0
+            for content in self.snapshot.clusters:
+                records: list = [content.status, *content.namespaces, *content.nodes, *content.pods]
+                for record in records:
+                    pending.append(wire.frame_change(wire.encode_change(record)))
+                    count += 1
+                    if count >= self.CHUNK_OBJECTS:
+                        self._add(b"".join(pending))
+                        pending, count = [], 0
+                        await asyncio.sleep(0)
+            if pending or not self.bodies:
+                self._add(b"".join(pending))
+        except Exception as e:  # pragma: no cover - encoding a valid record does not fail
+            log.exception("Encoding the snapshot at revision %d failed", self.revision)
+            self.error = e
+        finally:
+            self.done = True
+            self._progress.set()
+
+    def _add(self, body: bytes) -> None:
+        self.bodies.append(body)
+        self.total_bytes += len(body)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def messages(self, reset: bool) -> AsyncIterator[tuple[bytes, str]]:
+        """Yield ``(message, kind)`` for one watcher (``reset`` marks the first SNAPSHOT)."""
+        epoch, rev = self.snapshot.epoch, self.revision
+        header = wire.encode_response(WR.SNAPSHOT, epoch, rev)
+        i = 0
+        while True:
+            if i < len(self.bodies):
+                head = wire.encode_response(WR.SNAPSHOT, epoch, rev, reset=True) if (i == 0 and reset) else header
+                yield head + self.bodies[i], "SNAPSHOT"
+                i += 1
+                continue
+            if self.done:
+                break
+            await self._progress.wait()
+        if self.error is not None:
+            raise RuntimeError(f"snapshot encoding failed: {self.error}")
+        for content in self.snapshot.clusters:
+            if content.status.synced:
+                yield (
+                    wire.encode_response(WR.CLUSTER_SYNCED, epoch, rev, cluster=content.status.cluster),
+                    "CLUSTER_SYNCED",
+                )
+        yield wire.encode_response(WR.END_OF_SNAPSHOT, epoch, rev), "END_OF_SNAPSHOT"
+
+    def cancel(self) -> None:
+        self._task.cancel()
