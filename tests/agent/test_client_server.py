@@ -12,11 +12,10 @@ from prometheus_client import REGISTRY
 pytest.importorskip("kube_ip_tracker.index")
 pytest.importorskip("kube_ip_tracker.server")
 
-from kube_ip_tracker.index import Index
-
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
 from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import (
     ClusterStatusRecord,
     ContainerPort,
@@ -266,3 +265,20 @@ async def test_index_sink_keeps_a_downstream_index_in_step(servers: Servers, cli
     await wait_for(
         lambda: pod_keys(mirror) == {("a", "default", "web"), ("a", "default", "db"), ("a", "default", "api")}
     )
+
+
+async def test_resume_point_refused_by_the_tracker_is_dropped(servers: Servers, clients: list[TrackerClient]) -> None:
+    # A tracker that kept its epoch but lost revisions refuses a resume point ahead of it.
+    server = await servers.start(filled_index())
+    port = server.bound_port
+    mirror = Mirror()
+    client = start_client(clients, f"127.0.0.1:{port}", mirror, options=FAST)
+    async with asyncio.timeout(5):
+        await client.wait_ready()
+    await servers.stop(server)
+    behind = Index(epoch=client.epoch)
+    behind.upsert(pod("only", "10.0.0.77"))
+    await servers.start(behind, f"127.0.0.1:{port}")
+    await wait_for(lambda: mirror.snapshots == 2, within=10)
+    assert pod_keys(mirror) == {("a", "default", "only")}
+    assert metric("kube_ip_tracker_client_resyncs_total", target=f"127.0.0.1:{port}", reason="refused") == 1

@@ -175,6 +175,9 @@ class TrackerClient:
                 log.warning(
                     "Watch on tracker %s (%s) failed: %s %s", endpoint, self.target, e.code().name, e.details() or ""
                 )
+                if e.code() is grpc.StatusCode.INVALID_ARGUMENT and self.epoch:
+                    # The tracker refuses our resume point (e.g. a revision ahead of it): start over.
+                    self._forget_resume_point("refused")
             except TimeoutError:
                 metrics.CONNECT_ERRORS.labels(code="timeout", **labels).inc()
                 log.warning(
