@@ -9,9 +9,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from prometheus_client import REGISTRY
 
-pytest.importorskip("kube_ip_tracker.index")
-pytest.importorskip("kube_ip_tracker.server")
-
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
 from kube_ip_tracker.agent.client.mirror import Mirror

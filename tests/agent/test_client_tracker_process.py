@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("kube_ip_tracker.cli")
-
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.agent.client.mirror import Mirror
 from kube_ip_tracker.testing import objects
@@ -28,7 +26,15 @@ class TrackerProcess:
     """``kube-ip-tracker --kubeconfig ... --listen-address ...`` as a child process."""
 
     def __init__(self, kubeconfig: Path, port: int, log_path: Path) -> None:
-        self.argv = [str(TRACKER_BIN), "--kubeconfig", str(kubeconfig), "--listen-address", f"127.0.0.1:{port}"]
+        self.argv = [
+            str(TRACKER_BIN),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            "--metrics-address",
+            "",
+        ]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
