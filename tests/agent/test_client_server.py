@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -279,3 +280,45 @@ async def test_resume_point_refused_by_the_tracker_is_dropped(servers: Servers, 
     await wait_for(lambda: mirror.snapshots == 2, within=10)
     assert pod_keys(mirror) == {("a", "default", "only")}
     assert metric("kube_ip_tracker_client_resyncs_total", target=f"127.0.0.1:{port}", reason="refused") == 1
+
+
+async def test_mirror_agrees_with_the_index_after_random_changes_and_reconnects(
+    servers: Servers, clients: list[TrackerClient]
+) -> None:
+    rng = random.Random(4)
+    index = filled_index()
+    server = await servers.start(index)
+    port = server.bound_port
+    mirror = Mirror()
+    client = start_client(clients, f"127.0.0.1:{port}", mirror, options=FAST)
+    async with asyncio.timeout(5):
+        await client.wait_ready()
+    ips = [f"10.0.0.{i}" for i in range(1, 9)]  # few IPs, so pods often conflict
+    conflicts_seen = 0
+    for round_ in range(6):
+        for _ in range(40):
+            cluster = rng.choice("ab")
+            roll = rng.random()
+            name = f"p{rng.randrange(12)}"
+            if roll < 0.55:
+                index.upsert(pod(name, rng.choice(ips), cluster=cluster, ts=rng.randrange(5)))
+            elif roll < 0.85:
+                index.delete(Kind.POD, cluster, "default", name)
+            elif roll < 0.95:
+                index.upsert(NamespaceRecord(cluster, "default", {"v": str(rng.randrange(3))}))
+            else:
+                index.upsert(NodeRecord(cluster, "node-1", {"v": str(rng.randrange(3))}))
+            if rng.random() < 0.2:
+                await asyncio.sleep(0)  # let some batches commit in between
+        if round_ == 3:  # one reconnect (resume) in the middle
+            await servers.stop(server)
+            index.upsert(pod("while-down", "10.0.0.99"))
+            server = await servers.start(index, f"127.0.0.1:{port}")
+        target = index.revision
+        conflicts_seen = max(conflicts_seen, index.ip_conflicts)
+        await wait_for(lambda t=target: client.revision == t, within=10)
+        assert {p.key: p for p in mirror.pods()} == {p.key: p for p in index.pods()}
+        for ip in [*ips, "10.0.0.99"]:
+            assert mirror.pod_by_ip(ip) == index.get_pod_by_ip(ip), ip
+    assert mirror.snapshots == 1
+    assert conflicts_seen > 0  # the comparison covered contested IPs
