@@ -25,7 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
+from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
 from kube_ip_tracker.sources.kubeconfig import (
     KubeconfigError,
     check_in_cluster,
@@ -39,6 +42,7 @@ log = logging.getLogger("kube_ip_tracker.cli")
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:50051"
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9090"
+DEFAULT_MAX_WATCHERS = 10_000
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
 
@@ -85,13 +89,13 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _non_negative_int(text: str) -> int:
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must not be negative")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least 1")
     return value
 
 
@@ -121,10 +125,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-watchers",
-        type=_non_negative_int,
-        default=0,
+        type=_positive_int,
+        default=DEFAULT_MAX_WATCHERS,
         metavar="N",
-        help="maximum concurrent Watch streams, 0 for no limit (default 0)",
+        help=f"maximum concurrent Watch streams; more are refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_WATCHERS})",
     )
     group.add_argument(
         "--ready-timeout",
@@ -264,35 +268,26 @@ def load_static_clusters(args: argparse.Namespace) -> list[ClusterSpec]:
     return [in_cluster_spec(args.cluster_id)]
 
 
-def build_index() -> Any:
+def build_index() -> Index:
     """The index (the only owner of state)."""
-    from kube_ip_tracker.index import Index
-
     return Index()
 
 
-def build_server(index: Any, args: argparse.Namespace) -> Any:
+def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
     """The gRPC server over the index."""
-    from kube_ip_tracker.server import TrackerServer
-
-    kwargs: dict[str, Any] = {}
-    if args.max_watchers:
-        kwargs["max_watchers"] = args.max_watchers
-    return TrackerServer(index, args.listen_address, **kwargs)
+    return TrackerServer(index, args.listen_address, max_watchers=args.max_watchers)
 
 
-def start_metrics(address: str) -> None:
-    """Serve Prometheus metrics over HTTP (in a background thread)."""
+def start_metrics(address: str) -> MetricsServer | None:
+    """Serve Prometheus metrics over HTTP (in a background thread); None when disabled."""
     if address in ("", "0", "off"):
-        return
-    from prometheus_client import start_http_server
-
-    host, port = parse_address(address)
-    start_http_server(port, addr=host or "0.0.0.0")
-    log.info("Serving metrics on http://%s/metrics", address)
+        return None
+    return start_metrics_server(address)
 
 
-async def mark_ready(supervisor: ClusterSupervisor, server: Any, cluster_ids: set[str], within: float) -> None:
+async def mark_ready(
+    supervisor: ClusterSupervisor, server: TrackerServer, cluster_ids: set[str], within: float
+) -> None:
     """Report SERVING once every configured cluster synced, or after ``within`` seconds."""
     missing = await supervisor.wait_synced(cluster_ids, within)
     if missing:
@@ -340,17 +335,19 @@ async def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
 
+    metrics_server: MetricsServer | None = None
     server = build_server(index, args)
     try:
+        metrics_server = start_metrics(args.metrics_address)
         await server.start()
-    except Exception as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         await supervisor.stop()
-        log.error("Cannot serve on %s: %s", args.listen_address, exc)
+        if metrics_server is not None:
+            metrics_server.stop()
+        log.error("Cannot start serving: %s", exc)
         return EXIT_CONFIG
-    log.info("Serving gRPC on %s", args.listen_address)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        start_metrics(args.metrics_address)
         for spec in specs:
             await supervisor.ensure(spec)
         configured = static_ids | (watcher.cluster_ids() if watcher else set())
@@ -368,6 +365,8 @@ async def run(args: argparse.Namespace) -> int:
             server.set_serving(False)
         await server.stop(args.shutdown_grace)
         await supervisor.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("Stopped")

@@ -1,0 +1,132 @@
+"""The kube-ip-tracker command line: flags, configuration errors at start, log format."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kube_ip_tracker.cli import KlogFormatter, parse_args
+
+TRACKER_BIN = Path(sys.executable).with_name("kube-ip-tracker")
+
+
+def run_tracker(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TRACKER_BIN), "--metrics-address", "", "--listen-address", "127.0.0.1:0", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def kubeconfig(path: Path, *contexts: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": c, "cluster": {"server": "https://127.0.0.1:1"}} for c in contexts],
+                "users": [{"name": c, "user": {"token": "t"}} for c in contexts],
+                "contexts": [{"name": c, "context": {"cluster": c, "user": c}} for c in contexts],
+            }
+        )
+    )
+    return path
+
+
+def test_defaults_and_flag_values() -> None:
+    args = parse_args([])
+    assert (args.listen_address, args.metrics_address, args.cluster_id) == ("0.0.0.0:50051", "0.0.0.0:9090", "local")
+    args = parse_args(
+        [
+            "--kubeconfig",
+            "a",
+            "--kubeconfig",
+            "b",
+            "--ready-timeout",
+            "2m",
+            "--log-level",
+            "DEBUG",
+            "--max-watchers",
+            "7",
+        ]
+    )
+    assert args.kubeconfig == ["a", "b"] and args.ready_timeout == 120 and args.log_level == logging.DEBUG
+    assert args.max_watchers == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen-address", "nope"], "invalid address 'nope'"),
+        (["--ready-timeout", "soon"], "invalid duration 'soon'"),
+        (["--max-watchers", "0"], "must be at least 1"),
+        (["--log-level", "loud"], "invalid log level 'loud'"),
+        (["--cluster-id", ""], "--cluster-id must not be empty"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_flag_process_exit_code() -> None:
+    result = run_tracker("--listen-address", "x")
+    assert result.returncode == 2 and "invalid address" in result.stderr
+
+
+def test_missing_kubeconfig_exits_nonzero_naming_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = run_tracker("--kubeconfig", str(missing))
+    assert result.returncode == 1
+    assert f"kubeconfig {missing}: file does not exist" in result.stderr
+
+
+def test_invalid_kubeconfig_exits_nonzero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("contexts: [{name: a, context: {cluster: nowhere}}]\n")
+    result = run_tracker("--kubeconfig", str(bad))
+    assert result.returncode == 1
+    assert "refers to undefined cluster 'nowhere'" in result.stderr and str(bad) in result.stderr
+
+
+def test_duplicate_cluster_ids_exit_nonzero_naming_both_files(tmp_path: Path) -> None:
+    a = kubeconfig(tmp_path / "a.yaml", "one", "two")
+    b = kubeconfig(tmp_path / "b.yaml", "two")
+    result = run_tracker("--kubeconfig", str(a), "--kubeconfig", str(b))
+    assert result.returncode == 1
+    assert "'two'" in result.stderr and str(a) in result.stderr and str(b) in result.stderr
+
+
+def test_kubeconfig_dir_errors_at_start(tmp_path: Path) -> None:
+    result = run_tracker("--kubeconfig-dir", str(tmp_path / "nodir"))
+    assert result.returncode == 1 and "nodir" in result.stderr
+    kubeconfig(tmp_path / "static.yaml", "one")
+    (tmp_path / "dir").mkdir()
+    kubeconfig(tmp_path / "dir" / "one.yaml", "one")
+    result = run_tracker("--kubeconfig", str(tmp_path / "static.yaml"), "--kubeconfig-dir", str(tmp_path / "dir"))
+    assert result.returncode == 1 and "defined both by --kubeconfig and in --kubeconfig-dir" in result.stderr
+
+
+def test_no_cluster_flags_outside_a_cluster_exits_nonzero() -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    result = run_tracker(env=env)
+    assert result.returncode == 1
+    assert "in-cluster configuration is unusable" in result.stderr
+
+
+def test_klog_format() -> None:
+    record = logging.LogRecord(
+        "kube_ip_tracker.sources.kube", logging.WARNING, "/x/kube.py", 42, "hi %s", ("c1",), None
+    )
+    record.created = 1795485159.123456
+    line = KlogFormatter().format(record)
+    assert re.fullmatch(r"W1124 01:52:39\.123456 +\d+ kube\.py:42\] sources\.kube: hi c1", line), line
