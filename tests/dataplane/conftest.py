@@ -64,13 +64,13 @@ async def make_dataplane(net: PodNetwork, dp_name: str, queue_id: int) -> AsyncI
 def rules_present(name: str) -> bool:
     """Whether our nft table or iptables chain (named after ``name``) exists."""
     nft = subprocess.run(["nft", "list", "table", "inet", name], capture_output=True, check=False)
-    saved = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    saved = subprocess.run(["iptables-save", "-t", "security"], capture_output=True, text=True, check=True).stdout
     return nft.returncode == 0 or f"{name.upper()}-QUEUE" in saved
 
 
 def iptables_jumps(name: str) -> dict[str, int]:
     """Jumps from each hook chain to our queue chain."""
-    saved = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    saved = subprocess.run(["iptables-save", "-t", "security"], capture_output=True, text=True, check=True).stdout
     counts: dict[str, int] = {}
     for line in saved.splitlines():
         parts = line.split()

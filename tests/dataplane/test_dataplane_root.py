@@ -58,7 +58,7 @@ def run(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def iptables_save() -> str:
-    return run("iptables-save", "-t", "filter").stdout
+    return run("iptables-save", "-t", "security").stdout
 
 
 def conntrack_entries(src: object, dst: object) -> list[str]:
@@ -547,3 +547,23 @@ async def test_ctnetlink_deletes_entries_in_one_batch(
     again = await asyncio.to_thread(ctnetlink.delete_entries, entries, 2.0)
     assert set(again.values()) == {errno.ENOENT}
     assert metric("kube_ip_agent_dataplane_queue_errors_total", queue=str(queue_id), kind="ctnetlink") == errors_before
+
+
+async def test_other_firewall_rules_still_see_first_packets(net: PodNetwork, make_dataplane: DataplaneFactory) -> None:
+    """An accept verdict must not skip other filter rules: the host's own iptables DROP still applies."""
+    a, b = net.add_pod("a"), net.add_pod("b")
+    dropped_server = b.serve_udp(UDP_PORT)
+    b.serve_udp(UDP_PORT + 1)
+    calls: list[PacketInfo] = []
+    await make_dataplane(allow_all(calls)).start()
+    drop = ["FORWARD", "-s", str(a.ip), "-d", str(b.ip), "-p", "udp", "--dport", str(UDP_PORT), "-j", "DROP"]
+    added = await asyncio.to_thread(run, "iptables", "-A", *drop)
+    assert added.returncode == 0, added.stderr
+    try:
+        assert not await asyncio.to_thread(a.udp_probe, b.ip, UDP_PORT, 0.5)
+        assert await asyncio.to_thread(a.udp_probe, b.ip, UDP_PORT + 1, 1.0)
+    finally:
+        await asyncio.to_thread(run, "iptables", "-D", *drop)
+    assert dropped_server.received == 0
+    # The agent was asked about the allowed flow (the dropped one too with nft, whose queue runs before filter).
+    assert UDP_PORT + 1 in [c.dst_port for c in calls]

@@ -134,7 +134,7 @@ def test_nft_table_text() -> None:
     assert "queue" not in iptables_text
     for hook in ("forward", "input", "output"):
         assert f"type filter hook {hook} priority filter - 5;" in iptables_text
-        assert f"type filter hook {hook} priority filter + 5;" in iptables_text
+        assert f"type filter hook {hook} priority filter + 200;" in iptables_text
     nft_text = RuleSet(config, Backend.NFT).nft_table([])
     assert "queue num 9 bypass" in nft_text and "elements" not in nft_text
     closed = RuleSet(DataplaneConfig(nfqueue_id=9, fail_open=False), Backend.NFT).nft_table([])
@@ -145,14 +145,14 @@ def test_iptables_install_keeps_one_jump_per_hook() -> None:
     rules = RuleSet(DataplaneConfig(nfqueue_id=3, fail_open=False), Backend.IPTABLES)
     text = rules.iptables_install({"FORWARD": 1, "INPUT": 3})
     lines = text.splitlines()
-    assert lines[0] == "*filter" and lines[-1] == "COMMIT"
+    assert lines[0] == "*security" and lines[-1] == "COMMIT"
     assert ":KUBE-IP-AGENT-QUEUE - [0:0]" in lines
     assert any(line.endswith("-j NFQUEUE --queue-num 3") for line in lines)
     assert "-I FORWARD 1 -j KUBE-IP-AGENT-QUEUE" not in lines
     assert lines.count("-D INPUT -j KUBE-IP-AGENT-QUEUE") == 2
     assert "-I OUTPUT 1 -j KUBE-IP-AGENT-QUEUE" in lines
     removal = rules.iptables_remove({"FORWARD": 1}).splitlines()
-    assert removal == ["*filter", "-D FORWARD -j KUBE-IP-AGENT-QUEUE", "-F KUBE-IP-AGENT-QUEUE",
+    assert removal == ["*security", "-D FORWARD -j KUBE-IP-AGENT-QUEUE", "-F KUBE-IP-AGENT-QUEUE",
                        "-X KUBE-IP-AGENT-QUEUE", "COMMIT"]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from . import metrics as m
 from .config import DataplaneConfig, IPNetwork, parse_networks
 from .nfq import QueueBindError, QueueSocket
 from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
-from .rules import Backend, RuleSet, parse_iptables_save, queue_statement, split_families
+from .rules import IPTABLES_TABLE, Backend, RuleSet, parse_iptables_save, queue_statement, split_families
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
@@ -78,7 +78,7 @@ async def detect_backend(config: DataplaneConfig) -> Backend:
         errors = [line for line in exc.stderr.splitlines() if "Error" in line] or [exc.stderr.strip()]
         log.info("nft queue expression unavailable (%s); using iptables NFQUEUE", errors[0].strip())
     try:
-        await commands.run(["iptables-save", "-t", "filter"], time_limit=config.command_timeout)
+        await commands.run(["iptables-save", "-t", IPTABLES_TABLE], time_limit=config.command_timeout)
     except commands.CommandError as exc:
         raise DataplaneError(f"neither nft queue nor iptables NFQUEUE is usable: {exc}") from exc
     return Backend.IPTABLES
@@ -229,7 +229,7 @@ class Dataplane:
         m.RULE_SYNCS.labels(self._label, op, "ok").inc()
 
     async def _iptables_state(self, tool: str, chain: str) -> tuple[bool, dict[str, int]]:
-        saved = await commands.run([f"{tool}-save", "-t", "filter"], time_limit=self.config.command_timeout)
+        saved = await commands.run([f"{tool}-save", "-t", IPTABLES_TABLE], time_limit=self.config.command_timeout)
         return parse_iptables_save(saved.stdout, chain)
 
     async def _restore(self, tool: str, text: str, op: str) -> None:

@@ -2,14 +2,18 @@
 
 Packet path on a hook (forward, input, output), for packets to or from a local pod:
 
-1. nft ``inet <name>``, priority filter-5: a connection whose conntrack mark has the accepted bit is
-   accepted here (stays in the kernel); any other packet is queued (nft backend) or gets the queue
-   bit in its packet mark (iptables backend).
-2. iptables ``filter`` (iptables backend only), priority filter: ``<PREFIX>-QUEUE`` sends packets with
-   the queue bit to NFQUEUE. Its ``--queue-bypass`` (nft: ``bypass``) lets packets pass while no
-   agent listens when ``fail_open``; without it they are dropped.
-3. nft ``inet <name>``, priority filter+5: a packet the agent accepted carries the verdict bit; its
-   connection gets the accepted conntrack mark. Both packet bits are cleared again.
+1. nft ``inet <name>``, priority filter-5 (after DNAT): a connection whose conntrack mark has the
+   accepted bit is accepted here (stays in the kernel); any other packet is queued (nft backend)
+   or gets the queue bit in its packet mark (iptables backend).
+2. iptables ``security`` (iptables backend only; iptables-nft hooks it at 150, after ``filter``):
+   ``<PREFIX>-QUEUE`` sends packets with the queue bit to NFQUEUE. Its ``--queue-bypass``
+   (nft: ``bypass``) lets packets pass while no agent listens when ``fail_open``; without it they
+   are dropped.
+3. nft ``inet <name>``, priority filter+200: a packet the agent accepted carries the verdict bit;
+   its connection gets the accepted conntrack mark. Both packet bits are cleared again.
+
+An accepted packet resumes with the next netfilter table, so the host's other tables (filter
+and so on) still see every first packet.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from .config import DataplaneConfig, IPNetwork
 HOOKS = ("forward", "input", "output")
 SETS = (("pods4", "ipv4_addr"), ("pods6", "ipv6_addr"))
 IPTABLES_HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+# The queue rule lives in the (usually empty) security table, which iptables-nft hooks after filter:
+# a verdict resumes with the next netfilter table, so this way no filter rule is skipped.
+IPTABLES_TABLE = "security"
+# Our commit chains run after every iptables table, including security (priority 150 with iptables-nft).
+COMMIT_PRIORITY = "filter + 200"
 
 
 class Backend(enum.Enum):
@@ -95,7 +104,7 @@ class RuleSet:
             chains.append(
                 (
                     f"commit_{hook}",
-                    f"type filter hook {hook} priority filter + 5; policy accept;",
+                    f"type filter hook {hook} priority {COMMIT_PRIORITY}; policy accept;",
                     [
                         f"meta mark & {cfg.verdict_mark:#010x} == {cfg.verdict_mark:#010x}"
                         f" ct mark set ct mark | {cfg.accepted_ct_mark:#010x}",
@@ -173,7 +182,7 @@ class RuleSet:
         chain = self.queue_chain
         bypass = " --queue-bypass" if cfg.fail_open else ""
         lines = [
-            "*filter",
+            f"*{IPTABLES_TABLE}",
             f":{chain} - [0:0]",
             f"-A {chain} -m mark --mark {cfg.queue_mark:#x}/{cfg.queue_mark:#x}"
             f' -m comment --comment "{cfg.name}: first packets to the agent"'
@@ -190,7 +199,7 @@ class RuleSet:
     def iptables_remove(self, existing_jumps: dict[str, int]) -> str:
         """iptables-restore --noflush input that removes our jumps and chain."""
         chain = self.queue_chain
-        lines = ["*filter"]
+        lines = [f"*{IPTABLES_TABLE}"]
         for hook in IPTABLES_HOOKS:
             lines += [f"-D {hook} -j {chain}"] * existing_jumps.get(hook, 0)
         lines += [f"-F {chain}", f"-X {chain}", "COMMIT"]
@@ -198,7 +207,7 @@ class RuleSet:
 
 
 def parse_iptables_save(text: str, chain: str) -> tuple[bool, dict[str, int]]:
-    """From ``iptables-save -t filter`` output: whether ``chain`` exists and how many jumps each hook has to it."""
+    """From ``iptables-save -t security`` output: whether ``chain`` exists and how many jumps each hook has to it."""
     exists = False
     jumps: dict[str, int] = {}
     for line in text.splitlines():
