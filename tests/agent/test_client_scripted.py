@@ -304,3 +304,34 @@ async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_
             await no_cert.stop()
     finally:
         await server.stop(None)
+
+
+async def test_a_failing_sink_gets_a_full_resync_not_a_resume() -> None:
+    class FlakyMirror(Mirror):
+        failures = 1
+
+        def apply_delta(self, changes, revision):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("sink bug")
+            super().apply_delta(changes, revision)
+
+    servicer = ScriptedTracker(
+        [
+            [snapshot(BASE, 5), end(5), delta(6, [pod("api", ["10.0.0.3"])])],
+            [snapshot([*BASE, pod("api", ["10.0.0.3"])], 6), end(6), delta(7, [pod("x", ["10.0.0.4"])])],
+        ]
+    )
+    server, port = await serve(servicer)
+    target = f"127.0.0.1:{port}"
+    mirror = FlakyMirror()
+    client = TrackerClient(target, mirror, FAST)
+    client.start()
+    try:
+        await wait_for(lambda: mirror.pod_by_ip("10.0.0.4") is not None)
+        assert [r.epoch for r in servicer.requests] == ["", ""]
+        assert mirror.pod_by_ip("10.0.0.3") is not None and mirror.snapshots == 2
+        assert metric("kube_ip_tracker_client_resyncs_total", target=target, reason="internal") == 1
+    finally:
+        await client.stop()
+        await server.stop(None)

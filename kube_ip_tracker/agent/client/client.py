@@ -168,8 +168,8 @@ class TrackerClient:
                 log.warning(
                     "Tracker %s (%s) stream out of step, reconnecting for a full resync: %s", endpoint, self.target, e
                 )
+                # Not "healthy": a tracker that keeps breaking the protocol is retried with growing backoff.
                 self._forget_resume_point(e.reason)
-                healthy = True  # the tracker works; resync right away
             except grpc.aio.AioRpcError as e:
                 metrics.CONNECT_ERRORS.labels(code=e.code().name, **labels).inc()
                 log.warning(
@@ -192,10 +192,12 @@ class TrackerClient:
             except Exception:
                 metrics.CONNECT_ERRORS.labels(code="internal", **labels).inc()
                 log.exception("Watch on tracker %s (%s) failed unexpectedly", endpoint, self.target)
+                # The sink may hold part of a message: only a full snapshot is certain to repair it.
+                self._forget_resume_point("internal")
             finally:
                 self._set_connected(False)
             if healthy:
-                # The stream ended cleanly or asked for a resync: come back soon, to the same address.
+                # The tracker ended a working stream: come back soon, to the same address.
                 self._backoff.reset()
                 self._rotation.mark_healthy()
                 delay = self._backoff.next_delay()
