@@ -19,7 +19,8 @@ from kube_ip_tracker.testing.clusters import ClusterSet, free_port
 
 pytestmark = pytest.mark.cluster
 
-TRACKER_BIN = Path(sys.executable).with_name("kube-ip-tracker")
+# The `kube-ip-tracker` program, run by this interpreter (so a fresh checkout tests its own code).
+TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
 
 
 class TrackerProcess:
@@ -27,7 +28,7 @@ class TrackerProcess:
 
     def __init__(self, kubeconfig: Path, port: int, log_path: Path) -> None:
         self.argv = [
-            str(TRACKER_BIN),
+            *TRACKER_CMD,
             "--kubeconfig",
             str(kubeconfig),
             "--listen-address",
