@@ -322,3 +322,29 @@ async def test_mirror_agrees_with_the_index_after_random_changes_and_reconnects(
             assert mirror.pod_by_ip(ip) == index.get_pod_by_ip(ip), ip
     assert mirror.snapshots == 1
     assert conflicts_seen > 0  # the comparison covered contested IPs
+
+
+async def test_cluster_filter_gets_only_those_clusters_across_gaps_and_resume(
+    servers: Servers, clients: list[TrackerClient]
+) -> None:
+    index = filled_index()
+    server = await servers.start(index)
+    port = server.bound_port
+    mirror = Mirror()
+    options = ClientOptions(clusters=("b",), watcher_name="node-7", backoff_base=0.05, backoff_cap=0.3)
+    client = start_client(clients, f"127.0.0.1:{port}", mirror, options=options)
+    async with asyncio.timeout(5):
+        await client.wait_ready()
+    assert pod_keys(mirror) == {("b", "default", "web")} and set(mirror.cluster_statuses()) == {"b"}
+    # Changes in cluster a advance the tracker's revision: the filtered watcher sees gaps, not errors.
+    index.upsert(pod("a-only", "10.0.0.50"))
+    index.upsert(pod("b-new", "10.1.0.50", cluster="b"))
+    index.upsert(pod("a-again", "10.0.0.51"))
+    await wait_for(lambda: mirror.pod_by_ip("10.1.0.50") is not None)
+    await servers.stop(server)
+    index.upsert(pod("a-down", "10.0.0.52"))
+    index.delete(Kind.POD, "b", "default", "web")
+    await servers.start(index, f"127.0.0.1:{port}")
+    await wait_for(lambda: mirror.pod_by_ip("10.1.0.1") is None, within=10)
+    assert pod_keys(mirror) == {("b", "default", "b-new")}
+    assert mirror.snapshots == 1  # resumed, despite the gaps
