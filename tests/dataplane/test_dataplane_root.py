@@ -134,7 +134,7 @@ async def test_verdicts_follow_the_callback_per_connection(net: PodNetwork, make
     assert not await asyncio.to_thread(c.tcp_probe, b.ip, TCP_PORT, 0.5)
 
 
-async def test_not_ready_fail_open_passes_unmarked_then_decides_when_ready(
+async def test_not_ready_fail_open_passes_and_rechecks_once_ready(
     net: PodNetwork, make_dataplane: DataplaneFactory, queue_id: int
 ) -> None:
     a, b = net.add_pod("a"), net.add_pod("b")
@@ -142,15 +142,21 @@ async def test_not_ready_fail_open_passes_unmarked_then_decides_when_ready(
     ready = threading.Event()
     calls: list[PacketInfo] = []
     passes_before = metric("kube_ip_agent_dataplane_fail_open_passes_total", queue=str(queue_id), reason="not-ready")
-    await make_dataplane(deny_all(calls), is_ready=ready.is_set, fail_open=True).start()
+    await make_dataplane(deny_all(calls), is_ready=ready.is_set, fail_open=True, revalidate_delay=0.0).start()
 
-    assert await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 1.0)
+    stream = await asyncio.to_thread(a.open_stream, b.ip, TCP_PORT)
+    assert await asyncio.to_thread(stream.exchange, 1.0)
+    assert await asyncio.to_thread(stream.exchange, 1.0)
     assert calls == []
     passes = metric("kube_ip_agent_dataplane_fail_open_passes_total", queue=str(queue_id), reason="not-ready")
-    assert passes - passes_before >= 1
+    assert passes - passes_before == 1  # provisionally accepted and marked: later packets stay in the kernel
     ready.set()
+    # The provisional connection is re-checked (and cut: deny) within the revalidation retry delay.
+    deadline = time.monotonic() + 3
+    while await asyncio.to_thread(stream.exchange, 0.3):
+        assert time.monotonic() < deadline, "provisional connection never re-checked"
+    assert any(c.dst_port == TCP_PORT for c in calls)
     assert not await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 0.5)
-    assert len(calls) >= 1
 
 
 async def test_not_ready_fail_closed_drops(net: PodNetwork, make_dataplane: DataplaneFactory) -> None:

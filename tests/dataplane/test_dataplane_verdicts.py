@@ -69,13 +69,13 @@ async def test_allow_accepts_with_the_verdict_mark_and_deny_drops() -> None:
     assert [(p.protocol, p.dst_port) for p in seen] == [(Protocol.TCP, 80), (Protocol.TCP, 81)]
 
 
-async def test_not_ready_accepts_unmarked_when_fail_open_and_drops_when_closed() -> None:
+async def test_not_ready_accepts_provisionally_when_fail_open_and_drops_when_closed() -> None:
     calls: list[PacketInfo] = []
     open_packet, closed_packet = FakePacket(tcp_syn()), FakePacket(tcp_syn())
     before = counter("kube_ip_agent_dataplane_fail_open_passes_total", queue="61001", reason="not-ready")
     make(calls.append, ready=False, fail_open=True).handle_packet(open_packet)
     make(calls.append, ready=False, fail_open=False).handle_packet(closed_packet)
-    assert open_packet.verdicts == ["accept"] and not open_packet.mark & VERDICT
+    assert open_packet.verdicts == ["accept"] and open_packet.mark & VERDICT  # provisional, re-checked when ready
     assert closed_packet.verdicts == ["drop"]
     assert calls == []
     assert counter("kube_ip_agent_dataplane_fail_open_passes_total", queue="61001", reason="not-ready") == before + 1

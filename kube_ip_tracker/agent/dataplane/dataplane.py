@@ -89,8 +89,10 @@ class Dataplane:
 
     ``decide(packet)`` returns (or resolves to) True to allow the connection; it runs on the event
     loop of :meth:`start`. ``is_ready()`` says whether decisions can be trusted yet; while it is
-    False, packets pass (``fail_open``) or are dropped, and nothing is marked, so the connection is
-    decided again on its next packet once the agent is ready.
+    False, new connections are dropped (fail-closed) or accepted provisionally (``fail_open``):
+    marked like allowed ones and re-checked by a revalidation pass as soon as the agent is ready.
+    A failing or too slow decision gets the default verdict without a mark (asked again on the
+    connection's next packet).
     """
 
     def __init__(self, config: DataplaneConfig, decide: Decide, is_ready: IsReady) -> None:
@@ -340,7 +342,14 @@ class Dataplane:
             self._default_verdict(packet, None, "parse-error")
             return
         if not self._ready():
-            self._default_verdict(packet, info, "not-ready")
+            if self.config.fail_open:
+                # Accepted and marked, so the connection stays in the kernel; the revalidation
+                # requested here re-checks it (and cuts it if denied) once the agent is ready.
+                m.FAIL_OPEN_PASSES.labels(self._label, "not-ready").inc()
+                self._give(packet, info, accept=True, fail_open=False, reason="not-ready")
+                self._revalidate_wanted.set()
+            else:
+                self._give(packet, info, accept=False, fail_open=False, reason="not-ready")
             return
         try:
             result = self._decide(info)
@@ -428,7 +437,7 @@ class Dataplane:
     async def _revalidation_loop(self) -> None:
         """Run requested (and periodic) passes; retry failed or not-ready ones with backoff and jitter."""
         cfg = self.config
-        backoff = Backoff(0.2, 30.0)
+        backoff = Backoff(0.2, 5.0)
         retry = m.REVALIDATION_RETRY_SECONDS.labels(self._label)
         while True:
             if cfg.revalidate_interval > 0:
