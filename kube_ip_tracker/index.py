@@ -208,26 +208,27 @@ class Index:
         self._log_changes = 0
         self._listeners: list[BatchListener] = []
         self._flush_scheduled = False
+        self._events: dict[tuple[str, str], int] = {(k.value, op): 0 for k in Kind for op in ("upsert", "delete")}
 
     # -- writes (IndexWriter) ------------------------------------------------------------------
 
     def upsert(self, record: Record) -> None:
         """Add or replace one object; a pod without IPs is removed instead (it is not indexed)."""
         if isinstance(record, PodRecord):
-            metrics.INDEX_EVENTS_APPLIED.labels("pod", "upsert").inc()
+            self._events[("pod", "upsert")] += 1
             self._upsert_pod(record)
         elif isinstance(record, NamespaceRecord):
-            metrics.INDEX_EVENTS_APPLIED.labels("namespace", "upsert").inc()
+            self._events[("namespace", "upsert")] += 1
             self._upsert_simple(record, "namespaces", self._interner.namespace)
         elif isinstance(record, NodeRecord):
-            metrics.INDEX_EVENTS_APPLIED.labels("node", "upsert").inc()
+            self._events[("node", "upsert")] += 1
             self._upsert_simple(record, "nodes", self._interner.node)
         else:
             raise TypeError(f"index upsert: not a pod, namespace or node record: {type(record).__name__}")
 
     def delete(self, kind: Kind, cluster: str, namespace: str, name: str) -> None:
         """Remove one object; unknown keys are ignored."""
-        metrics.INDEX_EVENTS_APPLIED.labels(kind.value, "delete").inc()
+        self._events[(kind.value, "delete")] += 1
         c = self._clusters.get(cluster)
         if c is None:
             return
@@ -288,7 +289,6 @@ class Index:
             return
         for p in c.iter_pods():
             self._claims.remove(p)
-        metrics.IP_CONFLICTS_CURRENT.set(self._claims.conflicts)
         log.info(
             "Cluster %s removed from the index (%d pods, %d namespaces, %d nodes)",
             cluster,
@@ -348,7 +348,6 @@ class Index:
                 rec.uid,
                 contested,
             )
-        metrics.IP_CONFLICTS_CURRENT.set(self._claims.conflicts)
         self._emit(c, rec, False)
 
     def _delete_pod(self, c: _Cluster, namespace: str, name: str) -> None:
@@ -362,7 +361,6 @@ class Index:
             del c.pods[namespace]
         c.pod_count -= 1
         self._claims.remove(old)
-        metrics.IP_CONFLICTS_CURRENT.set(self._claims.conflicts)
         self._emit(c, old, True)
 
     def _upsert_simple(self, record: NamespaceRecord | NodeRecord, table_name: str, intern: Callable) -> None:
@@ -385,8 +383,9 @@ class Index:
     def _emit(self, c: _Cluster, record: AnyRecord, deleted: bool) -> None:
         self._revision += 1
         self._pending.append(Change(self._revision, record, deleted))
-        c.last_change_time = self._clock()
-        self._touched.add(c.name)
+        if c.name not in self._touched:
+            c.last_change_time = self._clock()
+            self._touched.add(c.name)
         if not self._flush_scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -400,6 +399,7 @@ class Index:
     def flush(self) -> Batch | None:
         """Commit pending changes as one batch, log it and hand it to listeners; returns it (or ``None``)."""
         self._flush_scheduled = False
+        self._push_event_counts()
         if not self._pending:
             return None
         changes = tuple(self._pending)
@@ -420,7 +420,14 @@ class Index:
                 )
         return batch
 
+    def _push_event_counts(self) -> None:
+        for (kind, op), n in self._events.items():
+            if n:
+                metrics.INDEX_EVENTS_APPLIED.labels(kind, op).inc(n)
+                self._events[(kind, op)] = 0
+
     def _record_metrics(self, batch: Batch) -> None:
+        metrics.IP_CONFLICTS_CURRENT.set(self._claims.conflicts)
         metrics.INDEX_BATCHES.inc()
         metrics.INDEX_REVISION.set(batch.revision)
         metrics.INDEX_LOG_CHANGES.set(self._log_changes)

@@ -33,22 +33,32 @@ WR = pb.WatchResponse
 
 
 class SnapshotCache:
-    """Encoded snapshots kept for ``ttl`` seconds, keyed by (filter, revision)."""
+    """Encoded snapshots kept for ``ttl`` seconds, one per filter.
+
+    A watcher may get a cached snapshot at an older revision followed by the changes since then from
+    the change log (as Typha does), so watchers that connect within ``ttl`` share one encoding even
+    while the index changes. Filters with a tracker id only share a snapshot of the current revision
+    (their visibility depends on the cluster paths at snapshot time).
+    """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[WatchFilter, tuple[EncodedSnapshot, float]] = {}
 
     def get(self, index: Index, flt: WatchFilter) -> tuple[EncodedSnapshot, bool]:
-        """A snapshot of the index at its current revision for ``flt``; True if it was shared."""
+        """A snapshot for ``flt`` that the change log can bring up to date; True if it was shared."""
         now = time.monotonic()
         for key, (snap, created) in list(self._entries.items()):
             if now - created > self.ttl and snap.done:
                 del self._entries[key]
         revision = index.revision  # commits pending writes
         entry = self._entries.get(flt)
-        if entry is not None and entry[0].revision == revision and entry[0].error is None:
-            return entry[0], True
+        if entry is not None and entry[0].error is None and entry[0].snapshot.epoch == index.epoch:
+            snap = entry[0]
+            if snap.revision == revision or (
+                not flt.tracker_id and now - entry[1] <= self.ttl and index.log_first_revision <= snap.revision + 1
+            ):
+                return snap, True
         snap = EncodedSnapshot(index.snapshot(None if flt.everything else flt.admits), flt)
         self._entries[flt] = (snap, now)
         return snap, False
@@ -149,11 +159,17 @@ class WatchService:
             )
         else:
             snap, shared = self.snapshots.get(self.index, flt)
+            catch_up: list[tuple[bytes, str]] = []
+            current = self.index.committed_revision
+            if snap.revision < current:  # a shared older snapshot: add the changes since, from the log
+                batches = self.index.changes_since(snap.revision) or []
+                items = filter_resume_batches(flt, self.index, batches)
+                catch_up = [(m, "DELTA") for m in chunk_deltas(epoch, items, current)] if items else []
             self.fanout.add(watcher)
-            initial = snap.messages(reset)
+            initial = _chain(snap.messages(reset), catch_up)
             metrics.SNAPSHOTS_SENT.labels("reset" if reset else "full").inc()
             log.info(
-                "Watcher %r (%s, %s) gets a %ssnapshot at revision %d (%d objects%s)",
+                "Watcher %r (%s, %s) gets a %ssnapshot at revision %d (%d objects%s, %d catch-up messages)",
                 name,
                 peer,
                 flt.describe(),
@@ -161,6 +177,7 @@ class WatchService:
                 snap.revision,
                 snap.snapshot.object_count(),
                 ", shared encoding" if shared else "",
+                len(catch_up),
             )
 
         self.active += 1
@@ -199,4 +216,13 @@ async def _write(context: grpc.aio.ServicerContext, data: bytes, kind: str) -> N
 
 async def _from_list(messages: list[tuple[bytes, str]]) -> AsyncIterator[tuple[bytes, str]]:
     for m in messages:
+        yield m
+
+
+async def _chain(
+    first: AsyncIterator[tuple[bytes, str]], then: list[tuple[bytes, str]]
+) -> AsyncIterator[tuple[bytes, str]]:
+    async for m in first:
+        yield m
+    for m in then:
         yield m

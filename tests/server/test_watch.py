@@ -218,3 +218,46 @@ async def test_large_batch_is_split_into_several_delta_messages(start_server: St
         seen.append(d)
     assert len(seen) >= 3 and sum(len(d.changes) for d in seen) == 2502  # 2500 new, web and db gone
     stream.call.cancel()
+
+
+async def test_later_watcher_shares_older_snapshot_and_catches_up_from_the_log(
+    start_server: StartServer, connect: Connect
+) -> None:
+    index = filled()
+    server = await start_server(index, snapshot_cache_ttl=30)
+    stub = connect(server)
+    before = metric("kube_ip_tracker_server_snapshot_encodings_total")
+    first = Stream(stub.Watch(pb.WatchRequest()))
+    snap_rev = (await first.initial())[-1].revision
+    index.upsert(pod("new", "10.0.0.77"))
+    index.delete(Kind.POD, "a", "default", "db")
+    second = Stream(stub.Watch(pb.WatchRequest()))
+    initial = await second.initial()
+    assert initial[-1].revision == snap_rev  # the shared snapshot's revision
+    catch_up = await second.next()
+    assert catch_up.kind == WR.DELTA and (catch_up.first_revision, catch_up.revision) == (snap_rev + 1, snap_rev + 2)
+    assert keys(catch_up.changes) == {("pod", "a", "default", "new", "False"), ("pod", "a", "default", "db", "True")}
+    assert metric("kube_ip_tracker_server_snapshot_encodings_total") == before + 1
+    # Both continue with the same live deltas.
+    assert (await first.delta()).revision == snap_rev + 2
+    index.upsert(pod("live", "10.0.0.78"))
+    assert (await first.delta()).revision == (await second.delta()).revision == snap_rev + 3
+    first.call.cancel()
+    second.call.cancel()
+
+
+async def test_without_cache_a_later_watcher_gets_a_fresh_snapshot(start_server: StartServer, connect: Connect) -> None:
+    index = filled()
+    server = await start_server(index, snapshot_cache_ttl=0)
+    stub = connect(server)
+    first = Stream(stub.Watch(pb.WatchRequest()))
+    await first.initial()
+    index.upsert(pod("new", "10.0.0.77"))
+    before = metric("kube_ip_tracker_server_snapshot_encodings_total")
+    second = Stream(stub.Watch(pb.WatchRequest()))
+    initial = await second.initial()
+    assert initial[-1].revision == index.revision
+    assert ("pod", "a", "default", "new", "False") in keys(initial[0].changes)
+    assert metric("kube_ip_tracker_server_snapshot_encodings_total") == before + 1
+    first.call.cancel()
+    second.call.cancel()
