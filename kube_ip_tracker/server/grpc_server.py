@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -35,8 +36,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tracker"].full_name
 
 DEFAULT_MAX_WATCHERS = 10_000
 DEFAULT_PROGRESS_INTERVAL = 10.0
-DEFAULT_WATCHER_BUFFER_BYTES = 32 << 20
-DEFAULT_WATCHER_BUFFER_MESSAGES = 4096
+# Queued messages are the same bytes objects for every watcher with a filter, so these bound how far one
+# watcher may lag (a 100k-pod cluster appearing at once is ~25 MB of DELTAs), not memory per watcher.
+DEFAULT_WATCHER_BUFFER_BYTES = 64 << 20
+DEFAULT_WATCHER_BUFFER_MESSAGES = 10_000
 DEFAULT_SNAPSHOT_CACHE_TTL = 5.0
 
 
@@ -48,7 +51,6 @@ def keepalive_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 5),
-        ("grpc.max_connection_age_grace_ms", 30_000),
     ]
 
 
@@ -56,6 +58,24 @@ def server_credentials(cert_chain: bytes, private_key: bytes, client_ca: bytes |
     """TLS credentials; with ``client_ca`` every client must present a certificate signed by it (mTLS)."""
     return grpc.ssl_server_credentials(
         [(private_key, cert_chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def server_credentials_from_files(
+    cert_file: str | Path, key_file: str | Path, client_ca_file: str | Path | None = None
+) -> grpc.ServerCredentials:
+    """:func:`server_credentials` from PEM files; ``OSError`` names the file that cannot be read."""
+
+    def read(path: str | Path, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise OSError(f"cannot read TLS {what} {path}: {e.strerror}") from e
+
+    return server_credentials(
+        read(cert_file, "certificate file"),
+        read(key_file, "key file"),
+        read(client_ca_file, "client CA file") if client_ca_file is not None else None,
     )
 
 
@@ -254,6 +274,8 @@ class TrackerServer:
                 self.index.flush()  # queue committed batches before the PROGRESS that covers them
                 data = wire.encode_response(pb.WatchResponse.PROGRESS, self.index.epoch, self.index.committed_revision)
                 self._fanout.broadcast(data, "PROGRESS")
+                assert self._watch is not None
+                self._watch.snapshots.expire()
                 failures = 0
             except Exception:
                 failures += 1

@@ -47,10 +47,7 @@ class SnapshotCache:
 
     def get(self, index: Index, flt: WatchFilter) -> tuple[EncodedSnapshot, bool]:
         """A snapshot for ``flt`` that the change log can bring up to date; True if it was shared."""
-        now = time.monotonic()
-        for key, (snap, created) in list(self._entries.items()):
-            if now - created > self.ttl and snap.done:
-                del self._entries[key]
+        now = self.expire()
         revision = index.revision  # commits pending writes
         entry = self._entries.get(flt)
         if entry is not None and entry[0].error is None and entry[0].snapshot.epoch == index.epoch:
@@ -62,6 +59,14 @@ class SnapshotCache:
         snap = EncodedSnapshot(index.snapshot(None if flt.everything else flt.admits), flt)
         self._entries[flt] = (snap, now)
         return snap, False
+
+    def expire(self) -> float:
+        """Drop snapshots older than the TTL (streams using them keep their own reference); returns now."""
+        now = time.monotonic()
+        for key, (snap, created) in list(self._entries.items()):
+            if now - created > self.ttl and snap.done:
+                del self._entries[key]
+        return now
 
     def clear(self) -> None:
         for snap, _ in self._entries.values():

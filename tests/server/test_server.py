@@ -174,3 +174,37 @@ def test_metrics_http_endpoint() -> None:
         assert 'kube_ip_tracker_index_objects{cluster="metrics-http",kind="namespace"} 1.0' in text
     finally:
         srv.stop()
+
+
+async def test_mutual_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.server.grpc_server import server_credentials_from_files
+    from kube_ip_tracker.testing.certs import TestCA
+
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("tracker", hosts=["127.0.0.1"])
+    client_cert, client_key = ca.issue("agent", client=True)
+    with pytest.raises(OSError, match="client CA file"):
+        server_credentials_from_files(cert, key, tmp_path / "missing.pem")
+    server = TrackerServer(filled(), "127.0.0.1:0", tls=server_credentials_from_files(cert, key, ca.cert_path))
+    await server.start()
+    try:
+        target = f"127.0.0.1:{server.bound_port}"
+        good = grpc.ssl_channel_credentials(
+            ca.cert_path.read_bytes(), client_key.read_bytes(), client_cert.read_bytes()
+        )
+        async with grpc.aio.secure_channel(target, good) as channel:
+            resp = await pb_stub(channel).ListClusters(pb.ListClustersRequest())
+            assert len(resp.clusters) == 2
+        no_client_cert = grpc.ssl_channel_credentials(ca.cert_path.read_bytes())
+        async with grpc.aio.secure_channel(target, no_client_cert) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_stub(channel).ListClusters(pb.ListClustersRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
+
+
+def pb_stub(channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+
+    return tracker_pb2_grpc.TrackerStub(channel)
