@@ -15,8 +15,12 @@ awaitable is awaited up to ``verdict_timeout``, then the fail-open/closed defaul
 """
 
 from .config import ConfigError, DataplaneConfig, add_arguments, config_from_args, parse_networks
-from .dataplane import Dataplane, DataplaneError, Decide, Decision, IsReady, Revalidation, as_allowed, detect_backend
+from .dataplane import Dataplane
+from .decisions import Decide, Decision, IsReady, as_allowed
+from .errors import DataplaneError
+from .installer import detect_backend
 from .packet import PacketInfo, PacketParseError, Protocol, parse_packet
+from .revalidate import Revalidation
 from .rules import Backend
 
 __all__ = [

@@ -1,0 +1,5 @@
+"""Errors of the dataplane."""
+
+
+class DataplaneError(RuntimeError):
+    """The dataplane could not start or change its rules."""
