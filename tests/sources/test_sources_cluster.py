@@ -92,7 +92,10 @@ async def test_two_clusters_pod_lifecycle_reaches_index(cluster_factory, writer,
             await eventually(lambda c=c: writer.pod(c, "demo", "web") is not None, f"{c}: web added")
             pod = writer.pod(c, "demo", "web")
             assert pod.node == "node-1" and pod.ports[0].port == 8080 and pod.ports[0].protocol == "TCP"
-            assert writer.node(c, "node-1").internal_ips == (f"192.0.2.{i + 1}",)
+            await eventually(
+                lambda c=c, i=i: getattr(writer.node(c, "node-1"), "internal_ips", ()) == (f"192.0.2.{i + 1}",),
+                f"{c}: node",
+            )
 
             await objects.label_pod(api, "demo", "web", {"app": "web2"})
             await eventually(lambda c=c: writer.pod(c, "demo", "web").labels == {"app": "web2"}, f"{c}: relabelled")
@@ -103,7 +106,7 @@ async def test_two_clusters_pod_lifecycle_reaches_index(cluster_factory, writer,
             # Moving to another node means deleting and recreating (nodeName is immutable).
             await objects.delete_pod(api, "demo", "web")
             await objects.create_pod(api, "demo", "web", labels={"app": "web2"}, node="node-2", ips=[f"10.{i}.0.3"])
-            await eventually(lambda c=c: writer.pod(c, "demo", "web").node == "node-2", f"{c}: moved")
+            await eventually(lambda c=c: getattr(writer.pod(c, "demo", "web"), "node", "") == "node-2", f"{c}: moved")
 
             await objects.delete_pod(api, "demo", "web")
             await eventually(lambda c=c: writer.pod(c, "demo", "web") is None, f"{c}: deleted")
