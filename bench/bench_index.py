@@ -55,7 +55,9 @@ def generate(
     rng = random.Random(seed)
     cluster_names = [f"cluster-{c}" for c in range(clusters)]
     for c in cluster_names:
-        yield ClusterStatusRecord(c, connected=True, synced=True, kube_system_uid=str(uuid.UUID(int=rng.getrandbits(128))))
+        yield ClusterStatusRecord(
+            c, connected=True, synced=True, kube_system_uid=str(uuid.UUID(int=rng.getrandbits(128)))
+        )
     ns_names = [f"team-{i // 10}-ns-{i}" for i in range(namespaces)]
     for c in cluster_names:
         for ns in ns_names:
@@ -63,7 +65,9 @@ def generate(
     node_names = [f"gke-pool-{i // 100}-{i:05d}" for i in range(nodes)]
     for i, n in enumerate(node_names):
         c = cluster_names[i % clusters]
-        yield NodeRecord(c, n, {"topology.kubernetes.io/zone": f"zone-{i % 3}", "pool": n[:10]}, (f"172.16.{i // 250}.{i % 250}",))
+        yield NodeRecord(
+            c, n, {"topology.kubernetes.io/zone": f"zone-{i % 3}", "pool": n[:10]}, (f"172.16.{i // 250}.{i % 250}",)
+        )
     deployments = max(1, pods // 20)
     for i in range(pods):
         d = i % deployments
@@ -119,7 +123,17 @@ def run(pods: int = 100_000, clusters: int = 3, nodes: int = 2000, namespaces: i
     # Steady state: label updates of existing pods (each a real change).
     pod_records = [r for r in records if isinstance(r, PodRecord)][:20_000]
     updates = [
-        PodRecord(p.cluster, p.namespace, p.name, {**p.labels, "version": "v2"}, p.ports, p.node, p.ips, p.creation_timestamp, p.uid)
+        PodRecord(
+            p.cluster,
+            p.namespace,
+            p.name,
+            {**p.labels, "version": "v2"},
+            p.ports,
+            p.node,
+            p.ips,
+            p.creation_timestamp,
+            p.uid,
+        )
         for p in pod_records
     ]
     started = time.perf_counter()
