@@ -59,6 +59,11 @@ class InformerOptions:
     watch_read_margin: float = 30.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    # Liveness probe (GET kube-system) while connected: a frozen API server can keep watches open
+    # and silent; failed probes mark the cluster disconnected, and this many in a row reconnect.
+    probe_interval: float = 30.0
+    probe_timeout: float = 10.0
+    probe_failures_to_reconnect: int = 3
 
 
 class ResourceExpired(Exception):
@@ -67,6 +72,10 @@ class ResourceExpired(Exception):
 
 class ConnectError(Exception):
     """Reading the kube-system namespace failed; the message says why (the cause is chained)."""
+
+
+class ProbeFailed(Exception):
+    """Liveness probes kept failing: reconnect."""
 
 
 class WatchError(Exception):
@@ -98,6 +107,8 @@ def describe_error(exc: BaseException, what: str) -> tuple[str, str]:
     if isinstance(exc, ConnectError):
         cause = exc.__cause__
         return (describe_error(cause, what)[0] if cause is not None else "other"), str(exc)
+    if isinstance(exc, ProbeFailed):
+        return "unreachable", str(exc)
     if isinstance(exc, ResourceExpired):
         return "expired", f"{what}: resource version expired (410 Gone): {exc}"
     if isinstance(exc, ApiException):
@@ -173,6 +184,15 @@ class ClusterState:
         self.kube_system_uid = uid
         self.publish()
 
+    def probe_failed(self, message: str) -> None:
+        self.api_ok = False
+        self.last_error = message
+        self.publish()
+
+    def probe_ok(self) -> None:
+        self.api_ok = True
+        self.publish()
+
     def kind_failed(self, kind: Kind, message: str) -> None:
         self.kind_errors[kind] = message
         self.last_error = message
@@ -241,7 +261,9 @@ class Informer:
         writer: IndexWriter,
         state: ClusterState,
         options: InformerOptions,
+        first_list_reason: str = "initial",
     ) -> None:
+        self.first_list_reason = first_list_reason
         self.cluster = cluster
         self.kind = kind
         self.plural = PLURALS[kind]
@@ -258,7 +280,7 @@ class Informer:
     async def run(self) -> None:
         """List and watch until cancelled."""
         backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
-        reason = "initial"
+        reason = self.first_list_reason
         expired_in_a_row = 0
         while True:
             try:
@@ -285,8 +307,6 @@ class Informer:
                         continue
                 else:
                     self.state.kind_failed(self.kind, message)
-                    if reason == "initial" and self.state.synced and self.resource_version is None:
-                        reason = "error"
                 delay = backoff.next_delay()
                 metrics.BACKOFF.labels(self.cluster, self.plural).set(delay)
                 level = logging.DEBUG if label == "expired" else logging.WARNING
@@ -427,23 +447,26 @@ class ClusterSource:
         """Connect, read the kube-system UID, run the informers; retry the whole on connection errors."""
         backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
         self.state.publish()
+        reason = "initial"
         while True:
             try:
                 async with self.client_factory(self.spec) as api:
-                    uid = await self._kube_system_uid(api)
+                    uid = await self._kube_system_uid(api, self.options.request_timeout)
                     log.info("Successfully connected to cluster %s (UID: %s). Starting informers...", self.cluster, uid)
                     self.state.connect_ok(uid)
                     backoff.reset()
                     async with asyncio.TaskGroup() as group:
                         for kind in KINDS:
-                            informer = Informer(self.cluster, kind, api, self.writer, self.state, self.options)
+                            informer = Informer(self.cluster, kind, api, self.writer, self.state, self.options, reason)
                             self.informers[kind] = informer
                             group.create_task(informer.run(), name=f"informer-{self.cluster}-{informer.plural}")
+                        group.create_task(self._probe(api), name=f"probe-{self.cluster}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 label, message = describe_error(exc, "connect")
                 metrics.ERRORS.labels(self.cluster, "", label).inc()
+                reason = "reconnect"
                 self.state.connect_failed(message)
                 delay = backoff.next_delay()
                 log.error("Cannot connect to cluster %s: %s; retrying in %.1fs", self.cluster, message, delay)
@@ -451,8 +474,30 @@ class ClusterSource:
                     log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
                 await asyncio.sleep(delay)
 
-    async def _kube_system_uid(self, api: client.ApiClient) -> str:
-        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
+    async def _probe(self, api: client.ApiClient) -> None:
+        """Read kube-system every probe_interval; report failures, reconnect after several in a row."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.options.probe_interval)
+            try:
+                await self._kube_system_uid(api, self.options.probe_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                message = f"liveness probe failed: {describe_error(exc, 'get namespace kube-system')[1]}"
+                log.warning("Cluster %s: %s (%d in a row)", self.cluster, message, failures)
+                self.state.probe_failed(message)
+                if failures >= self.options.probe_failures_to_reconnect:
+                    raise ProbeFailed(f"{failures} liveness probes in a row; last {message}") from exc
+            else:
+                if failures:
+                    log.info("Cluster %s: liveness probe succeeded again", self.cluster)
+                    self.state.probe_ok()
+                failures = 0
+
+    async def _kube_system_uid(self, api: client.ApiClient, total: float) -> str:
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.options.connect_timeout))
         try:
             ns = await client.CoreV1Api(api).read_namespace("kube-system", _request_timeout=timeout)
         except ApiException as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,27 @@ async def test_supervisor_restart_remove_with_grace(cluster_factory, writer, sup
     await asyncio.sleep(0.6)
     assert writer.calls.count(("remove_cluster", spec.cluster_id)) == 1
     assert writer.pod(spec.cluster_id, "demo", "p") is not None
+
+
+async def test_frozen_api_server_is_detected_by_the_probe(cluster_factory, writer) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1)
+    options = replace(FAST, probe_interval=0.3, probe_timeout=1.0, probe_failures_to_reconnect=3)
+    sup = ClusterSupervisor(writer, options=options)
+    try:
+        (spec,) = static_specs([cluster.kubeconfig])
+        await sup.ensure(spec)
+        assert await sup.wait_synced([spec.cluster_id], 20) == set()
+        cluster.freeze_apiserver()
+        try:
+            await eventually(lambda: not writer.status[spec.cluster_id].connected, "frozen server reported", 10)
+            assert "liveness probe" in writer.status[spec.cluster_id].last_error
+            assert writer.status[spec.cluster_id].stale
+        finally:
+            cluster.thaw_apiserver()
+        async with cluster.api_client() as api:
+            await objects.create_namespace(api, "demo")
+            await objects.create_pod(api, "demo", "after-thaw", ips=["10.0.0.5"])
+        await eventually(lambda: writer.pod(spec.cluster_id, "demo", "after-thaw") is not None, "pod after thaw", 30)
+        await eventually(lambda: writer.status[spec.cluster_id].connected, "connected after thaw")
+    finally:
+        await sup.stop()
