@@ -319,7 +319,9 @@ class Informer:
         """Paginated list, then make the index hold exactly the listed objects."""
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
         for attempt in range(3):
-            items: list[dict[str, Any]] = []
+            # Pages are converted as they arrive, so only the kept fields of earlier pages stay in memory.
+            records: dict[tuple[str, str], Record] = {}
+            listed = 0
             token: str | None = None
             try:
                 while True:
@@ -328,7 +330,11 @@ class Informer:
                         page = json.loads(await resp.read())
                     finally:
                         resp.release()
-                    items.extend(page.get("items") or [])
+                    for obj in page.get("items") or []:
+                        listed += 1
+                        record = to_record(self.kind, self.cluster, obj)
+                        if record is not None:
+                            records[object_key(self.kind, obj)] = record
                     meta = page.get("metadata") or {}
                     token = meta.get("continue") or None
                     if token is None:
@@ -340,11 +346,6 @@ class Informer:
                     continue
                 raise
             break
-        records: dict[tuple[str, str], Record] = {}
-        for obj in items:
-            record = to_record(self.kind, self.cluster, obj)
-            if record is not None:
-                records[object_key(self.kind, obj)] = record
         self.writer.replace(self.cluster, self.kind, list(records.values()))
         removed = len(self.indexed.keys() - records.keys())
         self.indexed = records
@@ -355,7 +356,7 @@ class Informer:
             logging.DEBUG if reason == "initial" else logging.INFO,
             "Cluster %s: listed %d %s (%d indexed, %d stale removed) at resourceVersion %s (%s)",
             self.cluster,
-            len(items),
+            listed,
             self.plural,
             len(records),
             removed,

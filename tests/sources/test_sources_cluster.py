@@ -13,8 +13,9 @@ from kubernetes_asyncio import client
 from prometheus_client import REGISTRY
 
 from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, Kind
+from kube_ip_tracker.sources import kube
 from kube_ip_tracker.sources.kube import InformerOptions
-from kube_ip_tracker.sources.kubeconfig import static_specs
+from kube_ip_tracker.sources.kubeconfig import api_client, static_specs
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
@@ -24,8 +25,15 @@ from .recording import RecordingWriter, eventually
 
 pytestmark = pytest.mark.cluster
 
+# page_size=2: every list in these tests takes several pages (limit/continue).
 FAST = InformerOptions(
-    backoff_base=0.1, backoff_cap=1.0, watch_timeout=30, connect_timeout=2, request_timeout=10, watch_read_margin=5
+    page_size=2,
+    backoff_base=0.1,
+    backoff_cap=1.0,
+    watch_timeout=30,
+    connect_timeout=2,
+    request_timeout=10,
+    watch_read_margin=5,
 )
 
 
@@ -322,3 +330,61 @@ async def test_frozen_api_server_is_detected_by_the_probe(cluster_factory, write
         await eventually(lambda: writer.status[spec.cluster_id].connected, "connected after thaw")
     finally:
         await sup.stop()
+
+
+async def test_new_token_is_used_for_new_requests_while_watches_stay_open(cluster_factory, writer) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1)
+    current = cluster.token
+
+    async def token() -> str:
+        return current
+
+    options = replace(FAST, probe_interval=0.3, probe_failures_to_reconnect=1000)
+    sup = ClusterSupervisor(writer, options=options)
+    try:
+        spec = ClusterSpec("direct", server=cluster.server, ca_pem=cluster.ca_file.read_bytes(), token_provider=token)
+        await sup.ensure(spec)
+        assert await sup.wait_synced(["direct"], 20) == set()
+        watches = metric("kube_ip_tracker_source_watches_total", cluster="direct", kind="pods")
+        current = "revoked-token"  # every new request now carries a token the API server rejects...
+        await eventually(lambda: "401" in writer.status["direct"].last_error, "probe with the new token refused")
+        async with cluster.api_client() as api:  # ...while the watches opened before keep delivering
+            await objects.create_namespace(api, "demo")
+            await objects.create_pod(api, "demo", "p", ips=["10.0.0.1"])
+        await eventually(lambda: writer.pod("direct", "demo", "p") is not None, "event on the open watch")
+        assert metric("kube_ip_tracker_source_watches_total", cluster="direct", kind="pods") == watches
+        current = cluster.token
+        await eventually(lambda: writer.status["direct"].connected, "accepted again")
+    finally:
+        await sup.stop()
+
+
+async def test_paginated_list_restarts_when_continue_token_expires(cluster_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1, watch_cache=False)
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, "demo")
+        for i in range(5):
+            await objects.create_pod(api, "demo", f"p{i}", ips=[f"10.0.0.{i + 1}"])
+    requests: list[str | None] = []
+    real_open = kube._open
+
+    async def open_and_compact(api, kind, client_timeout, **params):  # type: ignore[no-untyped-def]
+        requests.append(params.get("_continue"))
+        if len(requests) == 2:  # the first page's snapshot is compacted away: its continue token expires
+            async with cluster.api_client() as admin:
+                await objects.create_namespace(admin, "bump")
+            cluster.compact_etcd()
+        return await real_open(api, kind, client_timeout, **params)
+
+    monkeypatch.setattr(kube, "_open", open_and_compact)
+    writer = RecordingWriter()
+    (spec,) = static_specs([cluster.kubeconfig])
+    async with api_client(spec) as api:
+        state = kube.ClusterState(spec.cluster_id, writer)
+        informer = kube.Informer(spec.cluster_id, Kind.POD, api, writer, state, replace(FAST, page_size=2))
+        await informer.list("initial")
+    assert requests[0] is None and requests[1] is not None
+    assert requests.count(None) == 2, requests  # listed again from the start after the 410
+    assert len(requests) == 2 + 3  # the failed continue, then three pages of 2+2+1
+    assert set(writer.pods()) == {("demo", f"p{i}") for i in range(5)}
+    assert informer.resource_version
