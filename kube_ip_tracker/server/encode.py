@@ -166,7 +166,11 @@ class FilterGroup:
 
 
 def filter_resume_batches(flt: WatchFilter, index: Index, batches: Iterable[Batch]) -> list[tuple[int, bytes]]:
-    """A resuming watcher's missed changes under its filter (cluster filter, and the current via path)."""
+    """A resuming watcher's missed changes under its filter.
+
+    Exact for cluster filters. The tracker-id exclusion is judged on the current cluster paths, so the
+    caller sends a reset snapshot instead when a cluster status changed in the missed range.
+    """
     items: list[tuple[int, bytes]] = []
     for batch in batches:
         for change in batch.changes:

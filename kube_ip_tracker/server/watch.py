@@ -22,7 +22,8 @@ import grpc.aio
 
 from kube_ip_tracker import wire
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
-from kube_ip_tracker.index import Index
+from kube_ip_tracker.index import Batch, Index
+from kube_ip_tracker.model import ClusterStatusRecord
 from kube_ip_tracker.server import metrics
 from kube_ip_tracker.server.encode import EncodedSnapshot, WatchFilter, chunk_deltas, filter_resume_batches
 from kube_ip_tracker.server.fanout import Fanout, Watcher
@@ -130,6 +131,12 @@ class WatchService:
                         f"in epoch {epoch}; drop the resume point and watch again",
                     )
                 resume_batches = self.index.changes_since(request.revision)
+                if resume_batches and flt.tracker_id and _status_changed(resume_batches):
+                    # Which clusters the watcher saw depended on their paths at the time; not in the log.
+                    log.info(
+                        "Watcher %r (%s): cluster statuses changed since revision %d", name, peer, request.revision
+                    )
+                    resume_batches = None
             if resume_batches is None:
                 reset = True
                 log.info(
@@ -231,3 +238,8 @@ async def _chain(
         yield m
     for m in then:
         yield m
+
+
+def _status_changed(batches: list[Batch]) -> bool:
+    """True if a cluster status was set (not deleted) in ``batches``."""
+    return any(isinstance(c.record, ClusterStatusRecord) and not c.deleted for b in batches for c in b.changes)
