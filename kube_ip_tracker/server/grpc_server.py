@@ -133,6 +133,7 @@ class TrackerServer:
             buffer_bytes=buf_bytes,
             snapshot_cache_ttl=ttl,
         )
+        self._health = health.aio.HealthServicer()  # a stopped servicer ignores updates: new one per start
         server = grpc.aio.server(options=self._options)
         server.add_generic_rpc_handlers((self._tracker_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -30,9 +30,8 @@ class Applier:
 
     def apply(self, msg: pb.WatchResponse) -> None:
         if msg.kind == WR.SNAPSHOT:
-            if msg.reset or not self.state or not self.live:
-                if msg.reset or self.live:
-                    self.state.clear()
+            if self.live or not self.epoch:  # the first SNAPSHOT of a stream replaces the whole state
+                self.state.clear()
             self.live = False
             self.epoch = msg.epoch
             self._changes(msg.changes)

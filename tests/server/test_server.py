@@ -208,3 +208,22 @@ def pb_stub(channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
     from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 
     return tracker_pb2_grpc.TrackerStub(channel)
+
+
+async def test_restart_on_the_same_index_keeps_epoch_and_health_works(connect: Connect) -> None:
+    index = filled()
+    server = TrackerServer(index, "127.0.0.1:0")
+    await server.start()
+    await server.stop(0)
+    await server.start()
+    try:
+        server.set_serving(True)
+        await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port}") as channel:
+            check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        stream = Stream(connect(server).Watch(pb.WatchRequest(epoch=index.epoch, revision=index.revision)))
+        assert (await stream.next()).kind == WR.END_OF_SNAPSHOT
+        stream.call.cancel()
+    finally:
+        await server.stop(0)
