@@ -286,7 +286,11 @@ class Informer:
             try:
                 if self.resource_version is None:
                     await self.list(reason)
-                await self.watch()
+                started = asyncio.get_running_loop().time()
+                if await self.watch() == 0 and asyncio.get_running_loop().time() - started < 1.0:
+                    # Ended at once without a single event: do not spin, but it is no error either.
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
                 backoff.reset()
                 expired_in_a_row = 0
                 metrics.BACKOFF.labels(self.cluster, self.plural).set(0)
@@ -299,7 +303,7 @@ class Informer:
                 metrics.ERRORS.labels(self.cluster, self.plural, label).inc()
                 if label == "expired":
                     # Too old to resume: relist at once (with backoff only if it keeps happening).
-                    log.info("Watch of %s in cluster %s expired; relisting: %s", self.plural, self.cluster, exc)
+                    log.info("Cluster %s: %s; relisting", self.cluster, message)
                     self.resource_version = None
                     reason = "expired"
                     expired_in_a_row += 1
@@ -365,8 +369,8 @@ class Informer:
         )
         self.state.kind_listed(self.kind)
 
-    async def watch(self) -> None:
-        """One watch request from the current resourceVersion, applied until the server ends it."""
+    async def watch(self) -> int:
+        """One watch request from the current resourceVersion, applied until the server ends it; returns the event count."""
         server_timeout = int(self.options.watch_timeout * (1 + self._rng.random())) or 1
         timeout = aiohttp.ClientTimeout(
             sock_connect=self.options.connect_timeout,
@@ -383,11 +387,14 @@ class Informer:
         )
         metrics.WATCHES.labels(self.cluster, self.plural).inc()
         self.state.kind_ok(self.kind)
+        events = 0
         try:
             async for line in _lines(resp):
                 self.handle_event(json.loads(line))
+                events += 1
         finally:
             resp.close()
+        return events
 
     def handle_event(self, event: dict[str, Any]) -> None:
         """Apply one watch event to the index and advance the resourceVersion."""
