@@ -9,6 +9,7 @@ figures as a dict.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import random
@@ -184,8 +185,43 @@ def run(pods: int = 100_000, clusters: int = 3, nodes: int = 2000, namespaces: i
     return out
 
 
+async def _watch_snapshots(index: Index, watchers: int) -> float:
+    """Seconds until ``watchers`` concurrent in-process Watch clients all reached END_OF_SNAPSHOT."""
+    import grpc.aio
+
+    from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+    from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+    from kube_ip_tracker.server import TrackerServer
+
+    server = TrackerServer(index, "127.0.0.1:0")
+    await server.start()
+
+    async def one() -> None:
+        target = f"127.0.0.1:{server.bound_port}"
+        async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+            async for m in tracker_pb2_grpc.TrackerStub(ch).Watch(pb.WatchRequest()):
+                if m.kind == pb.WatchResponse.END_OF_SNAPSHOT:
+                    return
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(watchers)))
+        return time.perf_counter() - started
+    finally:
+        await server.stop(0)
+
+
+def run_watch(pods: int = 100_000, watchers: int = 10) -> dict[str, float]:
+    """Snapshot delivery over loopback (clients decode in the same process, so this is a lower bound)."""
+    index = Index()
+    _load(index, generate(pods, 3, 2000, 300))
+    one = asyncio.run(_watch_snapshots(index, 1))
+    many = asyncio.run(_watch_snapshots(index, watchers))
+    return {"watch_snapshot_1_watcher_s": round(one, 2), f"watch_snapshot_{watchers}_watchers_s": round(many, 2)}
+
+
 def main() -> None:
-    print(json.dumps(run(), indent=2))
+    print(json.dumps({**run(), **run_watch()}, indent=2))
 
 
 if __name__ == "__main__":
