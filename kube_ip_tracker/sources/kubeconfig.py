@@ -168,8 +168,9 @@ async def _configure_from_kubeconfig(configuration: client.Configuration, path: 
     except (ConfigException, OSError, ValueError) as exc:
         raise KubeconfigError(f"kubeconfig {path}: context {context!r}: {exc}") from None
     user = loader._user
-    if user is not None and "exec" in user:
-        # Credentials from an exec plugin expire; re-run it (cached until expiry) before each request.
+    if user is not None and "exec" in user and hasattr(loader, "exec_plugin_expiry"):
+        # The exec plugin's token expires: before each request, re-run the plugin once it has expired
+        # (the loader caches the token until its expirationTimestamp).
         async def refresh(config: client.Configuration) -> None:
             await loader.load_from_exec_plugin()
             config.api_key["BearerToken"] = loader.token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -260,7 +261,7 @@ async def test_bad_credentials_and_forbidden_are_reported(cluster_factory, write
         assert writer.status[spec.cluster_id].connected
 
 
-async def test_spec_with_server_ca_and_token_provider(cluster_factory, writer, supervisor) -> None:  # type: ignore[no-untyped-def]
+async def test_token_provider_spec_and_exec_plugin_kubeconfig(cluster_factory, writer, supervisor, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1)
     calls = 0
 
@@ -274,6 +275,29 @@ async def test_spec_with_server_ca_and_token_provider(cluster_factory, writer, s
     assert await supervisor.wait_synced(["direct"], 20) == set()
     assert calls >= 4  # kube-system read, three lists (and watches): every request asks for the token
     assert writer.status["direct"].kube_system_uid == await kube_system_uid(cluster)
+
+    # A kubeconfig user with an exec credential plugin: run once, its token cached until it expires.
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "plugin.sh"
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": {"token": cluster.token, "expirationTimestamp": "2099-01-01T00:00:00Z"},
+    }
+    plugin.write_text(f"#!/bin/sh\necho run >> {runs}\necho '{json.dumps(credential)}'\n")
+    plugin.chmod(0o755)
+    data = cluster.kubeconfig_dict()
+    data["contexts"][0]["name"] = "exec"  # type: ignore[index]
+    data["current-context"] = "exec"
+    data["users"][0]["user"] = {  # type: ignore[index]
+        "exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin)}
+    }
+    (tmp_path / "exec.yaml").write_text(yaml.safe_dump(data))
+    (exec_spec,) = static_specs([tmp_path / "exec.yaml"])
+    await supervisor.ensure(exec_spec)
+    assert await supervisor.wait_synced(["exec"], 20) == set()
+    assert writer.status["exec"].connected
+    assert runs.read_text().count("run") == 1
 
 
 async def test_supervisor_restart_remove_with_grace(cluster_factory, writer, supervisor) -> None:  # type: ignore[no-untyped-def]
