@@ -317,19 +317,15 @@ async def run(args: argparse.Namespace) -> int:
     index = build_index()
     writer: IndexWriter = index
     supervisor = ClusterSupervisor(writer)
+    static_ids = {s.cluster_id for s in specs}
     watcher: KubeconfigDirWatcher | None = None
     if args.kubeconfig_dir:
-        watcher = KubeconfigDirWatcher(args.kubeconfig_dir, supervisor, interval=args.kubeconfig_dir_interval)
-    static_ids = {s.cluster_id for s in specs}
+        watcher = KubeconfigDirWatcher(
+            args.kubeconfig_dir, supervisor, interval=args.kubeconfig_dir_interval, reserved=static_ids
+        )
     try:
         if watcher is not None:
             await watcher.start()
-            clash = static_ids & watcher.cluster_ids()
-            if clash:
-                raise KubeconfigError(
-                    f"cluster ids {', '.join(sorted(clash))} are defined both by --kubeconfig and in "
-                    f"--kubeconfig-dir {args.kubeconfig_dir}"
-                )
     except KubeconfigError as exc:
         await supervisor.stop()
         log.error("%s", exc)

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,10 +48,19 @@ class _Scan:
 class KubeconfigDirWatcher:
     """Keeps the supervisor's clusters equal to the files of one directory."""
 
-    def __init__(self, directory: str | os.PathLike[str], supervisor: SupervisorLike, *, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        supervisor: SupervisorLike,
+        *,
+        interval: float = 2.0,
+        reserved: Iterable[str] = (),
+    ) -> None:
+        """``reserved``: cluster ids configured elsewhere (``--kubeconfig``); files naming them are refused."""
         self.directory = os.path.abspath(directory)
         self.supervisor = supervisor
         self.interval = interval
+        self.reserved = frozenset(reserved)
         self._by_path: dict[str, _Entry] = {}
         self._active: dict[str, _Entry] = {}  # by cluster id
         self._reported: dict[str, str] = {}  # path -> last error logged
@@ -95,6 +105,10 @@ class KubeconfigDirWatcher:
             raise KubeconfigError("; ".join(scan.errors.values()))
         owners: dict[str, str] = {}
         for entry in scan.entries.values():
+            if entry.spec.cluster_id in self.reserved:
+                raise KubeconfigError(
+                    f"cluster id {entry.spec.cluster_id!r} of {entry.path} is already defined by --kubeconfig"
+                )
             other = owners.setdefault(entry.spec.cluster_id, entry.path)
             if other != entry.path:
                 raise KubeconfigError(
@@ -136,12 +150,18 @@ class KubeconfigDirWatcher:
                 self._reported[path] = message
             if path in self._by_path:
                 scan.entries[path] = self._by_path[path]
-        for path in [p for p in self._reported if p not in scan.errors and p != self.directory]:
-            del self._reported[path]
 
         wanted: dict[str, _Entry] = {}
+        refused: set[str] = set()
         for path in sorted(scan.entries):
             entry = scan.entries[path]
+            if entry.spec.cluster_id in self.reserved:
+                message = f"cluster id {entry.spec.cluster_id!r} of {path} is already defined by --kubeconfig"
+                if self._reported.get(path) != message:
+                    log.error("Ignoring %s", message)
+                    self._reported[path] = message
+                refused.add(path)
+                continue
             first = wanted.setdefault(entry.spec.cluster_id, entry)
             if first is not entry:
                 log.error(
@@ -151,6 +171,8 @@ class KubeconfigDirWatcher:
                     entry.path,
                     first.path,
                 )
+        for path in [p for p in self._reported if p not in scan.errors and p not in refused and p != self.directory]:
+            del self._reported[path]
         for cluster_id in [c for c in self._active if c not in wanted]:
             log.info("Kubeconfig file %s removed: stopping cluster %s", self._active[cluster_id].path, cluster_id)
             del self._active[cluster_id]

@@ -152,3 +152,18 @@ async def test_dir_watcher_start_errors(tmp_path: Path) -> None:
     with pytest.raises(KubeconfigError, match="both"):
         await KubeconfigDirWatcher(tmp_path, sup).start()
     assert sup.calls == []
+
+
+async def test_dir_watcher_refuses_ids_defined_by_kubeconfig(tmp_path: Path) -> None:
+    sup = FakeSupervisor()
+    write(tmp_path / "a.yaml", kubeconfig("mine"))
+    write(tmp_path / "b.yaml", kubeconfig("static"))
+    with pytest.raises(KubeconfigError, match=r"'static' of .* is already defined by --kubeconfig"):
+        await KubeconfigDirWatcher(tmp_path, sup, reserved={"static"}).start()
+    (tmp_path / "b.yaml").unlink()
+    watcher = KubeconfigDirWatcher(tmp_path, sup, reserved={"static"})
+    await watcher.start()
+    write(tmp_path / "b.yaml", kubeconfig("static"))  # appears later: ignored, the static cluster is untouched
+    await watcher.poll()
+    await watcher.poll()
+    assert sup.calls == [("ensure", "mine", False)]
