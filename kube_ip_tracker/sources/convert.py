@@ -105,3 +105,17 @@ def object_key(kind: Kind, obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     namespace = (meta.get("namespace") or "") if kind is Kind.POD else ""
     return namespace, meta.get("name") or ""
+
+
+def fingerprint(record: Record) -> int:
+    """A hash of everything the index keeps of a record: equal records have equal fingerprints.
+
+    Sources remember fingerprints instead of records to skip no-op updates without holding a
+    second copy of every object (the index holds the records).
+    """
+    labels = frozenset(record.labels.items())
+    if isinstance(record, PodRecord):
+        return hash((labels, record.ports, record.node, record.ips, record.creation_timestamp, record.uid))
+    if isinstance(record, NodeRecord):
+        return hash((labels, record.internal_ips))
+    return hash(labels)

@@ -35,7 +35,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, IndexWriter, Kind, Record
 from kube_ip_tracker.sources import metrics
 from kube_ip_tracker.sources.backoff import Backoff
-from kube_ip_tracker.sources.convert import object_key, to_record
+from kube_ip_tracker.sources.convert import fingerprint, object_key, to_record
 from kube_ip_tracker.sources.kubeconfig import KubeconfigError, api_client
 
 log = logging.getLogger(__name__)
@@ -272,10 +272,15 @@ class Informer:
         self.state = state
         self.options = options
         self.resource_version: str | None = None
-        # What this informer put in the index, by (namespace, name): skips no-op updates, and
-        # tells whether an object that stops qualifying (or is deleted) must be removed.
-        self.indexed: dict[tuple[str, str], Record] = {}
+        # Fingerprints of what this informer put in the index, by (namespace, name): skips no-op
+        # updates, and tells whether an object that stops qualifying (or is deleted) must be removed.
+        self.indexed: dict[tuple[str, str], int] = {}
         self._rng = random.Random()
+        self._objects_gauge = metrics.OBJECTS.labels(cluster, self.plural)
+        self._event_counters = {
+            etype: metrics.EVENTS.labels(cluster, self.plural, etype)
+            for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+        }
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -352,10 +357,10 @@ class Informer:
             break
         self.writer.replace(self.cluster, self.kind, list(records.values()))
         removed = len(self.indexed.keys() - records.keys())
-        self.indexed = records
+        self.indexed = {key: fingerprint(record) for key, record in records.items()}
         self.resource_version = resource_version
         metrics.RELISTS.labels(self.cluster, self.plural, reason).inc()
-        metrics.OBJECTS.labels(self.cluster, self.plural).set(len(records))
+        self._objects_gauge.set(len(records))
         log.log(
             logging.DEBUG if reason == "initial" else logging.INFO,
             "Cluster %s: listed %d %s (%d indexed, %d stale removed) at resourceVersion %s (%s)",
@@ -402,11 +407,12 @@ class Informer:
         obj = event.get("object") or {}
         if etype == "ERROR":
             code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
-            metrics.EVENTS.labels(self.cluster, self.plural, "ERROR").inc()
+            self._event_counters["ERROR"].inc()
             if code == 410:
                 raise ResourceExpired(message)
             raise WatchError(code, message)
-        metrics.EVENTS.labels(self.cluster, self.plural, str(etype)).inc()
+        counter = self._event_counters.get(str(etype))
+        (counter or metrics.EVENTS.labels(self.cluster, self.plural, str(etype))).inc()
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if etype in ("ADDED", "MODIFIED", "DELETED"):
             self._apply(etype, obj)
@@ -419,14 +425,16 @@ class Informer:
         key = object_key(self.kind, obj)
         record = None if etype == "DELETED" else to_record(self.kind, self.cluster, obj)
         if record is None:
-            if self.indexed.pop(key, None) is not None:
-                self.writer.delete(self.kind, self.cluster, key[0], key[1])
-        elif self.indexed.get(key) != record:
-            self.indexed[key] = record
-            self.writer.upsert(record)
+            if self.indexed.pop(key, None) is None:
+                return  # was not indexed: nothing to remove
+            self.writer.delete(self.kind, self.cluster, key[0], key[1])
         else:
-            return
-        metrics.OBJECTS.labels(self.cluster, self.plural).set(len(self.indexed))
+            new = fingerprint(record)
+            if self.indexed.get(key) == new:
+                return  # nothing the index keeps has changed
+            self.indexed[key] = new
+            self.writer.upsert(record)
+        self._objects_gauge.set(len(self.indexed))
 
 
 @dataclass

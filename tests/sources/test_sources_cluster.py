@@ -252,7 +252,9 @@ async def test_bad_credentials_and_forbidden_are_reported(cluster_factory, write
         )
         error = writer.status[spec.cluster_id].last_error
         assert "pods" in error and not writer.status[spec.cluster_id].synced
-        assert writer.namespace(spec.cluster_id, "kube-system") is not None  # the allowed kinds still work
+        await eventually(  # the allowed kinds still work
+            lambda: writer.namespace(spec.cluster_id, "kube-system") is not None, "namespaces listed"
+        )
 
         # Granting access lets the retrying informer finish the first list.
         all_three = {"apiGroups": [""], "resources": ["namespaces", "nodes", "pods"], "verbs": ["get", "list", "watch"]}
@@ -367,9 +369,14 @@ async def test_new_token_is_used_for_new_requests_while_watches_stay_open(cluste
     sup = ClusterSupervisor(writer, options=options)
     try:
         spec = ClusterSpec("direct", server=cluster.server, ca_pem=cluster.ca_file.read_bytes(), token_provider=token)
+        before = metric("kube_ip_tracker_source_watches_total", cluster="direct", kind="pods")
         await sup.ensure(spec)
         assert await sup.wait_synced(["direct"], 20) == set()
-        watches = metric("kube_ip_tracker_source_watches_total", cluster="direct", kind="pods")
+        watches = before + 1
+        await eventually(
+            lambda: metric("kube_ip_tracker_source_watches_total", cluster="direct", kind="pods") == watches,
+            "pods watch open",
+        )
         current = "revoked-token"  # every new request now carries a token the API server rejects...
         await eventually(lambda: "401" in writer.status["direct"].last_error, "probe with the new token refused")
         async with cluster.api_client() as api:  # ...while the watches opened before keep delivering
