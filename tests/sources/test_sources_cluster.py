@@ -176,6 +176,7 @@ async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, w
             await objects.create_namespace(api, "extra")
             await client.CoreV1Api(api).delete_namespace("extra")
         cluster.compact_etcd()
+        mark = len(writer.calls)
         proxy.restore()
 
         await eventually(lambda: set(writer.pods()) == {("demo", "kept"), ("demo", "new")}, "pods relisted", 30)
@@ -185,7 +186,7 @@ async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, w
             metric("kube_ip_tracker_source_lists_total", cluster=spec.cluster_id, kind="pods", reason="expired")
             > expired_before
         )
-        assert any(c[:3] == ("replace", spec.cluster_id, Kind.POD) for c in writer.calls[-20:])
+        assert ("replace", spec.cluster_id, Kind.POD, 2) in writer.calls[mark:]
         await eventually(lambda: writer.status[spec.cluster_id].connected, "reconnected")
         assert writer.status[spec.cluster_id].last_error == ""
     finally:
