@@ -32,15 +32,16 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, IndexWriter, Kind, Record
+from kube_ip_tracker.model import ClusterSpec, IndexWriter, Kind, Record
 from kube_ip_tracker.sources import metrics
 from kube_ip_tracker.sources.backoff import Backoff
 from kube_ip_tracker.sources.convert import fingerprint, object_key, to_record
-from kube_ip_tracker.sources.kubeconfig import KubeconfigError, api_client
+from kube_ip_tracker.sources.errors import ConnectError, ProbeFailed, ResourceExpired, WatchError, describe_error
+from kube_ip_tracker.sources.kubeconfig import api_client
+from kube_ip_tracker.sources.status import KINDS, ClusterState
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[Kind, ...] = (Kind.NAMESPACE, Kind.NODE, Kind.POD)
 PLURALS: dict[Kind, str] = {Kind.POD: "pods", Kind.NAMESPACE: "namespaces", Kind.NODE: "nodes"}
 
 ApiClientFactory = Callable[[ClusterSpec], contextlib.AbstractAsyncContextManager[client.ApiClient]]
@@ -64,152 +65,6 @@ class InformerOptions:
     probe_interval: float = 30.0
     probe_timeout: float = 10.0
     probe_failures_to_reconnect: int = 3
-
-
-class ResourceExpired(Exception):
-    """The resourceVersion to watch from (or a list continue token) is too old: relist."""
-
-
-class ConnectError(Exception):
-    """Reading the kube-system namespace failed; the message says why (the cause is chained)."""
-
-
-class ProbeFailed(Exception):
-    """Liveness probes kept failing: reconnect."""
-
-
-class WatchError(Exception):
-    """A watch ERROR event other than 410."""
-
-    def __init__(self, code: object, message: str) -> None:
-        super().__init__(f"watch error {code}: {message}")
-        self.code = code
-
-
-def _status_message(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str) and body:
-        try:
-            decoded = json.loads(body)
-        except ValueError:
-            return body.strip()[:300]
-        if isinstance(decoded, dict) and decoded.get("message"):
-            return str(decoded["message"])
-    return str(exc.reason or "")
-
-
-def describe_error(exc: BaseException, what: str) -> tuple[str, str]:
-    """(metric reason, human message) for an error of request ``what`` (e.g. "list pods")."""
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return describe_error(exc.exceptions[0], what)
-    if isinstance(exc, ConnectError):
-        cause = exc.__cause__
-        return (describe_error(cause, what)[0] if cause is not None else "other"), str(exc)
-    if isinstance(exc, ProbeFailed):
-        return "unreachable", str(exc)
-    if isinstance(exc, ResourceExpired):
-        return "expired", f"{what}: resource version expired (410 Gone): {exc}"
-    if isinstance(exc, ApiException):
-        message = _status_message(exc)
-        if exc.status == 401:
-            return "unauthorized", f"{what}: unauthorized (401): the API server rejected the credentials"
-        if exc.status == 403:
-            return "forbidden", f"{what}: forbidden (403): {message}"
-        if exc.status == 410:
-            return "expired", f"{what}: resource version expired (410 Gone): {message}"
-        return "api", f"{what}: API error {exc.status}: {message}"
-    if isinstance(exc, WatchError):
-        return "api", f"{what}: {exc}"
-    if isinstance(exc, KubeconfigError):
-        return "config", str(exc)
-    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-        return "timeout", f"{what}: timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "unreachable", f"{what}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return "unreachable", f"{what}: connection failed: {type(exc).__name__}: {exc}"
-    return "other", f"{what}: {type(exc).__name__}: {exc}"
-
-
-class ClusterState:
-    """Aggregates the informers' health into one ClusterStatusRecord, written only when it changes."""
-
-    def __init__(self, cluster: str, writer: IndexWriter, *, synced: bool = False) -> None:
-        self.cluster = cluster
-        self.writer = writer
-        self.kube_system_uid = ""
-        self.api_ok = False
-        self.kind_errors: dict[Kind, str] = {}
-        self.listed: set[Kind] = set()
-        self.last_error = ""
-        self.synced = synced
-        self.synced_event = asyncio.Event()
-        if synced:
-            self.synced_event.set()
-        self._published: ClusterStatusRecord | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self.api_ok and not self.kind_errors
-
-    def status(self) -> ClusterStatusRecord:
-        """The status as it would be published now."""
-        connected = self.connected
-        return ClusterStatusRecord(
-            cluster=self.cluster,
-            connected=connected,
-            synced=self.synced,
-            stale=self.synced and not connected,
-            last_error="" if connected else self.last_error,
-            kube_system_uid=self.kube_system_uid,
-        )
-
-    def publish(self) -> None:
-        status = self.status()
-        if status != self._published:
-            self._published = status
-            self.writer.set_cluster_status(status)
-            metrics.CONNECTED.labels(self.cluster).set(1 if status.connected else 0)
-            metrics.SYNCED.labels(self.cluster).set(1 if status.synced else 0)
-
-    def connect_failed(self, message: str) -> None:
-        self.api_ok = False
-        self.last_error = message
-        self.publish()
-
-    def connect_ok(self, uid: str) -> None:
-        self.api_ok = True
-        self.kube_system_uid = uid
-        self.publish()
-
-    def probe_failed(self, message: str) -> None:
-        self.api_ok = False
-        self.last_error = message
-        self.publish()
-
-    def probe_ok(self) -> None:
-        self.api_ok = True
-        self.publish()
-
-    def kind_failed(self, kind: Kind, message: str) -> None:
-        self.kind_errors[kind] = message
-        self.last_error = message
-        self.publish()
-
-    def kind_ok(self, kind: Kind) -> None:
-        if self.kind_errors.pop(kind, None) is not None or self._published is None:
-            self.publish()
-
-    def kind_listed(self, kind: Kind) -> None:
-        self.listed.add(kind)
-        self.kind_errors.pop(kind, None)
-        if not self.synced and self.listed.issuperset(KINDS):
-            self.synced = True
-            self.synced_event.set()
-            log.info("Cluster %s synced (UID: %s)", self.cluster, self.kube_system_uid)
-        self.publish()
 
 
 async def _open(

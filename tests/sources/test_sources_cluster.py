@@ -17,6 +17,7 @@ from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, Kind
 from kube_ip_tracker.sources import kube
 from kube_ip_tracker.sources.kube import InformerOptions
 from kube_ip_tracker.sources.kubeconfig import api_client, static_specs
+from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
@@ -412,7 +413,7 @@ async def test_paginated_list_restarts_when_continue_token_expires(cluster_facto
     writer = RecordingWriter()
     (spec,) = static_specs([cluster.kubeconfig])
     async with api_client(spec) as api:
-        state = kube.ClusterState(spec.cluster_id, writer)
+        state = ClusterState(spec.cluster_id, writer)
         informer = kube.Informer(spec.cluster_id, Kind.POD, api, writer, state, replace(FAST, page_size=2))
         await informer.list("initial")
     assert requests[0] is None and requests[1] is not None
