@@ -9,6 +9,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kube_ip_tracker.sources.kubeconfig import KubeconfigError
 
+# Message of an API server asked for a resourceVersion newer than it has (HTTP 504 or a watch ERROR).
+TOO_LARGE = "Too large resource version"
+
 
 class ResourceExpired(Exception):
     """The resourceVersion to watch from (or a list continue token) is too old: relist."""
@@ -63,9 +66,12 @@ def describe_error(exc: BaseException, what: str) -> tuple[str, str]:
             return "forbidden", f"{what}: forbidden (403): {message}"
         if exc.status == 410:
             return "expired", f"{what}: resource version expired (410 Gone): {message}"
+        if TOO_LARGE in message:
+            # The API server is behind our resourceVersion (e.g. etcd restored from a backup): relist.
+            return "expired", f"{what}: resource version not reached by the API server: {message}"
         return "api", f"{what}: API error {exc.status}: {message}"
     if isinstance(exc, WatchError):
-        return "api", f"{what}: {exc}"
+        return ("expired" if TOO_LARGE in str(exc) else "api"), f"{what}: {exc}"
     if isinstance(exc, KubeconfigError):
         return "config", str(exc)
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):

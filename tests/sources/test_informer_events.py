@@ -117,6 +117,10 @@ def test_describe_error() -> None:
     )
     assert label == "forbidden" and message.startswith("list pods: forbidden (403): pods is forbidden")
     assert describe_error(api_error(410, "too old"), "watch pods")[0] == "expired"
+    too_large = "Timeout: Too large resource version: 200, current: 100"
+    assert describe_error(api_error(504, too_large), "watch pods")[0] == "expired"
+    assert describe_error(WatchError(504, too_large), "watch pods")[0] == "expired"
+    assert describe_error(WatchError(500, "boom"), "watch pods") == ("api", "watch pods: watch error 500: boom")
     assert describe_error(TimeoutError(), "watch pods") == ("timeout", "watch pods: timed out")
     assert describe_error(aiohttp.ServerDisconnectedError(), "watch pods")[0] == "unreachable"
     try:

@@ -421,3 +421,19 @@ async def test_paginated_list_restarts_when_continue_token_expires(cluster_facto
     assert len(requests) == 2 + 3  # the failed continue, then three pages of 2+2+1
     assert set(writer.pods()) == {("demo", f"p{i}") for i in range(5)}
     assert informer.resource_version
+
+
+async def test_etcd_and_apiserver_restarts_are_survived(cluster_factory, writer, supervisor) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1)
+    (spec,) = static_specs([cluster.kubeconfig])
+    await supervisor.ensure(spec)
+    assert await supervisor.wait_synced([spec.cluster_id], 20) == set()
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, "demo")
+    for restart, name in ((cluster.restart_etcd, "after-etcd"), (cluster.restart_apiserver, "after-apiserver")):
+        await asyncio.to_thread(restart)
+        async with cluster.api_client() as api:
+            await objects.create_pod(api, "demo", name, ips=["10.0.0.1" if name == "after-etcd" else "10.0.0.2"])
+        await eventually(lambda name=name: writer.pod(spec.cluster_id, "demo", name) is not None, name, 30)
+    await eventually(lambda: writer.status[spec.cluster_id].connected, "connected")
+    assert set(writer.pods(spec.cluster_id)) == {("demo", "after-etcd"), ("demo", "after-apiserver")}
