@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker.gke import flags as gke_flags
+from kube_ip_tracker.gke.reconcile import GkeReconciler
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
 from kube_ip_tracker.server import TrackerServer
@@ -198,6 +200,7 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_server_arguments,
     add_cluster_arguments,
+    gke_flags.add_arguments,  # after add_cluster_arguments: reuses its --cluster-removal-grace
     add_logging_arguments,
 ]
 
@@ -221,6 +224,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--cluster-id must not be empty")
     if args.kubeconfig_dir_interval <= 0:
         parser.error("--kubeconfig-dir-interval must be positive")
+    gke_flags.validate(parser, args)  # a malformed --gcp-cluster-names entry exits 2, named
     return args
 
 
@@ -259,10 +263,10 @@ def configure_logging(level: int) -> None:
 
 
 def load_static_clusters(args: argparse.Namespace) -> list[ClusterSpec]:
-    """Specs from --kubeconfig, or the in-cluster spec when no kubeconfig flag is given."""
+    """Specs from --kubeconfig, or the in-cluster spec when no kubeconfig or GKE flag is given."""
     if args.kubeconfig:
         return static_specs(args.kubeconfig)
-    if args.kubeconfig_dir:
+    if args.kubeconfig_dir or args.gcp_cluster_names:
         return []
     check_in_cluster()
     return [in_cluster_spec(args.cluster_id)]
@@ -286,10 +290,23 @@ def start_metrics(address: str) -> MetricsServer | None:
 
 
 async def mark_ready(
-    supervisor: ClusterSupervisor, server: TrackerServer, cluster_ids: set[str], within: float
+    supervisor: ClusterSupervisor,
+    server: TrackerServer,
+    cluster_ids: set[str],
+    within: float,
+    gke: GkeReconciler | None = None,
 ) -> None:
-    """Report SERVING once every configured cluster synced, or after ``within`` seconds."""
-    missing = await supervisor.wait_synced(cluster_ids, within)
+    """Report SERVING once every configured cluster synced, or after ``within`` seconds.
+
+    With GKE clusters, first wait (within the same ``within``) for a reconcile pass that found them all.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    undiscovered: set[str] = set()
+    if gke is not None:
+        undiscovered = {str(name) for name in await gke.wait_discovered(within)}
+        cluster_ids = cluster_ids | gke.cluster_ids()
+    missing = await supervisor.wait_synced(cluster_ids, max(0.0, deadline - loop.time())) | undiscovered
     if missing:
         log.warning(
             "Ready timeout (%.0fs) reached; serving although these clusters are not synced: %s",
@@ -318,6 +335,11 @@ async def run(args: argparse.Namespace) -> int:
     writer: IndexWriter = index
     supervisor = ClusterSupervisor(writer)
     static_ids = {s.cluster_id for s in specs}
+    try:
+        gke = await gke_flags.create_reconciler(args, supervisor)
+    except gke_flags.GkeConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     watcher: KubeconfigDirWatcher | None = None
     if args.kubeconfig_dir:
         watcher = KubeconfigDirWatcher(
@@ -350,13 +372,17 @@ async def run(args: argparse.Namespace) -> int:
         log.info("Watching %d clusters: %s", len(configured), ", ".join(sorted(configured)) or "(none yet)")
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.run(), name="kubeconfig-dir"))
-        tasks.append(asyncio.create_task(mark_ready(supervisor, server, configured, args.ready_timeout)))
+        if gke is not None:
+            tasks.append(asyncio.create_task(gke.run(), name="gke-reconciler"))
+        tasks.append(asyncio.create_task(mark_ready(supervisor, server, configured, args.ready_timeout, gke)))
         await stop.wait()
         log.info("Shutting down")
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if gke is not None:
+            await gke.close()
         with contextlib.suppress(Exception):
             server.set_serving(False)
         await server.stop(args.shutdown_grace)

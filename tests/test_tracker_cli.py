@@ -130,3 +130,32 @@ def test_klog_format() -> None:
     record.created = 1795485159.123456
     line = KlogFormatter().format(record)
     assert re.fullmatch(r"W1124 01:52:39\.123456 +\d+ kube\.py:42\] sources\.kube: hi c1", line), line
+
+
+def test_gke_flags_share_the_cluster_removal_grace_flag() -> None:
+    from kube_ip_tracker.cli import build_parser
+
+    parser = build_parser()
+    grace = [a for a in parser._actions if "--cluster-removal-grace" in a.option_strings]
+    assert len(grace) == 1  # one flag, the cluster group's, used by kubeconfig-dir and GKE clusters alike
+    group = next(g for g in parser._action_groups if grace[0] in g._group_actions)
+    assert group.title == "clusters"
+    args = parse_args(["--gcp-cluster-names=my-project/europe-west1/a", "--cluster-removal-grace=10s"])
+    assert (args.cluster_removal_grace, args.reconcile_interval) == (10.0, 300.0)
+
+
+def test_malformed_gke_cluster_name_exits_2_naming_it() -> None:
+    result = run_tracker("--gcp-cluster-names", "my-project/europe-west1/ok,prod")
+    assert result.returncode == 2
+    assert "invalid GKE cluster entry 'prod': a bare cluster name needs --gcp-project and --gcp-location" in (
+        result.stderr
+    )
+
+
+def test_gke_clusters_without_google_credentials_exit_1(tmp_path: Path) -> None:
+    # No in-cluster fallback with --gcp-cluster-names: the error is about Google credentials.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no.json")}
+    result = run_tracker("--gcp-cluster-names", "my-project/europe-west1/a", env=env)
+    assert result.returncode == 1
+    assert "--gcp-cluster-names is set but Google application default credentials are unusable" in result.stderr
+    assert "no.json" in result.stderr and "in-cluster" not in result.stderr

@@ -192,6 +192,10 @@ class GkeDiscovery:
         cluster_id = await self.id_resolver.resolve(name, server, ca_pem, token)
         return ClusterSpec(cluster_id=cluster_id, server=server, ca_pem=ca_pem, token_provider=self.token_provider)
 
+    async def close(self) -> None:
+        """Close the GKE API client's channel."""
+        await self.client.transport.close()
+
     async def fetch(self, names: Iterable[GkeClusterName]) -> FetchResult:
         """Fetch every cluster concurrently; per-cluster failures are collected, never raised."""
         names = list(names)

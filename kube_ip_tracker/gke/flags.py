@@ -1,24 +1,31 @@
 """Command-line flags of GKE discovery and the wiring from flags to a running reconciler.
 
 The CLI calls :func:`add_arguments` on its parser, then :func:`validate` after parsing (bad
-cluster names stop the program with a message naming them), then :func:`build_reconciler`
+cluster names stop the program with a message naming them), then :func:`create_reconciler`
 with its cluster supervisor and runs the returned reconciler's ``run()`` as a task.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from typing import Any
 
 from google.api_core.client_options import ClientOptions
 from google.auth import credentials as ga_credentials
+from google.auth import exceptions as ga_exceptions
 from google.cloud import container_v1
 
 from kube_ip_tracker.gke.auth import GoogleTokenProvider, default_credentials
 from kube_ip_tracker.gke.discovery import EndpointKind, GkeDiscovery
 from kube_ip_tracker.gke.names import GkeClusterName, parse_cluster_names
 from kube_ip_tracker.gke.reconcile import ClusterSupervisorLike, GkeReconciler
+
+
+class GkeConfigError(RuntimeError):
+    """GKE clusters are configured but discovery cannot be set up (e.g. no application default credentials)."""
+
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -136,3 +143,19 @@ def build_reconciler(
         interval=args.reconcile_interval,
         removal_grace=args.cluster_removal_grace,
     )
+
+
+async def create_reconciler(args: argparse.Namespace, supervisor: ClusterSupervisorLike) -> GkeReconciler | None:
+    """Like :func:`build_reconciler`, loading application default credentials off the event loop.
+
+    Raises :class:`GkeConfigError` when GKE clusters are configured but no credentials can be found.
+    """
+    if not cluster_names(args):
+        return None
+    try:
+        credentials, _ = await asyncio.to_thread(default_credentials)
+    except ga_exceptions.GoogleAuthError as exc:
+        raise GkeConfigError(
+            f"--gcp-cluster-names is set but Google application default credentials are unusable: {exc}"
+        ) from None
+    return build_reconciler(args, supervisor, credentials=credentials)

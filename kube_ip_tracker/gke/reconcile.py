@@ -15,6 +15,7 @@ clusters) are never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -97,6 +98,7 @@ class GkeReconciler:
         self.managed: dict[GkeClusterName, ClusterSpec] = {}
         self.passes = 0
         self._wakeup = asyncio.Event()
+        self._discovered = asyncio.Event()  # set after a pass in which every configured cluster was handed over
 
     def names(self) -> list[GkeClusterName]:
         """The clusters configured right now."""
@@ -106,6 +108,29 @@ class GkeReconciler:
         """Change the configured clusters and run a pass soon (e.g. after a config reload)."""
         self._names = list(names)
         self._wakeup.set()
+
+    def cluster_ids(self) -> set[str]:
+        """Ids of the GKE clusters handed to the supervisor."""
+        return {spec.cluster_id for spec in self.managed.values()}
+
+    def undiscovered(self) -> list[GkeClusterName]:
+        """Configured clusters not handed to the supervisor yet (fetch failed, not RUNNING, id clash)."""
+        return [name for name in self.names() if name not in self.managed]
+
+    async def wait_discovered(self, within: float) -> list[GkeClusterName]:
+        """Wait up to ``within`` seconds for a pass that hands over every configured cluster.
+
+        Returns the configured clusters still not handed over (empty when all were).
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._discovered.wait(), within)
+        return self.undiscovered()
+
+    async def close(self) -> None:
+        """Release the GKE API client (call after ``run()`` ended)."""
+        close = getattr(self.discovery, "close", None)
+        if close is not None:
+            await close()
 
     async def reconcile_once(self) -> FetchResult:
         """One pass: fetch, then start, restart or stop clusters. Returns the fetch result."""
@@ -157,6 +182,8 @@ class GkeReconciler:
 
         metrics.CLUSTERS.labels(state="configured").set(len(names))
         metrics.CLUSTERS.labels(state="watched").set(len(self.managed))
+        if not self.undiscovered():
+            self._discovered.set()
         if result.complete:
             metrics.RECONCILES.labels(result="ok").inc()
             metrics.LAST_SUCCESS.set(time.time())
