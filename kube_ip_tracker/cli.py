@@ -146,6 +146,24 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="how long open RPCs may take to finish on SIGTERM (default 5s)",
     )
+    group.add_argument(
+        "--tls-cert-file",
+        default=None,
+        metavar="PATH",
+        help="PEM certificate chain for TLS on the gRPC API (with --tls-key-file); re-read when it changes",
+    )
+    group.add_argument(
+        "--tls-key-file",
+        default=None,
+        metavar="PATH",
+        help="PEM private key of --tls-cert-file; re-read when it changes",
+    )
+    group.add_argument(
+        "--tls-client-ca-file",
+        default=None,
+        metavar="PATH",
+        help="PEM CA bundle; when set, every gRPC client must present a certificate signed by it (mTLS)",
+    )
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,8 +296,17 @@ def build_index() -> Index:
 
 
 def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
-    """The gRPC server over the index."""
-    return TrackerServer(index, args.listen_address, max_watchers=args.max_watchers)
+    """The gRPC server over the index (TLS from files when --tls-cert-file is set; TlsConfigError if bad)."""
+    from kube_ip_tracker.server.tls import TlsConfigError, reloading_credentials
+
+    tls = None
+    if args.tls_cert_file or args.tls_key_file:
+        if not (args.tls_cert_file and args.tls_key_file):
+            raise TlsConfigError("--tls-cert-file and --tls-key-file must be given together")
+        tls = reloading_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)[1]
+    elif args.tls_client_ca_file:
+        raise TlsConfigError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (a TLS server)")
+    return TrackerServer(index, args.listen_address, max_watchers=args.max_watchers, tls=tls)
 
 
 def start_metrics(address: str) -> MetricsServer | None:
@@ -354,8 +381,8 @@ async def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     metrics_server: MetricsServer | None = None
-    server = build_server(index, args)
     try:
+        server = build_server(index, args)
         metrics_server = start_metrics(args.metrics_address)
         await server.start()
     except (OSError, RuntimeError, ValueError) as exc:
