@@ -39,6 +39,7 @@ from kube_ip_tracker.sources.kubeconfig import (
 )
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
+from kube_ip_tracker.sources.upstream import Upstreams, add_upstream_arguments, build_upstreams
 
 log = logging.getLogger("kube_ip_tracker.cli")
 
@@ -219,6 +220,7 @@ ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_server_arguments,
     add_cluster_arguments,
     gke_flags.add_arguments,  # after add_cluster_arguments: reuses its --cluster-removal-grace
+    add_upstream_arguments,
     add_logging_arguments,
 ]
 
@@ -319,6 +321,7 @@ def start_metrics(address: str) -> MetricsServer | None:
 async def mark_ready(
     supervisor: ClusterSupervisor,
     server: TrackerServer,
+    upstreams: Upstreams | None,
     cluster_ids: set[str],
     within: float,
     gke: GkeReconciler | None = None,
@@ -327,6 +330,7 @@ async def mark_ready(
 
     With GKE clusters, first wait (within the same ``within``) for a reconcile pass that found them all.
     """
+    upstream_ready = asyncio.create_task(upstreams.wait_ready(within)) if upstreams is not None else None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     undiscovered: set[str] = set()
@@ -342,6 +346,8 @@ async def mark_ready(
         )
     else:
         log.info("All %d configured clusters synced; serving", len(cluster_ids))
+    if upstream_ready is not None:
+        await upstream_ready  # logs the upstreams still missing
     server.set_serving(True)
 
 
@@ -359,7 +365,12 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     index = build_index()
-    writer: IndexWriter = index
+    try:
+        upstreams = build_upstreams(index, args)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    writer: IndexWriter = upstreams.local_writer  # stamps this tracker's id, local clusters win
     supervisor = ClusterSupervisor(writer)
     static_ids = {s.cluster_id for s in specs}
     try:
@@ -395,13 +406,16 @@ async def run(args: argparse.Namespace) -> int:
     try:
         for spec in specs:
             await supervisor.ensure(spec)
+        upstreams.start()
         configured = static_ids | (watcher.cluster_ids() if watcher else set())
         log.info("Watching %d clusters: %s", len(configured), ", ".join(sorted(configured)) or "(none yet)")
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.run(), name="kubeconfig-dir"))
         if gke is not None:
             tasks.append(asyncio.create_task(gke.run(), name="gke-reconciler"))
-        tasks.append(asyncio.create_task(mark_ready(supervisor, server, configured, args.ready_timeout, gke)))
+        tasks.append(
+            asyncio.create_task(mark_ready(supervisor, server, upstreams, configured, args.ready_timeout, gke))
+        )
         await stop.wait()
         log.info("Shutting down")
     finally:
@@ -413,6 +427,7 @@ async def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             server.set_serving(False)
         await server.stop(args.shutdown_grace)
+        await upstreams.stop()
         await supervisor.stop()
         if metrics_server is not None:
             metrics_server.stop()

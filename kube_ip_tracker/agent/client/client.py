@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +113,8 @@ class TrackerClient:
         self.connected = False
         self.snapshots_applied = 0
         self._resync_reason: str | None = None
+        self.live = False
+        self._live_listeners: list[Callable[[bool], None]] = []
         self._metric_labels = {"target": target}
         metrics.CONNECTED.labels(**self._metric_labels).set(0)
         metrics.READY.labels(**self._metric_labels).set(0)
@@ -127,6 +129,11 @@ class TrackerClient:
     async def wait_ready(self) -> None:
         """Wait for the first complete snapshot (wrap in ``asyncio.timeout`` to bound it)."""
         await self._ready.wait()
+
+    def on_live(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` when a stream holds a current state (snapshot applied or resumed) and
+        ``listener(False)`` when that stream ends; an upstream source marks its clusters stale meanwhile."""
+        self._live_listeners.append(listener)
 
     def start(self) -> asyncio.Task[None]:
         """Run :meth:`run` in a task (idempotent)."""
@@ -196,6 +203,7 @@ class TrackerClient:
                 self._forget_resume_point("internal")
             finally:
                 self._set_connected(False)
+                self._set_live(False)
             if healthy:
                 # The tracker ended a working stream: come back soon, to the same address.
                 self._backoff.reset()
@@ -279,6 +287,8 @@ class TrackerClient:
             self._snapshot_done(endpoint, session)
         if applied.resumed:
             self._mark_ready()
+        if applied.snapshot_committed or applied.resumed:
+            self._set_live(True)
 
     def _log_connected(self, endpoint: str, msg: pb.WatchResponse) -> None:
         if self.epoch and msg.kind == pb.WatchResponse.END_OF_SNAPSHOT and msg.epoch == self.epoch:
@@ -317,6 +327,16 @@ class TrackerClient:
         metrics.CONNECTED.labels(**self._metric_labels).set(1 if value else 0)
         if value:
             metrics.BACKOFF.labels(**self._metric_labels).set(0)
+
+    def _set_live(self, value: bool) -> None:
+        if self.live == value:
+            return
+        self.live = value
+        for listener in list(self._live_listeners):
+            try:
+                listener(value)
+            except Exception:
+                log.exception("Live listener %r of tracker %s failed", listener, self.target)
 
     def _forget_resume_point(self, reason: str) -> None:
         """Ask for a full snapshot on the next connect; ``reason`` labels the resync it causes."""

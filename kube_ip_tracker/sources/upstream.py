@@ -1,0 +1,261 @@
+"""Upstream trackers as a source (hub-and-spoke): ``--upstream-tracker ADDRESS``, repeatable.
+
+Each upstream is watched by a :class:`~kube_ip_tracker.agent.client.client.TrackerClient` (resume,
+failover over the address's IPs, backoff) whose :class:`~kube_ip_tracker.agent.client.index_sink.IndexWriterSink`
+writes through an :class:`~.upstream_merge.UpstreamWriter` into the index. The Watch carries this
+tracker's id, so the upstream never sends back clusters that passed through here; clusters this
+tracker watches directly are skipped (local first).
+
+While an upstream is unreachable its clusters keep their last data, reported ``stale`` (ListClusters,
+Watch, ``kube_ip_tracker_upstream_cluster_stale``). When it returns in the same epoch the client
+resumes from its revision; a restarted upstream (new epoch) sends a snapshot that is reconciled per
+cluster and kind, so only real differences reach this tracker's watchers and local clusters are
+untouched.
+
+Usage (the CLI does this)::
+
+    upstreams = Upstreams(index, tracker_id, ["hub.example:50051"])
+    supervisor = ClusterSupervisor(upstreams.local_writer)   # local informers stamp and claim
+    upstreams.start()
+    missing = await upstreams.wait_ready(60)
+    ...
+    await upstreams.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
+from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
+from kube_ip_tracker.agent.client.resolver import AddressError, parse_address
+from kube_ip_tracker.model import IndexWriter
+from kube_ip_tracker.sources import upstream_metrics as metrics
+from kube_ip_tracker.sources.upstream_merge import ClusterOwners, LocalWriter, UpstreamWriter
+
+log = logging.getLogger(__name__)
+
+_TRACKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
+
+
+def default_tracker_id() -> str:
+    """``$POD_NAME`` (set from the downward API in the manifest), else the host name."""
+    return os.environ.get("POD_NAME", "").strip() or socket.gethostname()
+
+
+def tracker_id_arg(text: str) -> str:
+    """Check a ``--tracker-id``: 1-253 characters of letters, digits and ``. _ : / -``."""
+    if not _TRACKER_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid tracker id {text!r}: use 1-253 letters, digits, '.', '_', ':', '/' or '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def upstream_address_arg(text: str) -> str:
+    """Check an ``--upstream-tracker`` address (``HOST:PORT`` or ``[IPv6]:PORT``)."""
+    try:
+        parse_address(text)
+    except AddressError as e:
+        raise argparse.ArgumentTypeError(f"--upstream-tracker: {e}") from None
+    return text
+
+
+def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tracker identity and upstream trackers (hub-and-spoke)."""
+    group = parser.add_argument_group("upstream trackers")
+    group.add_argument(
+        "--tracker-id",
+        type=tracker_id_arg,
+        default=None,
+        metavar="ID",
+        help="this tracker's id on cluster paths (loop prevention); unique per tracker "
+        "(default: $POD_NAME, else the host name)",
+    )
+    group.add_argument(
+        "--upstream-tracker",
+        action="append",
+        type=upstream_address_arg,
+        default=[],
+        metavar="ADDRESS",
+        help="watch another tracker (HOST:PORT) and serve its clusters too; clusters watched directly "
+        "are taken from their API servers (repeatable)",
+    )
+    group.add_argument("--upstream-tls-ca-file", default=None, metavar="PATH", help="CA bundle to verify upstreams")
+    group.add_argument(
+        "--upstream-tls-cert-file", default=None, metavar="PATH", help="client certificate for upstreams (mTLS)"
+    )
+    group.add_argument("--upstream-tls-key-file", default=None, metavar="PATH", help="key of --upstream-tls-cert-file")
+    group.add_argument(
+        "--upstream-tls-server-name",
+        default=None,
+        metavar="NAME",
+        help="name checked against the upstream certificates (default: the host of each address)",
+    )
+
+
+class UpstreamSource:
+    """One upstream tracker watched into the index."""
+
+    def __init__(
+        self,
+        address: str,
+        index: IndexWriter,
+        owners: ClusterOwners,
+        tracker_id: str,
+        options: ClientOptions,
+    ) -> None:
+        self.address = address
+        self.tracker_id = tracker_id
+        self.options = options
+        self.writer = UpstreamWriter(index, owners, tracker_id, address, self.resync)
+        self.sink = IndexWriterSink(self.writer)
+        self.client = self._new_client()
+        self._ready = asyncio.Event()
+        self._resync: asyncio.Task[None] | None = None
+        self._running = False
+        metrics.UPSTREAM_LIVE.labels(address).set(0)
+
+    def _new_client(self) -> TrackerClient:
+        client = TrackerClient(self.address, self.sink, self.options)
+        client.on_live(self._on_live)
+        return client
+
+    @property
+    def ready(self) -> bool:
+        """A first complete state of the upstream has been applied."""
+        return self._ready.is_set()
+
+    @property
+    def live(self) -> bool:
+        return self.client.live
+
+    def start(self) -> None:
+        self._running = True
+        self.client.start()
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+        await self.client.stop()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def resync(self) -> None:
+        """Ask the upstream for a full snapshot (a cluster it has became ours to take)."""
+        if not self._running or (self._resync is not None and not self._resync.done()):
+            return
+        metrics.UPSTREAM_RESYNCS.labels(self.address).inc()
+        self._resync = asyncio.get_running_loop().create_task(self._restart(), name=f"upstream-resync {self.address}")
+
+    async def _restart(self) -> None:
+        log.info("Upstream %s: reconnecting for a full snapshot", self.address)
+        await self.client.stop()
+        self.client = self._new_client()
+        if self._running:
+            self.client.start()
+
+    def _on_live(self, live: bool) -> None:
+        metrics.UPSTREAM_LIVE.labels(self.address).set(1 if live else 0)
+        if live:
+            log.info(
+                "Upstream %s live (epoch %s, revision %d); serving its clusters as current",
+                self.address,
+                self.client.epoch,
+                self.client.revision,
+            )
+            self.writer.set_down(False)
+            self._ready.set()
+        else:
+            stale = self.writer.statuses.keys()
+            log.warning("Upstream %s lost; serving its %d clusters as stale until it returns", self.address, len(stale))
+            self.writer.set_down(True, "disconnected")
+
+
+class Upstreams:
+    """All upstream trackers of this tracker plus the writer the local informers use."""
+
+    def __init__(
+        self,
+        index: IndexWriter,
+        tracker_id: str,
+        addresses: Sequence[str] = (),
+        *,
+        tls: TlsOptions | None = None,
+        options: ClientOptions | None = None,
+    ) -> None:
+        if len(set(addresses)) != len(addresses):
+            dupes = sorted({a for a in addresses if list(addresses).count(a) > 1})
+            raise ValueError(f"--upstream-tracker given more than once for: {', '.join(dupes)}")
+        self.tracker_id = tracker_id
+        self.owners = ClusterOwners()
+        self.local_writer = LocalWriter(index, self.owners, tracker_id)
+        base = options or ClientOptions(backoff_base=0.5, backoff_cap=10.0)
+        client_options = dataclasses.replace(
+            base,
+            tracker_id=tracker_id,
+            watcher_name=base.watcher_name or f"tracker/{tracker_id}",
+            tls=tls or base.tls,
+        )
+        self.sources = [UpstreamSource(a, index, self.owners, tracker_id, client_options) for a in addresses]
+
+    def start(self) -> None:
+        for source in self.sources:
+            log.info("Watching upstream tracker %s as tracker %s", source.address, self.tracker_id)
+            source.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
+
+    async def wait_ready(self, within: float) -> list[str]:
+        """Wait up to ``within`` seconds for every upstream's first state; returns those still missing."""
+        waits = [asyncio.create_task(s.wait_ready()) for s in self.sources if not s.ready]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=within)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        missing = [s.address for s in self.sources if not s.ready]
+        if missing:
+            log.warning(
+                "Ready timeout (%.0fs) reached; serving although these upstream trackers sent no state yet: %s",
+                within,
+                ", ".join(missing),
+            )
+        elif self.sources:
+            log.info("All %d upstream trackers synced", len(self.sources))
+        return missing
+
+
+def build_upstreams(index: IndexWriter, args: argparse.Namespace) -> Upstreams:
+    """:class:`Upstreams` from the parsed flags; ``ValueError``/``OSError`` name a bad setting."""
+    tls = None
+    files = (args.upstream_tls_ca_file, args.upstream_tls_cert_file, args.upstream_tls_key_file)
+    if any(files) or args.upstream_tls_server_name:
+        tls = TlsOptions(
+            ca_file=Path(files[0]) if files[0] else None,
+            cert_file=Path(files[1]) if files[1] else None,
+            key_file=Path(files[2]) if files[2] else None,
+            server_name=args.upstream_tls_server_name,
+        )
+        tls.credentials()  # unreadable files fail at start, naming the file
+    tracker_id = args.tracker_id or default_tracker_id()
+    if not _TRACKER_ID.match(tracker_id):
+        raise ValueError(
+            f"the default tracker id {tracker_id!r} ($POD_NAME or host name) is not usable; set --tracker-id"
+        )
+    return Upstreams(index, tracker_id, args.upstream_tracker, tls=tls)

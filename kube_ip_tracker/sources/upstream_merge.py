@@ -1,0 +1,228 @@
+"""Merging clusters from upstream trackers into the index: who owns which cluster, and path stamping.
+
+Every cluster in the index has exactly one owner that may write it:
+
+- ``LOCAL``: this tracker watches the cluster's API server (its informers write through
+  :class:`LocalWriter`). Local always wins: a local claim takes a cluster over from an upstream, and
+  the local informers' first list replaces whatever the upstream had written.
+- an :class:`UpstreamWriter`: the first upstream tracker that sent the cluster. Other upstreams that
+  send it too are skipped for it (and remember it, so they can be resynced if the owner lets go).
+
+Paths: a status written by the local informers gets ``via = (tracker_id,)``; a status learned from
+an upstream gets the upstream's path plus this tracker's id. The server never sends a cluster to a
+watcher whose ``tracker_id`` is on its path, and an upstream writer drops any status whose path holds
+this tracker's id already, so data never flows back to where it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+
+from kube_ip_tracker.model import ClusterStatusRecord, IndexWriter, Kind, Record
+from kube_ip_tracker.sources import upstream_metrics as metrics
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+
+
+class ClusterOwners:
+    """Which writer owns each cluster; hands a released cluster to the upstreams that skipped it."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, object] = {}
+        self._upstreams: list[UpstreamWriter] = []
+
+    def owner(self, cluster: str) -> object | None:
+        """``LOCAL``, an :class:`UpstreamWriter`, or ``None`` when nobody writes the cluster."""
+        return self._owner.get(cluster)
+
+    def register(self, writer: UpstreamWriter) -> None:
+        self._upstreams.append(writer)
+
+    def claim_local(self, cluster: str) -> None:
+        """The local informers write ``cluster`` from now on (taken over from an upstream if needed)."""
+        current = self._owner.get(cluster)
+        if current == LOCAL:
+            return
+        self._owner[cluster] = LOCAL
+        if isinstance(current, UpstreamWriter):
+            log.info("Cluster %s is watched directly now; no longer taken from upstream %s", cluster, current.name)
+            current.lost(cluster)
+
+    def claim(self, cluster: str, writer: UpstreamWriter) -> bool:
+        """Let ``writer`` own ``cluster`` if nobody does; True if it owns it (now or before)."""
+        current = self._owner.setdefault(cluster, writer)
+        return current is writer
+
+    def release(self, cluster: str, writer: object) -> None:
+        """``writer`` no longer has ``cluster``: upstreams that skipped it are asked for a full resync."""
+        if self._owner.get(cluster) is not writer:
+            return
+        del self._owner[cluster]
+        for other in self._upstreams:
+            if other is not writer and cluster in other.skipped:
+                log.info("Cluster %s released; asking upstream %s for it again", cluster, other.name)
+                other.skipped.discard(cluster)
+                other.request_resync()
+
+    def owned_by(self, writer: object) -> list[str]:
+        return [c for c, w in self._owner.items() if w is writer]
+
+
+class LocalWriter:
+    """The index writer given to the local informers: stamps this tracker's id and claims the cluster."""
+
+    def __init__(self, index: IndexWriter, owners: ClusterOwners, tracker_id: str) -> None:
+        self._index = index
+        self._owners = owners
+        self.tracker_id = tracker_id
+
+    def upsert(self, record: Record) -> None:
+        self._owners.claim_local(record.cluster)
+        self._index.upsert(record)
+
+    def delete(self, kind: Kind, cluster: str, namespace: str, name: str) -> None:
+        self._index.delete(kind, cluster, namespace, name)
+
+    def replace(self, cluster: str, kind: Kind, records: Iterable[Record]) -> None:
+        self._owners.claim_local(cluster)
+        self._index.replace(cluster, kind, records)
+
+    def set_cluster_status(self, status: ClusterStatusRecord) -> None:
+        self._owners.claim_local(status.cluster)
+        if not status.via:
+            status = dataclasses.replace(status, via=(self.tracker_id,))
+        self._index.set_cluster_status(status)
+
+    def remove_cluster(self, cluster: str) -> None:
+        self._index.remove_cluster(cluster)
+        self._owners.release(cluster, LOCAL)
+
+
+class UpstreamWriter:
+    """The index writer behind one upstream tracker's :class:`IndexWriterSink`.
+
+    Writes only the clusters it owns, appends ``tracker_id`` to their paths, and while the upstream is
+    down (:meth:`set_down`) publishes them disconnected and stale with the last known data.
+    """
+
+    def __init__(
+        self,
+        index: IndexWriter,
+        owners: ClusterOwners,
+        tracker_id: str,
+        name: str,
+        request_resync: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._index = index
+        self._owners = owners
+        self.tracker_id = tracker_id
+        self.name = name
+        self.request_resync = request_resync
+        self.statuses: dict[str, ClusterStatusRecord] = {}  # last status the upstream sent, per owned cluster
+        self.skipped: set[str] = set()
+        self.down = False
+        self.down_reason = ""
+        self._loops_logged: set[str] = set()
+        owners.register(self)
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    def _admit(self, cluster: str) -> bool:
+        if self._owners.claim(cluster, self):
+            return True
+        if cluster not in self.skipped:
+            self.skipped.add(cluster)
+            owner = self._owners.owner(cluster)
+            log.info(
+                "Upstream %s: skipping cluster %s (%s)",
+                self.name,
+                cluster,
+                "watched directly" if owner == LOCAL else f"taken from upstream {getattr(owner, 'name', owner)}",
+            )
+            self._count()
+        return False
+
+    def lost(self, cluster: str) -> None:
+        """Another owner (the local informers) took ``cluster``; its data is theirs to replace now."""
+        self.statuses.pop(cluster, None)
+        self.skipped.add(cluster)
+        metrics.CLUSTER_STALE.labels(cluster).set(0)
+        self._count()
+
+    def _count(self) -> None:
+        metrics.UPSTREAM_CLUSTERS.labels(self.name).set(len(self._owners.owned_by(self)))
+        metrics.UPSTREAM_SKIPPED.labels(self.name).set(len(self.skipped))
+
+    # -- IndexWriter -----------------------------------------------------------------------------
+
+    def upsert(self, record: Record) -> None:
+        if self._admit(record.cluster):
+            self._index.upsert(record)
+
+    def delete(self, kind: Kind, cluster: str, namespace: str, name: str) -> None:
+        if self._owners.owner(cluster) is self:
+            self._index.delete(kind, cluster, namespace, name)
+
+    def replace(self, cluster: str, kind: Kind, records: Iterable[Record]) -> None:
+        if self._admit(cluster):
+            self._index.replace(cluster, kind, records)
+
+    def set_cluster_status(self, status: ClusterStatusRecord) -> None:
+        cluster = status.cluster
+        if self.tracker_id in status.via:
+            metrics.UPSTREAM_LOOPS.labels(self.name).inc()
+            if cluster not in self._loops_logged:
+                self._loops_logged.add(cluster)
+                log.warning(
+                    "Upstream %s sent cluster %s with path %s, which holds this tracker (%s); dropping it (loop)",
+                    self.name,
+                    cluster,
+                    "/".join(status.via),
+                    self.tracker_id,
+                )
+            if self._owners.owner(cluster) is self:
+                self.remove_cluster(cluster)
+            return
+        if not self._admit(cluster):
+            return
+        self.statuses[cluster] = status
+        self._publish(cluster)
+
+    def remove_cluster(self, cluster: str) -> None:
+        self.skipped.discard(cluster)
+        self.statuses.pop(cluster, None)
+        if self._owners.owner(cluster) is self:
+            log.info("Upstream %s removed cluster %s", self.name, cluster)
+            self._index.remove_cluster(cluster)
+            with contextlib.suppress(KeyError):
+                metrics.CLUSTER_STALE.remove(cluster)
+            self._owners.release(cluster, self)
+        self._count()
+
+    # -- liveness --------------------------------------------------------------------------------
+
+    def set_down(self, down: bool, reason: str = "") -> None:
+        """Mark the upstream down (its clusters turn stale) or back up (their last statuses return)."""
+        self.down = down
+        self.down_reason = reason
+        for cluster in self._owners.owned_by(self):
+            if cluster in self.statuses:
+                self._publish(cluster)
+
+    def _publish(self, cluster: str) -> None:
+        status = self.statuses[cluster]
+        out = dataclasses.replace(status, via=(*status.via, self.tracker_id))
+        if self.down:
+            out = dataclasses.replace(
+                out,
+                connected=False,
+                stale=status.synced or status.stale,
+                last_error=f"upstream tracker {self.name}: {self.down_reason}",
+            )
+        self._index.set_cluster_status(out)
+        metrics.CLUSTER_STALE.labels(cluster).set(1 if out.stale else 0)

@@ -1,0 +1,161 @@
+"""Upstream source over real gRPC between in-process trackers (indexes written directly, no API servers).
+
+Covers what needs exact control of the hub: resume without a snapshot after the hub's server comes
+back with the same index (same epoch), and a reset for that upstream only after a new epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.index import Index
+from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
+from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.sources.upstream import Upstreams
+from kube_ip_tracker.testing.clusters import free_port
+
+FAST = ClientOptions(backoff_base=0.05, backoff_cap=0.3)
+
+
+def pod(cluster: str, name: str, ip: str) -> PodRecord:
+    return PodRecord(cluster, "ns", name, {"app": name}, (), "", (ip,))
+
+
+def fill(index: Index, cluster: str, via: tuple[str, ...], *pods: PodRecord) -> None:
+    index.set_cluster_status(ClusterStatusRecord(cluster, connected=True, synced=True, via=via))
+    index.upsert(NamespaceRecord(cluster, "ns", {}))
+    for p in pods:
+        index.upsert(p)
+
+
+async def until(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {within}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+class Spoke:
+    """A spoke tracker in this process: index, upstream source on the hub, server, one agent mirror."""
+
+    def __init__(self, hub_port: int) -> None:
+        self.index = Index()
+        self.upstreams = Upstreams(self.index, "spoke", [f"127.0.0.1:{hub_port}"], options=FAST)
+        self.server = TrackerServer(self.index, "127.0.0.1:0")
+        self.mirror = Mirror()
+        self.agent: TrackerClient | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.upstreams.start()
+        self.agent = TrackerClient(f"127.0.0.1:{self.server.bound_port}", self.mirror, FAST)
+        self.agent.start()
+
+    async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+        await self.upstreams.stop()
+        await self.server.stop(0)
+
+    @property
+    def source(self):  # type: ignore[no-untyped-def]
+        return self.upstreams.sources[0]
+
+    def agent_status(self, cluster: str) -> ClusterStatusRecord | None:
+        return self.mirror.cluster_statuses().get(cluster)
+
+
+class Hub:
+    """The hub's server on a fixed port; it can stop and come back with the same or a new index."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.port = free_port()
+        self.server: TrackerServer | None = None
+
+    async def start(self, index: Index | None = None) -> None:
+        self.index = index or self.index
+        self.server = TrackerServer(self.index, f"127.0.0.1:{self.port}")
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+
+@pytest.fixture
+async def topology() -> AsyncIterator[tuple[Hub, Spoke]]:
+    index = Index()
+    fill(index, "a", ("hub",), pod("a", "a-0", "10.1.0.1"))
+    fill(index, "b", ("hub",), pod("b", "b-0", "10.2.0.1"))
+    hub = Hub(index)
+    await hub.start()
+    spoke = Spoke(hub.port)
+    # The spoke watches cluster "a" directly.
+    spoke.upstreams.local_writer.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True))
+    spoke.upstreams.local_writer.upsert(pod("a", "local-0", "10.1.9.1"))
+    await spoke.start()
+    try:
+        yield hub, spoke
+    finally:
+        await spoke.stop()
+        await hub.stop()
+
+
+async def test_hub_loss_turns_remote_clusters_stale_and_resume_catches_up(topology: tuple[Hub, Spoke]) -> None:
+    hub, spoke = topology
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.1") is not None, "remote pod at the spoke's agent")
+    # Local first: the hub's copy of "a" is ignored.
+    assert spoke.mirror.pod_by_ip("10.1.0.1") is None and spoke.mirror.pod_by_ip("10.1.9.1") is not None
+    b = spoke.agent_status("b")
+    assert b is not None and b.via == ("hub", "spoke") and b.synced and not b.stale
+    assert spoke.upstreams.owners.owner("b") is spoke.source.writer
+
+    await hub.stop()
+    await until(lambda: (s := spoke.agent_status("b")) is not None and s.stale, "b stale at the agent")
+    a = spoke.agent_status("a")
+    assert a is not None and not a.stale and a.connected
+    assert spoke.mirror.pod_by_ip("10.2.0.1") is not None  # last data kept
+    # Local updates keep flowing meanwhile.
+    spoke.upstreams.local_writer.upsert(pod("a", "local-1", "10.1.9.2"))
+    await until(lambda: spoke.mirror.pod_by_ip("10.1.9.2") is not None, "local update while the hub is down")
+
+    hub.index.upsert(pod("b", "b-1", "10.2.0.2"))  # a change the spoke missed
+    await hub.start()  # same index: same epoch, and the change log reaches back
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.2") is not None, "missed change after the hub returns")
+    await until(lambda: not spoke.agent_status("b").stale, "b current again")  # type: ignore[union-attr]
+    assert spoke.source.client.snapshots_applied == 1  # resumed, no second snapshot
+    assert spoke.agent is not None and spoke.agent.snapshots_applied == 1
+
+
+async def test_new_hub_epoch_resets_that_upstream_only(topology: tuple[Hub, Spoke]) -> None:
+    hub, spoke = topology
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.1") is not None, "remote pod at the spoke's agent")
+    await hub.stop()
+    await until(lambda: not spoke.source.live, "upstream lost")
+    restarted = Index()  # a restarted hub: new epoch, and b-0 is gone meanwhile
+    fill(restarted, "a", ("hub",), pod("a", "a-0", "10.1.0.1"))
+    fill(restarted, "b", ("hub",), pod("b", "b-9", "10.2.0.9"))
+    await hub.start(restarted)
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.9") is not None, "new hub state at the agent")
+    await until(lambda: not spoke.agent_status("b").stale, "b current again")  # type: ignore[union-attr]
+    assert spoke.mirror.pod_by_ip("10.2.0.1") is None
+    assert spoke.mirror.pod_by_ip("10.1.9.1") is not None  # local data untouched
+    assert spoke.source.client.snapshots_applied == 2
+    assert spoke.agent is not None and spoke.agent.snapshots_applied == 1  # the spoke's own epoch holds
+
+
+async def test_hub_removing_a_cluster_removes_it_at_the_spoke(topology: tuple[Hub, Spoke]) -> None:
+    hub, spoke = topology
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.1") is not None, "remote pod at the spoke's agent")
+    hub.index.remove_cluster("b")
+    await until(lambda: spoke.agent_status("b") is None, "b removed at the agent")
+    assert spoke.mirror.pod_by_ip("10.2.0.1") is None and spoke.agent_status("a") is not None

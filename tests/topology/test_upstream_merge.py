@@ -1,0 +1,101 @@
+"""Cluster ownership and path stamping between local informers and upstream trackers (real Index)."""
+
+from __future__ import annotations
+
+from kube_ip_tracker.index import Index
+from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, PodRecord
+from kube_ip_tracker.sources.upstream_merge import LOCAL, ClusterOwners, LocalWriter, UpstreamWriter
+
+
+def pod(cluster: str, name: str, ip: str) -> PodRecord:
+    return PodRecord(cluster, "ns", name, {"app": name}, (), "node-1", (ip,))
+
+
+def setup() -> tuple[Index, ClusterOwners, LocalWriter, UpstreamWriter, UpstreamWriter, list[str]]:
+    index = Index()
+    owners = ClusterOwners()
+    resyncs: list[str] = []
+    local = LocalWriter(index, owners, "spoke")
+    hub = UpstreamWriter(index, owners, "spoke", "hub:1", lambda: resyncs.append("hub"))
+    hub2 = UpstreamWriter(index, owners, "spoke", "hub2:1", lambda: resyncs.append("hub2"))
+    return index, owners, local, hub, hub2, resyncs
+
+
+def test_local_status_gets_this_tracker_as_path() -> None:
+    index, owners, local, *_ = setup()
+    local.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True))
+    assert index.cluster_status("a") == ClusterStatusRecord("a", connected=True, synced=True, via=("spoke",))
+    assert owners.owner("a") == LOCAL
+
+
+def test_upstream_cluster_path_is_extended_and_status_travels() -> None:
+    index, _, _, hub, _, _ = setup()
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=False, via=("hub",)))
+    hub.upsert(pod("b", "p", "10.0.0.1"))
+    status = index.cluster_status("b")
+    assert status is not None and status.via == ("hub", "spoke") and not status.synced
+    assert index.pod("b", "ns", "p") is not None
+
+
+def test_clusters_watched_directly_are_skipped_and_taken_over() -> None:
+    index, owners, local, hub, _, _ = setup()
+    # The hub's copy arrives first; the local informers then claim the cluster.
+    hub.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True, via=("hub",)))
+    hub.upsert(pod("a", "old", "10.0.0.1"))
+    local.set_cluster_status(ClusterStatusRecord("a", connected=True))
+    assert owners.owner("a") == LOCAL and "a" in hub.skipped
+    hub.upsert(pod("a", "from-hub", "10.0.0.2"))
+    hub.set_cluster_status(ClusterStatusRecord("a", connected=False, stale=True, via=("hub",)))
+    assert index.pod("a", "ns", "from-hub") is None
+    assert index.cluster_status("a") == ClusterStatusRecord("a", connected=True, via=("spoke",))
+    # The first local list replaces what the hub had written.
+    local.replace("a", Kind.POD, [pod("a", "mine", "10.0.0.3")])
+    assert [p.name for p in index.pods("a")] == ["mine"]
+    hub.delete(Kind.POD, "a", "ns", "mine")
+    assert index.pod("a", "ns", "mine") is not None
+
+
+def test_a_path_holding_this_tracker_is_a_loop_and_dropped() -> None:
+    index, _, _, hub, _, _ = setup()
+    hub.set_cluster_status(ClusterStatusRecord("c", connected=True, synced=True, via=("x", "spoke", "hub")))
+    assert index.cluster_status("c") is None
+    # Owned before, then the path turns into a loop: the cluster goes.
+    hub.set_cluster_status(ClusterStatusRecord("d", connected=True, synced=True, via=("hub",)))
+    hub.upsert(pod("d", "p", "10.0.0.9"))
+    hub.set_cluster_status(ClusterStatusRecord("d", connected=True, synced=True, via=("hub", "spoke")))
+    assert index.cluster_status("d") is None and index.get_pod_by_ip("10.0.0.9") is None
+
+
+def test_down_upstream_serves_last_data_stale_then_restores_its_statuses() -> None:
+    index, _, local, hub, _, _ = setup()
+    local.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True))
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    hub.set_cluster_status(ClusterStatusRecord("e", connected=False, synced=False, via=("hub",)))
+    hub.upsert(pod("b", "p", "10.0.0.1"))
+    hub.set_down(True, "disconnected")
+    b = index.cluster_status("b")
+    assert b is not None and b.stale and not b.connected and b.synced and "hub:1" in b.last_error
+    e = index.cluster_status("e")
+    assert e is not None and not e.stale  # never synced: nothing to be stale
+    assert index.get_pod_by_ip("10.0.0.1") is not None
+    local_status = index.cluster_status("a")
+    assert local_status is not None and local_status.connected and not local_status.stale
+    revision = index.revision
+    hub.set_down(False)
+    assert index.cluster_status("b") == ClusterStatusRecord("b", connected=True, synced=True, via=("hub", "spoke"))
+    assert index.revision == revision + 2  # b and e back to their upstream statuses
+
+
+def test_second_upstream_is_resynced_when_the_owner_lets_a_cluster_go() -> None:
+    index, owners, local, hub, hub2, resyncs = setup()
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    hub2.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub2",)))
+    hub2.upsert(pod("b", "other", "10.0.0.7"))
+    assert owners.owner("b") is hub and "b" in hub2.skipped and index.pod("b", "ns", "other") is None
+    hub.remove_cluster("b")
+    assert index.cluster_status("b") is None and resyncs == ["hub2"]
+    # A removed local cluster is asked of the upstreams that have it.
+    local.upsert(NamespaceRecord("a", "ns", {}))
+    hub.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True, via=("hub",)))
+    local.remove_cluster("a")
+    assert owners.owner("a") is None and resyncs == ["hub2", "hub"]
