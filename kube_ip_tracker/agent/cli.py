@@ -4,8 +4,10 @@ Subcommands:
 
 - ``evaluate FILE...``: decide the probes of conformance world files; ``--check`` compares the
   verdicts with each probe's ``expect``.
+- ``run``: the node agent daemon (see :mod:`kube_ip_tracker.agent.run`).
 
-Exit codes: 0 success, 1 verdict mismatches (``--check``), 2 invalid input or usage, 3 internal error.
+Exit codes of ``evaluate``: 0 success, 1 verdict mismatches (``--check``), 2 invalid input or usage,
+3 internal error. ``run``: 0 after SIGTERM/SIGINT, 1 configuration or start-up error, 2 usage.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import TextIO
 from kube_ip_tracker.agent.policy.errors import PolicyError
 from kube_ip_tracker.agent.policy.evaluator import Reason
 from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
+from kube_ip_tracker.agent.run import add_run_command
+from kube_ip_tracker.cli import configure_logging
 
 log = logging.getLogger("kube_ip_tracker.agent.cli")
 
@@ -47,7 +51,7 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
 
 
 # Each entry registers one subcommand; its handler is called as handler(args, out, err) -> exit code.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_evaluate_command]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_evaluate_command, add_run_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,10 +147,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     """Entry point of the ``kube-ip-agent`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname).1s%(asctime)s %(name)s] %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else getattr(args, "log_level", logging.INFO))
     return int(args.handler(args, out or sys.stdout, err or sys.stderr))
 
 

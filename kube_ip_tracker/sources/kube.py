@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,16 @@ async def _open(
         Kind.NAMESPACE: core.list_namespace,
         Kind.NODE: core.list_node,
     }[kind]
+    return await open_response(method, client_timeout, **params)
+
+
+async def open_response(
+    method: Callable[..., Any], client_timeout: aiohttp.ClientTimeout, **params: Any
+) -> aiohttp.ClientResponse:
+    """Call a kubernetes_asyncio list method (list or watch) and return the unread response (raises on non-2xx).
+
+    Parameters that are None are left out.
+    """
     params = {k: v for k, v in params.items() if v is not None}
     resp: aiohttp.ClientResponse = await method(**params, _preload_content=False, _request_timeout=client_timeout)
     if not 200 <= resp.status <= 299:
@@ -90,7 +100,7 @@ async def _open(
     return resp
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def response_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """Newline-delimited chunks of a streaming response body."""
     pending = bytearray()
     async for chunk in resp.content.iter_any():
@@ -103,6 +113,71 @@ async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         del pending[:start]
     if pending.strip():
         yield bytes(pending)
+
+
+async def paginated_list(
+    open_page: Callable[[str | None], Awaitable[aiohttp.ClientResponse]],
+    collect: Callable[[dict[str, Any]], None],
+    restart: Callable[[], None],
+    what: str,
+) -> str:
+    """Read every page of a list (``open_page(continue_token)``), handing each item to ``collect``.
+
+    When a continue token expires (410) between pages, ``restart()`` is called and the list starts
+    over (three attempts in all). Returns the list's resourceVersion.
+    """
+    for attempt in range(3):
+        token: str | None = None
+        try:
+            while True:
+                resp = await open_page(token)
+                try:
+                    page = json.loads(await resp.read())
+                finally:
+                    resp.release()
+                for obj in page.get("items") or []:
+                    collect(obj)
+                meta = page.get("metadata") or {}
+                token = meta.get("continue") or None
+                if token is None:
+                    return str(meta.get("resourceVersion") or "")
+        except ApiException as exc:
+            if exc.status == 410 and token is not None and attempt < 2:
+                log.info("%s expired between pages; listing again", what)
+                restart()
+                continue
+            raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def watch_request(
+    options: InformerOptions, rng: random.Random, resource_version: str | None
+) -> tuple[aiohttp.ClientTimeout, dict[str, Any]]:
+    """Client timeout and parameters of one watch from ``resource_version``: bookmarks, and a server-side
+    timeout drawn from [watch_timeout, 2 * watch_timeout) so many watches do not all end at once."""
+    server_timeout = int(options.watch_timeout * (1 + rng.random())) or 1
+    timeout = aiohttp.ClientTimeout(
+        sock_connect=options.connect_timeout, sock_read=server_timeout + options.watch_read_margin
+    )
+    params = {
+        "watch": True,
+        "resource_version": resource_version,
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": server_timeout,
+    }
+    return timeout, params
+
+
+async def apply_events(resp: aiohttp.ClientResponse, handle: Callable[[dict[str, Any]], None]) -> int:
+    """Hand each event of a watch response to ``handle`` until the stream ends; returns the event count."""
+    events = 0
+    try:
+        async for line in response_lines(resp):
+            handle(json.loads(line))
+            events += 1
+    finally:
+        resp.close()
+    return events
 
 
 class Informer:
@@ -182,34 +257,28 @@ class Informer:
     async def list(self, reason: str) -> None:
         """Paginated list, then make the index hold exactly the listed objects."""
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
-        for attempt in range(3):
-            # Pages are converted as they arrive, so only the kept fields of earlier pages stay in memory.
-            records: dict[tuple[str, str], Record] = {}
+        # Pages are converted as they arrive, so only the kept fields of earlier pages stay in memory.
+        records: dict[tuple[str, str], Record] = {}
+        listed = 0
+
+        def restart() -> None:
+            nonlocal listed
+            records.clear()
             listed = 0
-            token: str | None = None
-            try:
-                while True:
-                    resp = await _open(self.api, self.kind, timeout, limit=self.options.page_size, _continue=token)
-                    try:
-                        page = json.loads(await resp.read())
-                    finally:
-                        resp.release()
-                    for obj in page.get("items") or []:
-                        listed += 1
-                        record = to_record(self.kind, self.cluster, obj)
-                        if record is not None:
-                            records[object_key(self.kind, obj)] = record
-                    meta = page.get("metadata") or {}
-                    token = meta.get("continue") or None
-                    if token is None:
-                        resource_version = meta.get("resourceVersion") or ""
-                        break
-            except ApiException as exc:
-                if exc.status == 410 and token is not None and attempt < 2:
-                    log.info("Cluster %s: list of %s expired between pages; listing again", self.cluster, self.plural)
-                    continue
-                raise
-            break
+
+        def collect(obj: dict[str, Any]) -> None:
+            nonlocal listed
+            listed += 1
+            record = to_record(self.kind, self.cluster, obj)
+            if record is not None:
+                records[object_key(self.kind, obj)] = record
+
+        def open_page(token: str | None) -> Awaitable[aiohttp.ClientResponse]:
+            return _open(self.api, self.kind, timeout, limit=self.options.page_size, _continue=token)
+
+        resource_version = await paginated_list(
+            open_page, collect, restart, f"Cluster {self.cluster}: list of {self.plural}"
+        )
         self.writer.replace(self.cluster, self.kind, list(records.values()))
         removed = len(self.indexed.keys() - records.keys())
         self.indexed = {key: fingerprint(record) for key, record in records.items()}
@@ -231,30 +300,11 @@ class Informer:
 
     async def watch(self) -> int:
         """One watch request from the current resourceVersion, applied until the server ends it; returns the event count."""
-        server_timeout = int(self.options.watch_timeout * (1 + self._rng.random())) or 1
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=self.options.connect_timeout,
-            sock_read=server_timeout + self.options.watch_read_margin,
-        )
-        resp = await _open(
-            self.api,
-            self.kind,
-            timeout,
-            watch=True,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=server_timeout,
-        )
+        timeout, params = watch_request(self.options, self._rng, self.resource_version)
+        resp = await _open(self.api, self.kind, timeout, **params)
         metrics.WATCHES.labels(self.cluster, self.plural).inc()
         self.state.kind_ok(self.kind)
-        events = 0
-        try:
-            async for line in _lines(resp):
-                self.handle_event(json.loads(line))
-                events += 1
-        finally:
-            resp.close()
-        return events
+        return await apply_events(resp, self.handle_event)
 
     def handle_event(self, event: dict[str, Any]) -> None:
         """Apply one watch event to the index and advance the resourceVersion."""

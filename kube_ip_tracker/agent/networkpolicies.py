@@ -1,0 +1,297 @@
+"""NetworkPolicy informer: the agent's own cluster's NetworkPolicies, compiled into a PolicyEngine.
+
+A reflector loop like the tracker's (:mod:`kube_ip_tracker.sources.kube`), reading raw JSON:
+
+1. a paginated list, reconciled with what the engine holds (policies gone from the list are deleted);
+2. a watch from the list's resourceVersion with bookmarks and a server-side timeout, reopened from
+   the last resourceVersion seen when it ends;
+3. on 410 Gone (or "too large resource version") back to 1: relist and reconcile;
+4. any other error: exponential backoff with jitter, then watch again (or list, if none succeeded).
+
+Each policy is parsed with ``strict=False`` (fields of other API versions are ignored). A policy the
+parser rejects is not enforced: the error names the namespace/name and the problem, is counted in
+``kube_ip_agent_networkpolicies_invalid``, and the agent carries on. ``synced`` turns true after the
+first complete list and stays true across reconnects (the last known policies keep being enforced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+from prometheus_client import Counter, Gauge
+
+from kube_ip_tracker.agent.policy import CompiledPolicy, PolicyEngine, PolicyError, parse_network_policy
+from kube_ip_tracker.model import ClusterSpec
+from kube_ip_tracker.sources import metrics as source_metrics
+from kube_ip_tracker.sources.backoff import Backoff
+from kube_ip_tracker.sources.errors import ResourceExpired, WatchError, describe_error
+from kube_ip_tracker.sources.kube import (
+    ApiClientFactory,
+    InformerOptions,
+    apply_events,
+    open_response,
+    paginated_list,
+    watch_request,
+)
+from kube_ip_tracker.sources.kubeconfig import api_client
+
+log = logging.getLogger(__name__)
+
+PLURAL = "networkpolicies"
+
+INVALID = Gauge(
+    "kube_ip_agent_networkpolicies_invalid",
+    "NetworkPolicies of the local cluster that cannot be parsed and are not enforced.",
+    ["cluster"],
+)
+PARSE_ERRORS = Counter(
+    "kube_ip_agent_networkpolicy_parse_errors_total",
+    "NetworkPolicy versions rejected by the parser (each logged with namespace/name and the problem).",
+    ["cluster"],
+)
+POLICIES = Gauge(
+    "kube_ip_agent_networkpolicies",
+    "NetworkPolicies of the local cluster compiled into the evaluator.",
+    ["cluster"],
+)
+SYNCED = Gauge(
+    "kube_ip_agent_networkpolicies_synced",
+    "1 once the local cluster's NetworkPolicies have been listed completely.",
+    ["cluster"],
+)
+
+Key = tuple[str, str]
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+class NetworkPolicyInformer:
+    """Lists and watches the NetworkPolicies of one cluster into ``engine`` until cancelled.
+
+    ``on_change()`` is called after every batch that changed the engine's policies (a list or one
+    watch event), from the event loop.
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        engine: PolicyEngine,
+        *,
+        options: InformerOptions | None = None,
+        on_change: Callable[[], None] | None = None,
+        client_factory: ApiClientFactory = api_client,
+    ) -> None:
+        self.spec = spec
+        self.cluster = spec.cluster_id
+        self.engine = engine
+        self.options = options or InformerOptions()
+        self.on_change = on_change
+        self.client_factory = client_factory
+        self.resource_version: str | None = None
+        self.policies: dict[Key, CompiledPolicy] = {}  # what the engine holds, from this informer
+        self.invalid: dict[Key, str] = {}  # policies the parser rejected: the problem
+        self.synced_event = asyncio.Event()
+        self._rng = random.Random()
+        self._synced_gauge = SYNCED.labels(self.cluster)
+        self._synced_gauge.set(0)
+        self._events = {
+            etype: source_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
+            for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+        }
+
+    @property
+    def synced(self) -> bool:
+        """The policies have been listed completely at least once."""
+        return self.synced_event.is_set()
+
+    async def wait_synced(self) -> None:
+        """Wait for the first complete list (wrap in ``asyncio.timeout`` to bound it)."""
+        await self.synced_event.wait()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List and watch until cancelled; see the module docstring."""
+        opts = self.options
+        backoff = Backoff(opts.backoff_base, opts.backoff_cap)
+        reason = "initial"
+        expired_in_a_row = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with self.client_factory(self.spec) as api:
+                    while True:
+                        if self.resource_version is None:
+                            await self.list(api, reason)
+                        started = loop.time()
+                        if await self.watch(api) == 0 and loop.time() - started < 1.0:
+                            await asyncio.sleep(backoff.next_delay())  # ended at once: do not spin
+                            continue
+                        backoff.reset()
+                        expired_in_a_row = 0
+                        source_metrics.BACKOFF.labels(self.cluster, PLURAL).set(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                what = f"{'list' if self.resource_version is None else 'watch'} {PLURAL}"
+                label, message = describe_error(exc, what)
+                source_metrics.ERRORS.labels(self.cluster, PLURAL, label).inc()
+                if label == "expired":
+                    log.info("Cluster %s: %s; relisting", self.cluster, message)
+                    self.resource_version = None
+                    reason = "expired"
+                    expired_in_a_row += 1
+                    if expired_in_a_row < 2:
+                        continue
+                elif self.resource_version is None and self.synced:
+                    reason = "error"
+                delay = backoff.next_delay()
+                source_metrics.BACKOFF.labels(self.cluster, PLURAL).set(delay)
+                level = logging.DEBUG if label == "expired" else logging.WARNING
+                log.log(level, "Cluster %s: %s; retrying in %.1fs", self.cluster, message, delay)
+                if label == "other":
+                    log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
+                await asyncio.sleep(delay)
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
+
+    async def list(self, api: client.ApiClient, reason: str) -> None:
+        """Paginated list, then make the engine hold exactly the listed (valid) policies."""
+        method = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces
+        timeout = self._timeout()
+        items: dict[Key, dict[str, Any]] = {}
+
+        def collect(obj: dict[str, Any]) -> None:
+            items[_key(obj)] = obj
+
+        resource_version = await paginated_list(
+            lambda token: open_response(method, timeout, limit=self.options.page_size, _continue=token),
+            collect,
+            items.clear,
+            f"Cluster {self.cluster}: list of {PLURAL}",
+        )
+        stale = (self.policies.keys() | self.invalid.keys()) - items.keys()
+        changed = False
+        for key in stale:
+            changed |= self._remove(key)
+        for obj in items.values():
+            changed |= self._apply(obj)
+        self.resource_version = resource_version
+        source_metrics.RELISTS.labels(self.cluster, PLURAL, reason).inc()
+        log.log(
+            logging.INFO if reason != "initial" or not self.synced else logging.DEBUG,
+            "Cluster %s: listed %d %s (%d enforced, %d invalid, %d stale removed) at resourceVersion %s (%s)",
+            self.cluster,
+            len(items),
+            PLURAL,
+            len(self.policies),
+            len(self.invalid),
+            len(stale),
+            resource_version,
+            reason,
+        )
+        if not self.synced:
+            self.synced_event.set()
+            self._synced_gauge.set(1)
+            log.info("Cluster %s: NetworkPolicies synced (%d enforced)", self.cluster, len(self.policies))
+        if changed:
+            self._changed()
+
+    async def watch(self, api: client.ApiClient) -> int:
+        """One watch request from the current resourceVersion, applied until it ends; returns the event count."""
+        timeout, params = watch_request(self.options, self._rng, self.resource_version)
+        method = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces
+        resp = await open_response(method, timeout, **params)
+        source_metrics.WATCHES.labels(self.cluster, PLURAL).inc()
+        return await apply_events(resp, self.handle_event)
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """Apply one watch event to the engine and advance the resourceVersion."""
+        etype = str(event.get("type"))
+        obj = event.get("object") or {}
+        counter = self._events.get(etype) or source_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
+        counter.inc()
+        if etype == "ERROR":
+            code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
+            if code == 410:
+                raise ResourceExpired(message)
+            raise WatchError(code, message)
+        changed = False
+        if etype in ("ADDED", "MODIFIED"):
+            changed = self._apply(obj)
+        elif etype == "DELETED":
+            changed = self._remove(_key(obj))
+        elif etype != "BOOKMARK":
+            log.warning("Cluster %s: ignoring watch event of unknown type %r for %s", self.cluster, etype, PLURAL)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self.resource_version = str(rv)
+        if changed:
+            self._changed()
+
+    # --- engine updates ----------------------------------------------------------------------
+
+    def _apply(self, obj: dict[str, Any]) -> bool:
+        """Parse and store one policy; returns whether the enforced policies changed."""
+        key = _key(obj)
+        try:
+            policy = parse_network_policy(obj, self.cluster, strict=False)
+        except PolicyError as exc:
+            PARSE_ERRORS.labels(self.cluster).inc()
+            if self.invalid.get(key) != str(exc):
+                log.error(
+                    "Cluster %s: NetworkPolicy %s/%s is invalid and is not enforced: %s",
+                    self.cluster,
+                    key[0],
+                    key[1],
+                    exc,
+                )
+            self.invalid[key] = str(exc)
+            removed = self.policies.pop(key, None) is not None
+            if removed:
+                self.engine.delete_policy(self.cluster, *key)
+            self._update_gauges()
+            return removed
+        if self.invalid.pop(key, None) is not None:
+            log.info("Cluster %s: NetworkPolicy %s/%s is valid again and enforced", self.cluster, *key)
+        if self.policies.get(key) == policy:
+            self._update_gauges()
+            return False
+        self.policies[key] = policy
+        self.engine.set_policy(policy)
+        self._update_gauges()
+        log.debug("Cluster %s: NetworkPolicy %s/%s compiled", self.cluster, *key)
+        return True
+
+    def _remove(self, key: Key) -> bool:
+        """Forget one policy; returns whether the enforced policies changed."""
+        self.invalid.pop(key, None)
+        removed = self.policies.pop(key, None) is not None
+        if removed:
+            self.engine.delete_policy(self.cluster, *key)
+            log.debug("Cluster %s: NetworkPolicy %s/%s removed", self.cluster, *key)
+        self._update_gauges()
+        return removed
+
+    def _update_gauges(self) -> None:
+        INVALID.labels(self.cluster).set(len(self.invalid))
+        POLICIES.labels(self.cluster).set(len(self.policies))
+        source_metrics.OBJECTS.labels(self.cluster, PLURAL).set(len(self.policies) + len(self.invalid))
+
+    def _changed(self) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("Cluster %s: NetworkPolicy change callback failed", self.cluster)

@@ -1,0 +1,365 @@
+"""``kube-ip-agent run``: the node agent daemon.
+
+It ties together
+
+* a :class:`~kube_ip_tracker.agent.client.TrackerClient` whose :class:`Mirror` holds the pods and
+  namespaces of every cluster, fed into the :class:`PolicyEngine` by a :class:`MirrorFeed`;
+* a :class:`NetworkPolicyInformer` on the agent's own cluster (``--kubeconfig``, or in-cluster)
+  that compiles the local NetworkPolicies into the same engine;
+* the :class:`Dataplane`, which asks :class:`LocalEnforcement` about the first packet of every
+  connection of a local pod: egress is enforced for source pods of this cluster, ingress for
+  destination pods of this cluster.
+
+Readiness is "tracker snapshot applied AND policies listed"; until then the dataplane applies
+``--fail-open``. Every change of policies or mirror data requests a revalidation, which cuts the
+connections no longer allowed. SIGTERM/SIGINT stop the agent and remove its rules.
+
+Several agents can share a host (the demo runs one per cluster): each needs its own
+``--nfqueue-id``, its own ``--name`` (default derived from ``--cluster-id``) and its own
+``--mark-slot`` (default ``--nfqueue-id`` mod 4), so their rules, queues and marks never meet.
+
+Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration or start-up error (named in the log), 2 on bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Gauge
+
+from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
+from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.client.resolver import parse_address
+from kube_ip_tracker.agent.dataplane import (
+    ConfigError,
+    Dataplane,
+    DataplaneConfig,
+    DataplaneError,
+    add_arguments,
+    config_from_args,
+)
+from kube_ip_tracker.agent.enforce import LocalEnforcement
+from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
+from kube_ip_tracker.agent.policy import PolicyEngine
+from kube_ip_tracker.agent.policy_sink import MirrorFeed
+from kube_ip_tracker.cli import LOG_LEVELS, _log_level, _optional_address
+from kube_ip_tracker.model import ClusterSpec
+from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
+from kube_ip_tracker.sources.backoff import Backoff
+from kube_ip_tracker.sources.kubeconfig import check_in_cluster, in_cluster_spec, read_kubeconfig
+
+log = logging.getLogger("kube_ip_tracker.agent.run")
+
+EXIT_CONFIG = 1
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
+MARK_SLOTS = 4
+
+READY = Gauge("kube_ip_agent_ready", "1 while the tracker snapshot is applied and local NetworkPolicies are listed.")
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def default_name(cluster_id: str) -> str:
+    """A dataplane name (nft table, iptables chain prefix) for ``cluster_id``: ``kipa-<id>``, hashed when long."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", cluster_id.lower()).strip("-")
+    name = f"kipa-{slug}"
+    if len(name) <= 16 and slug:
+        return name
+    digest = hashlib.sha256(cluster_id.encode()).hexdigest()[:4]
+    return f"kipa-{slug[:6]}-{digest}"
+
+
+def marks_for_slot(slot: int) -> dict[str, int]:
+    """The mark bits of one agent on a shared host: two packet-mark bits and one conntrack-mark bit."""
+    if not 0 <= slot < MARK_SLOTS:
+        raise ConfigError(f"--mark-slot must be in 0..{MARK_SLOTS - 1}, got {slot}")
+    return {
+        "queue_mark": 1 << (24 + 2 * slot),
+        "verdict_mark": 1 << (25 + 2 * slot),
+        "accepted_ct_mark": 1 << (24 + slot),
+    }
+
+
+def add_run_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``run``."""
+    parser = commands.add_parser(
+        "run",
+        help="run the node agent (enforces NetworkPolicies on this node's pods; needs root)",
+        description=(
+            "Watch the tracker and the local cluster's NetworkPolicies and enforce them on the first packet "
+            "of every connection of this node's pods (NFQUEUE)."
+        ),
+    )
+    tracker = parser.add_argument_group("tracker")
+    tracker.add_argument(
+        "--tracker-address",
+        action="append",
+        default=[],
+        required=True,
+        metavar="HOST:PORT",
+        help="tracker gRPC address; a name resolving to several IPs (headless Service) is failed over (repeatable)",
+    )
+    tracker.add_argument("--tracker-ca-file", type=Path, metavar="PATH", help="CA bundle to verify the tracker (TLS)")
+    tracker.add_argument("--tracker-cert-file", type=Path, metavar="PATH", help="client certificate (mTLS)")
+    tracker.add_argument("--tracker-key-file", type=Path, metavar="PATH", help="client key (mTLS)")
+    tracker.add_argument(
+        "--tracker-server-name", metavar="NAME", help="name to verify in the tracker certificate (default: its host)"
+    )
+    local = parser.add_argument_group("local cluster")
+    local.add_argument(
+        "--kubeconfig", metavar="PATH", help="kubeconfig of this node's cluster (default: in-cluster configuration)"
+    )
+    local.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
+    local.add_argument("--cluster-id", required=True, help="this cluster's id, as the tracker names it")
+    local.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or None,
+        help="this node; without --pod-cidr the agent enforces the pods the tracker reports on it "
+        "(default $NODE_NAME; without it, every pod of --cluster-id)",
+    )
+    add_arguments(parser)
+    group = parser.add_argument_group("host sharing")
+    group.add_argument(
+        "--name",
+        default=None,
+        help="nft table and iptables chain prefix of this agent (default kipa-<cluster-id>)",
+    )
+    group.add_argument(
+        "--mark-slot",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"which packet/conntrack mark bits this agent owns, 0..{MARK_SLOTS - 1}; agents sharing a host need "
+        f"distinct slots (default: --nfqueue-id mod {MARK_SLOTS})",
+    )
+    other = parser.add_argument_group("serving")
+    other.add_argument(
+        "--metrics-address",
+        type=_optional_address,
+        default=DEFAULT_METRICS_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",
+    )
+    other.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=logging.INFO,
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (default info)",
+    )
+    parser.set_defaults(handler=cmd_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``run`` needs, checked."""
+
+    cluster_id: str
+    node_name: str | None
+    trackers: tuple[str, ...]
+    tls: TlsOptions | None
+    spec: ClusterSpec
+    dataplane: DataplaneConfig
+    static_pods: bool
+    metrics_address: str
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """Check the flags; raises ValueError (ConfigError, KubeconfigError, AddressError) naming the problem."""
+    cluster_id = args.cluster_id.strip()
+    if not cluster_id:
+        raise ConfigError("--cluster-id must not be empty")
+    for address in args.tracker_address:
+        parse_address(address)
+    tls = None
+    if args.tracker_ca_file or args.tracker_cert_file or args.tracker_key_file:
+        if (args.tracker_cert_file is None) != (args.tracker_key_file is None):
+            raise ConfigError("--tracker-cert-file and --tracker-key-file must be given together")
+        tls = TlsOptions(args.tracker_ca_file, args.tracker_cert_file, args.tracker_key_file, args.tracker_server_name)
+        tls.credentials()  # OSError naming an unreadable file
+    if args.kubeconfig:
+        read_kubeconfig(args.kubeconfig)
+        spec = ClusterSpec(cluster_id=cluster_id, kubeconfig=os.path.abspath(args.kubeconfig), context=args.context)
+    else:
+        check_in_cluster()
+        spec = in_cluster_spec(cluster_id)
+    base = config_from_args(args)
+    slot = args.mark_slot if args.mark_slot is not None else base.nfqueue_id % MARK_SLOTS
+    dataplane = dataclasses.replace(
+        base, name=args.name or default_name(cluster_id), revalidate_delay=0.2, **marks_for_slot(slot)
+    )
+    return AgentConfig(
+        cluster_id=cluster_id,
+        node_name=args.node_name,
+        trackers=tuple(args.tracker_address),
+        tls=tls,
+        spec=spec,
+        dataplane=dataplane,
+        static_pods=bool(dataplane.local_pods),
+        metrics_address=args.metrics_address,
+    )
+
+
+# ----------------------------------------------------------------------------- the agent
+
+
+class Agent:
+    """The running agent: tracker client, policy informer, dataplane; see the module docstring."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.engine = PolicyEngine()
+        self.mirror = Mirror()
+        self.enforcement = LocalEnforcement(self.engine, config.cluster_id)
+        self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
+        self.feed = MirrorFeed(
+            self.engine,
+            config.cluster_id,
+            node=config.node_name,
+            on_change=self.dataplane.request_revalidation,
+            on_local_pods=None if config.static_pods else self._local_pods_changed,
+        )
+        self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
+        if len(config.trackers) > 1:
+            log.warning("Several --tracker-address given; using %s (failover across its IPs)", config.trackers[0])
+        options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
+        self.client = TrackerClient(config.trackers[0], self.mirror, options)
+        self._pods_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        READY.set(0)
+
+    def is_ready(self) -> bool:
+        """Decisions can be trusted: the tracker's snapshot is applied and local policies are listed."""
+        return self.client.ready and self.informer.synced
+
+    def _local_pods_changed(self, addresses: frozenset[str]) -> None:
+        self._pods_wanted.set()
+
+    async def _sync_local_pods(self) -> None:
+        """Keep the dataplane's pod sets equal to the local pods of the mirror (coalesced, retried)."""
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            await self._pods_wanted.wait()
+            self._pods_wanted.clear()
+            addresses = sorted(self.feed.local_addresses)
+            try:
+                await self.dataplane.set_local_pods(addresses)
+                backoff.reset()
+            except (DataplaneError, ValueError) as exc:
+                delay = backoff.next_delay()
+                log.error("Cannot update the local pod addresses: %s; retrying in %.1fs", exc, delay)
+                self._pods_wanted.set()
+                await asyncio.sleep(delay)
+                continue
+            self.dataplane.request_revalidation()
+            await asyncio.sleep(0.1)  # let a burst of pod changes settle into one update
+
+    async def _report_ready(self) -> None:
+        await self.client.wait_ready()
+        await self.informer.wait_synced()
+        READY.set(1)
+        log.info(
+            "Agent ready: tracker snapshot applied (%s), %d local NetworkPolicies (%d invalid)",
+            ", ".join(f"{k}={v}" for k, v in self.mirror.counts().items()),
+            len(self.informer.policies),
+            len(self.informer.invalid),
+        )
+        self.dataplane.request_revalidation()  # re-check what fail-open let through meanwhile
+
+    async def start(self) -> None:
+        """Install the rules first (so a restart leaves no gap), then start watching."""
+        await self.dataplane.start()
+        self.feed.attach(self.mirror)
+        self.client.start()
+        self._spawn(self.informer.run(), "networkpolicy-informer")
+        self._spawn(self._report_ready(), "ready")
+        if not self.config.static_pods:
+            self._spawn(self._sync_local_pods(), "local-pods")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Agent task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Stop watching, then remove the rules."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.client.stop()
+        self.feed.detach()
+        if self.dataplane.running:
+            await self.dataplane.stop()
+        READY.set(0)
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics: MetricsServer | None = None
+    agent = Agent(config)
+    try:
+        if config.metrics_address not in ("", "0", "off"):
+            try:
+                metrics = start_metrics_server(config.metrics_address)
+            except (OSError, ValueError) as exc:
+                log.error("Cannot serve metrics on %s: %s", config.metrics_address, exc)
+                return EXIT_CONFIG
+        dp = config.dataplane
+        log.info(
+            "Starting agent for cluster %s on node %s: trackers %s, nfqueue %d, rules %s, marks queue=%#x verdict=%#x "
+            "ct=%#x, pods %s",
+            config.cluster_id,
+            config.node_name or "(any)",
+            ", ".join(config.trackers),
+            dp.nfqueue_id,
+            dp.name,
+            dp.queue_mark,
+            dp.verdict_mark,
+            dp.accepted_ct_mark,
+            ",".join(str(p) for p in dp.local_pods) if config.static_pods else "from the tracker",
+        )
+        try:
+            await agent.start()
+        except DataplaneError as exc:
+            log.error("Cannot start the dataplane: %s", exc)
+            return EXIT_CONFIG
+        await stop.wait()
+        log.info("Shutting down")
+    finally:
+        await agent.stop()
+        if metrics is not None:
+            metrics.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("Stopped")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: Any, err: Any) -> int:
+    """The ``run`` subcommand."""
+    try:
+        config = agent_config(args)
+    except (ValueError, OSError) as exc:  # ConfigError, KubeconfigError, AddressError, unreadable TLS files
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    return asyncio.run(run_agent(config))

@@ -1,0 +1,176 @@
+"""``kube-ip-agent run`` end to end: a real cluster, a real tracker process, the agent as a real process,
+and pods as network namespaces whose addresses are the pods' ``status.podIP``.
+
+A NetworkPolicy created in the API server reaches the agent, which then drops new connections and
+cuts the open one; deleting it lets traffic through again; SIGTERM removes the agent's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+
+from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing.clusters import LocalCluster, free_port
+from kube_ip_tracker.testing.netns import PodNetwork
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster]
+
+TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
+AGENT_CMD = [sys.executable, "-m", "kube_ip_tracker.agent.cli", "run"]
+NAMESPACE = "demo"
+WEB_PORT = 8080
+
+
+class Process:
+    """A child process with its output in a log file, stopped at the end of the test."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        with log_path.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for proc in reversed(started):
+        proc.terminate()
+
+
+def iptables_chains(prefix: str) -> list[str]:
+    """Our chains in the security table (iptables and ip6tables) and our nft table, if any is left."""
+    found = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        saved = subprocess.run([tool, "-t", "security"], capture_output=True, text=True, check=False).stdout
+        found += [line for line in saved.splitlines() if f"{prefix.upper()}-" in line]
+    nft = subprocess.run(["nft", "list", "table", "inet", prefix], capture_output=True, check=False)
+    if nft.returncode == 0:
+        found.append(f"table inet {prefix}")
+    return found
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def eventually(predicate: Callable[[], bool], what: str, agent: Process, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not within {within}s; agent log:\n{agent.tail()}")
+
+
+def deny_ingress(name: str) -> dict[str, object]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]},
+    }
+
+
+def start_agent(
+    tmp_path: Path, cluster: LocalCluster, tracker_port: int, name: str, metrics_port: int, *extra: str
+) -> Process:
+    argv = [
+        *AGENT_CMD,
+        "--tracker-address",
+        f"127.0.0.1:{tracker_port}",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--cluster-id",
+        cluster.name,
+        "--node-name",
+        "node-1",
+        "--nfqueue-id",
+        str(20000 + secrets.randbelow(40000)),
+        "--name",
+        name,
+        "--metrics-address",
+        f"127.0.0.1:{metrics_port}",
+        "--log-level",
+        "debug",
+        *extra,
+    ]
+    return Process(argv, tmp_path / f"agent-{name}.log")
+
+
+async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
+    cluster_factory, processes: list[Process], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1)
+    with PodNetwork(host_address=True) as net:
+        web, client_pod = net.add_pod("web"), net.add_pod("client")
+        web.serve_tcp(WEB_PORT)
+        async with cluster.api_client() as api:
+            await objects.create_namespace(api, NAMESPACE)
+            await objects.create_pod(api, NAMESPACE, "web", labels={"app": "web"}, ips=[str(web.ip)])
+            await objects.create_pod(api, NAMESPACE, "client", labels={"app": "client"}, ips=[str(client_pod.ip)])
+
+        tracker_port, metrics_port = free_port(), free_port()
+        tracker_argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig)]
+        tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
+        processes.append(Process(tracker_argv, tmp_path / "tracker.log"))
+        name = f"kipt-{secrets.token_hex(3)}"
+        agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port)
+        processes.append(agent)
+
+        await eventually(lambda: metric(metrics_port, "kube_ip_agent_ready") == 1.0, "agent ready", agent, 30)
+        # Without --pod-cidr the agent enforces the pods the tracker reports on node-1.
+        await eventually(lambda: metric(metrics_port, "kube_ip_agent_local_pod_addresses") == 2.0, "local pods", agent)
+        assert iptables_chains(name), "the agent installed no rules"
+        assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
+        stream = client_pod.open_stream(web.ip, WEB_PORT)
+        assert stream.exchange()
+
+        async with cluster.api_client() as api:
+            net_api = client.NetworkingV1Api(api)
+            await net_api.create_namespaced_network_policy(NAMESPACE, deny_ingress("deny-web"))
+            await eventually(lambda: not client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "new denied", agent)
+            await eventually(lambda: not stream.exchange(timeout=0.5), "open connection cut", agent)
+            assert metric(metrics_port, "kube_ip_agent_networkpolicies") == 1.0
+
+            await net_api.delete_namespaced_network_policy("deny-web", NAMESPACE)
+            await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed again", agent)
+
+        assert agent.terminate() == 0, agent.tail()
+        assert iptables_chains(name) == [], agent.tail()
+        assert "Stopped" in agent.tail(5)
