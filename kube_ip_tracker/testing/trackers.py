@@ -1,0 +1,151 @@
+"""Real ``kube-ip-tracker`` processes and agent mirrors for topology tests and benchmarks.
+
+``TrackerProcess("hub", ["--kubeconfig", path], log_dir)`` runs ``python -m kube_ip_tracker.cli`` with
+this interpreter (so a checkout tests its own code) on a free loopback port, with ``--tracker-id``
+set to its name. :class:`Agent` is a :class:`~kube_ip_tracker.agent.client.mirror.Mirror` kept in
+step by a :class:`~kube_ip_tracker.agent.client.client.TrackerClient`, as a node agent holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.model import ClusterStatusRecord
+from kube_ip_tracker.testing.clusters import free_port
+
+TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
+AGENT_OPTIONS = ClientOptions(backoff_base=0.1, backoff_cap=1.0)
+
+
+class TrackerProcess:
+    """One tracker child process; keeps its port across restarts."""
+
+    def __init__(self, name: str, args: Sequence[str], log_dir: Path, *, metrics: bool = False) -> None:
+        self.name = name
+        self.port = free_port()
+        self.metrics_port = free_port() if metrics else 0
+        self.argv = [
+            *TRACKER_CMD,
+            "--tracker-id",
+            name,
+            "--listen-address",
+            f"127.0.0.1:{self.port}",
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}" if metrics else "",
+            "--shutdown-grace",
+            "1s",
+            *args,
+        ]
+        self.log_path = log_dir / f"tracker-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TrackerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies."""
+        if self.alive:
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    async def list_clusters(self) -> pb.ListClustersResponse:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            return await tracker_pb2_grpc.TrackerStub(channel).ListClusters(pb.ListClustersRequest(), timeout=5)
+
+    async def clusters(self) -> dict[str, pb.ClusterInfo]:
+        """ListClusters by cluster name; empty while the tracker does not answer."""
+        try:
+            resp = await self.list_clusters()
+        except grpc.aio.AioRpcError:
+            return {}
+        return {c.status.cluster: c for c in resp.clusters}
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+
+class Agent:
+    """A node agent's view of one tracker: a mirror fed by a tracker client."""
+
+    def __init__(self, tracker: TrackerProcess, options: ClientOptions = AGENT_OPTIONS) -> None:
+        self.tracker = tracker
+        self.mirror = Mirror()
+        self.client = TrackerClient(tracker.address, self.mirror, options)
+
+    def start(self) -> Agent:
+        self.client.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    def pod_names(self, namespace: str) -> set[tuple[str, str]]:
+        """(cluster, name) of the mirror's pods in ``namespace``."""
+        return {(p.cluster, p.name) for p in self.mirror.pods() if p.namespace == namespace}
+
+    def status(self, cluster: str) -> ClusterStatusRecord | None:
+        return self.mirror.cluster_statuses().get(cluster)
+
+
+async def eventually(
+    check: Callable[[], object | Awaitable[object]],
+    what: str,
+    trackers: Sequence[TrackerProcess] = (),
+    within: float = 45.0,
+    interval: float = 0.05,
+) -> None:
+    """Wait until ``check()`` (sync or async) is truthy; fail naming ``what`` with the trackers' logs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            logs = "\n".join(t.log_tail() for t in trackers)
+            raise AssertionError(f"not reached within {within}s: {what}\n{logs}")
+        await asyncio.sleep(interval)
