@@ -6,7 +6,7 @@ enabled per veth only, not globally); a pod reaches the whole test subnet throug
 gateway on its veth, like Calico does. So all pods share one flat network, and pod-to-pod
 traffic crosses the host's netfilter FORWARD hook. Neighbour entries are static: no ARP.
 
-Only private addresses inside the configured test subnet are accepted, and pods get no default
+Only private addresses inside the configured test subnets are accepted, and pods get no default
 route, so they cannot send traffic anywhere else.
 
 Sockets are created inside a pod by switching the calling thread's network namespace for the
@@ -28,7 +28,7 @@ import secrets
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger("kube_ip_tracker.testing.netns")
@@ -274,6 +274,19 @@ class Pod:
         finally:
             sock.close()
 
+    def sctp_probe(self, ip: object, port: int, timeout: float = 1.0) -> bool:
+        """Whether an SCTP association to ``ip:port`` opens within ``timeout`` (OSError if the kernel lacks SCTP)."""
+        with inside(self.netns_path):
+            sock = socket.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((str(ip), port))
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
     def udp_socket(self, ip: object, port: int) -> socket.socket:
         """A UDP socket connected to ``ip:port`` (one flow for many datagrams); the caller closes it."""
         sock = self.socket(socket.SOCK_DGRAM)
@@ -303,14 +316,23 @@ class PodNetwork:
     """A set of pod namespaces on one flat routed network through the host.
 
     Use as a context manager (or call :meth:`close`): namespaces, veths and host routes are removed
-    even when a test fails. ``subnet`` must be private; pods can reach only it.
+    even when a test fails. ``subnet`` (and ``extra_subnets``) must be private; pods can reach only them.
     """
 
-    def __init__(self, subnet: str = "10.244.0.0/16", prefix: str | None = None, host_address: bool = False) -> None:
+    def __init__(
+        self,
+        subnet: str = "10.244.0.0/16",
+        prefix: str | None = None,
+        host_address: bool = False,
+        extra_subnets: Sequence[str] = (),
+    ) -> None:
         net = ipaddress.ip_network(subnet)
-        if not net.is_private or net.is_global:
-            raise ValueError(f"test subnet {subnet} is not a private network")
         self.subnet = net
+        # Pods may also use addresses of extra_subnets (routed from every pod); automatic ones come from subnet.
+        self.subnets = [net, *(ipaddress.ip_network(s) for s in extra_subnets)]
+        for each in self.subnets:
+            if not each.is_private or each.is_global:
+                raise ValueError(f"test subnet {each} is not a private network")
         self.prefix = prefix or f"kipt{secrets.token_hex(2)}"
         if len(self.prefix) > 10:
             raise ValueError(f"prefix {self.prefix!r} is longer than 10 characters (interface names)")
@@ -333,7 +355,7 @@ class PodNetwork:
         for _ in range(blocks):
             index = next(_BLOCK_COUNTER) % (blocks - 1) + 1
             block = ipaddress.ip_network((int(self.subnet.network_address) + index * size, block_len))
-            if not _routed(block):
+            if not routed(block):
                 return list(block.hosts())
         raise NetnsError(f"every block of {self.subnet} is in use")
 
@@ -361,8 +383,9 @@ class PodNetwork:
     def add_pod(self, name: str, ip: str | None = None) -> Pod:
         """Create a pod namespace with address ``ip`` (default: the next free one)."""
         address = ipaddress.ip_address(ip) if ip is not None else self.next_ip()
-        if address not in self.subnet:
-            raise ValueError(f"pod address {address} is outside the test subnet {self.subnet}")
+        if not any(address in each for each in self.subnets):
+            subnets = ", ".join(str(each) for each in self.subnets)
+            raise ValueError(f"pod address {address} is outside the test subnets {subnets}")
         index = len(self.pods)
         pod = Pod(name=name, netns=f"{self.prefix}-{name}", ip=address, host_if=f"{self.prefix}h{index}")
         self.pods.append(pod)  # before creation, so close() removes half-built pods
@@ -385,7 +408,9 @@ class PodNetwork:
         gateway = _GATEWAY6 if v6 else _GATEWAY4
         _ip("-n", pod.netns, "neigh", "replace", gateway, "lladdr", host_mac, "dev", "eth0", "nud", "permanent")
         _ip("-n", pod.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
-        _ip("-n", pod.netns, "route", "add", str(self.subnet), "via", gateway, "dev", "eth0", "onlink")
+        for each in self.subnets:
+            if each.version == pod.ip.version:
+                _ip("-n", pod.netns, "route", "add", str(each), "via", gateway, "dev", "eth0", "onlink")
         source = ["src", str(self.host.ip)] if self.host is not None else []
         _ip("route", "add", f"{pod.ip}/{plen}", "dev", pod.host_if, *source)
         _ip("neigh", "replace", str(pod.ip), "lladdr", pod_mac, "dev", pod.host_if, "nud", "permanent")
@@ -423,7 +448,7 @@ def _mac(interface: str, netns: str | None = None) -> str:
     return str(json.loads(result.stdout)[0]["address"])
 
 
-def _routed(block: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def routed(block: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     """Whether the root namespace routes any address of ``block`` (another network uses it)."""
     argv = ["ip", "-j", f"-{block.version}", "route", "show", "root", str(block)]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
