@@ -169,13 +169,20 @@ class Dataplane:
 
     def _give(self, packet: Any, info: PacketInfo | None, accept: bool, fail_open: bool, reason: str) -> None:
         try:
-            if accept:
+            if not (accept or fail_open):
+                packet.drop()
+            elif self._backend is Backend.IPTABLES:
+                # Repeat the security-table hook with our queue bit cleared instead of accepting: an
+                # accept would skip the rest of that chain, where another agent on this host (its own
+                # mark bits) may still have to see the packet. Our own rule no longer matches it.
+                mark = packet.get_mark() & ~self.config.queue_mark
+                packet.set_mark(mark | self.config.verdict_mark if accept else mark)
+                packet.repeat()
+            elif accept:
                 packet.set_mark(packet.get_mark() | self.config.verdict_mark)
                 packet.accept()
-            elif fail_open:
-                packet.accept()
             else:
-                packet.drop()
+                packet.accept()
         except RuntimeError as exc:  # queue unbound meanwhile: the kernel has dropped the packet
             m.QUEUE_ERRORS.labels(self._label, "verdict").inc()
             log.warning("verdict for %s failed: %s", info, exc)

@@ -8,7 +8,9 @@ Packet path on a hook (forward, input, output), for packets to or from a local p
 2. iptables ``security`` (iptables backend only; iptables-nft hooks it at 150, after ``filter``):
    ``<PREFIX>-QUEUE`` sends packets with the queue bit to NFQUEUE. Its ``--queue-bypass``
    (nft: ``bypass``) lets packets pass while no agent listens when ``fail_open``; without it they
-   are dropped.
+   are dropped. The agent answers a packet it lets pass with NF_REPEAT and its queue bit cleared,
+   not with an accept (which would skip the rest of the security chain): another agent on the same
+   host, with its own mark bits and queue chain, still gets the packet.
 3. nft ``inet <name>``, priority filter+200: a packet the agent accepted carries the verdict bit;
    its connection gets the accepted conntrack mark. Both packet bits are cleared again.
 
