@@ -104,6 +104,21 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _UpstreamSink(IndexWriterSink):
+    """Tells the writer while a snapshot is committed (absent clusters are held, not dropped)."""
+
+    def __init__(self, writer: UpstreamWriter) -> None:
+        super().__init__(writer)
+        self.upstream_writer = writer
+
+    def _commit(self, records, statuses):  # type: ignore[no-untyped-def]
+        self.upstream_writer.committing = True
+        try:
+            super()._commit(records, statuses)
+        finally:
+            self.upstream_writer.committing = False
+
+
 class UpstreamSource:
     """One upstream tracker watched into the index."""
 
@@ -114,12 +129,14 @@ class UpstreamSource:
         owners: ClusterOwners,
         tracker_id: str,
         options: ClientOptions,
+        *,
+        removal_grace: float = 60.0,
     ) -> None:
         self.address = address
         self.tracker_id = tracker_id
         self.options = options
-        self.writer = UpstreamWriter(index, owners, tracker_id, address, self.resync)
-        self.sink = IndexWriterSink(self.writer)
+        self.writer = UpstreamWriter(index, owners, tracker_id, address, self.resync, removal_grace=removal_grace)
+        self.sink = _UpstreamSink(self.writer)
         self.client = self._new_client()
         self._ready = asyncio.Event()
         self._resync: asyncio.Task[None] | None = None
@@ -128,7 +145,7 @@ class UpstreamSource:
 
     def _new_client(self) -> TrackerClient:
         client = TrackerClient(self.address, self.sink, self.options)
-        client.on_live(self._on_live)
+        client.on_live(lambda live: self._on_live(client, live))
         return client
 
     @property
@@ -164,12 +181,14 @@ class UpstreamSource:
 
     async def _restart(self) -> None:
         log.info("Upstream %s: reconnecting for a full snapshot", self.address)
-        await self.client.stop()
-        self.client = self._new_client()
+        old, self.client = self.client, self._new_client()
+        await old.stop()  # its end is not a loss of the upstream: the clusters stay as they are
         if self._running:
             self.client.start()
 
-    def _on_live(self, live: bool) -> None:
+    def _on_live(self, client: TrackerClient, live: bool) -> None:
+        if client is not self.client:
+            return
         metrics.UPSTREAM_LIVE.labels(self.address).set(1 if live else 0)
         if live:
             log.info(
@@ -197,6 +216,7 @@ class Upstreams:
         *,
         tls: TlsOptions | None = None,
         options: ClientOptions | None = None,
+        removal_grace: float = 60.0,
     ) -> None:
         if len(set(addresses)) != len(addresses):
             dupes = sorted({a for a in addresses if list(addresses).count(a) > 1})
@@ -211,7 +231,10 @@ class Upstreams:
             watcher_name=base.watcher_name or f"tracker/{tracker_id}",
             tls=tls or base.tls,
         )
-        self.sources = [UpstreamSource(a, index, self.owners, tracker_id, client_options) for a in addresses]
+        self.sources = [
+            UpstreamSource(a, index, self.owners, tracker_id, client_options, removal_grace=removal_grace)
+            for a in addresses
+        ]
 
     def start(self) -> None:
         for source in self.sources:
@@ -258,4 +281,4 @@ def build_upstreams(index: IndexWriter, args: argparse.Namespace) -> Upstreams:
         raise ValueError(
             f"the default tracker id {tracker_id!r} ($POD_NAME or host name) is not usable; set --tracker-id"
         )
-    return Upstreams(index, tracker_id, args.upstream_tracker, tls=tls)
+    return Upstreams(index, tracker_id, args.upstream_tracker, tls=tls, removal_grace=args.cluster_removal_grace)

@@ -16,6 +16,7 @@ this tracker's id already, so data never flows back to where it came from.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -108,6 +109,13 @@ class UpstreamWriter:
 
     Writes only the clusters it owns, appends ``tracker_id`` to their paths, and while the upstream is
     down (:meth:`set_down`) publishes them disconnected and stale with the last known data.
+
+    A restarted upstream serves before it has listed every cluster again. So a cluster this tracker
+    holds complete data of is *held* (last data kept, reported stale, the upstream's writes for it
+    ignored) while the upstream reports it not synced, or while a snapshot lacks it; once the upstream
+    reports it synced, a full resync replaces the held data with only the real differences. A cluster
+    missing from snapshots for ``removal_grace`` seconds is removed; one the upstream deletes in a
+    delta is removed at once.
     """
 
     def __init__(
@@ -117,16 +125,23 @@ class UpstreamWriter:
         tracker_id: str,
         name: str,
         request_resync: Callable[[], None] = lambda: None,
+        *,
+        removal_grace: float = 60.0,
     ) -> None:
         self._index = index
         self._owners = owners
         self.tracker_id = tracker_id
         self.name = name
         self.request_resync = request_resync
+        self.removal_grace = removal_grace
         self.statuses: dict[str, ClusterStatusRecord] = {}  # last status the upstream sent, per owned cluster
         self.skipped: set[str] = set()
+        self.complete: set[str] = set()  # owned clusters whose data here is a complete list
+        self.held: dict[str, str] = {}  # cluster -> why its last data is kept and the upstream's ignored
+        self.committing = False  # a snapshot is being committed (set by the sink)
         self.down = False
         self.down_reason = ""
+        self._purges: dict[str, asyncio.TimerHandle] = {}
         self._loops_logged: set[str] = set()
         owners.register(self)
 
@@ -134,7 +149,7 @@ class UpstreamWriter:
 
     def _admit(self, cluster: str) -> bool:
         if self._owners.claim(cluster, self):
-            return True
+            return cluster not in self.held
         if cluster not in self.skipped:
             self.skipped.add(cluster)
             owner = self._owners.owner(cluster)
@@ -149,10 +164,19 @@ class UpstreamWriter:
 
     def lost(self, cluster: str) -> None:
         """Another owner (the local informers) took ``cluster``; its data is theirs to replace now."""
-        self.statuses.pop(cluster, None)
+        self._forget(cluster)
         self.skipped.add(cluster)
-        metrics.CLUSTER_STALE.labels(cluster).set(0)
         self._count()
+
+    def _forget(self, cluster: str) -> None:
+        self.statuses.pop(cluster, None)
+        self.complete.discard(cluster)
+        self.held.pop(cluster, None)
+        timer = self._purges.pop(cluster, None)
+        if timer is not None:
+            timer.cancel()
+        with contextlib.suppress(KeyError):
+            metrics.CLUSTER_STALE.remove(cluster)
 
     def _count(self) -> None:
         metrics.UPSTREAM_CLUSTERS.labels(self.name).set(len(self._owners.owned_by(self)))
@@ -165,7 +189,7 @@ class UpstreamWriter:
             self._index.upsert(record)
 
     def delete(self, kind: Kind, cluster: str, namespace: str, name: str) -> None:
-        if self._owners.owner(cluster) is self:
+        if self._owners.owner(cluster) is self and cluster not in self.held:
             self._index.delete(kind, cluster, namespace, name)
 
     def replace(self, cluster: str, kind: Kind, records: Iterable[Record]) -> None:
@@ -186,22 +210,57 @@ class UpstreamWriter:
                     self.tracker_id,
                 )
             if self._owners.owner(cluster) is self:
-                self.remove_cluster(cluster)
+                self._drop(cluster)
             return
-        if not self._admit(cluster):
+        if not self._owners.claim(cluster, self):
+            self._admit(cluster)  # records the skip
             return
         self.statuses[cluster] = status
+        timer = self._purges.pop(cluster, None)
+        if timer is not None:
+            timer.cancel()
+        if cluster in self.held:
+            if status.synced and self.committing:
+                log.info("Upstream %s has cluster %s synced again; reconciling the held data", self.name, cluster)
+                del self.held[cluster]
+            elif status.synced:
+                self.held[cluster] = "waiting for a full resync from the upstream"
+                self.request_resync()
+        elif not status.synced and cluster in self.complete:
+            self._hold(cluster, "not synced at the upstream (restarted?)")
         self._publish(cluster)
 
     def remove_cluster(self, cluster: str) -> None:
-        self.skipped.discard(cluster)
-        self.statuses.pop(cluster, None)
-        if self._owners.owner(cluster) is self:
-            log.info("Upstream %s removed cluster %s", self.name, cluster)
-            self._index.remove_cluster(cluster)
-            with contextlib.suppress(KeyError):
-                metrics.CLUSTER_STALE.remove(cluster)
-            self._owners.release(cluster, self)
+        if self._owners.owner(cluster) is not self:
+            self.skipped.discard(cluster)
+            self._count()
+            return
+        if self.committing and cluster in self.complete and self.removal_grace > 0:
+            if cluster not in self._purges:
+                self._hold(cluster, f"missing from the upstream's state; removed in {self.removal_grace:.0f}s")
+                loop = asyncio.get_running_loop()
+                self._purges[cluster] = loop.call_later(self.removal_grace, self._purge, cluster)
+                self._publish(cluster)
+            return
+        self._drop(cluster)
+
+    # -- internal --------------------------------------------------------------------------------
+
+    def _hold(self, cluster: str, why: str) -> None:
+        if cluster not in self.held:
+            log.info("Upstream %s: keeping the last data of cluster %s, stale: %s", self.name, cluster, why)
+        self.held[cluster] = why
+
+    def _purge(self, cluster: str) -> None:
+        self._purges.pop(cluster, None)
+        if cluster in self.held and self._owners.owner(cluster) is self:
+            self._drop(cluster)
+
+    def _drop(self, cluster: str) -> None:
+        log.info("Upstream %s removed cluster %s", self.name, cluster)
+        self._forget(cluster)
+        self._index.remove_cluster(cluster)
+        self._owners.release(cluster, self)
         self._count()
 
     # -- liveness --------------------------------------------------------------------------------
@@ -217,12 +276,18 @@ class UpstreamWriter:
     def _publish(self, cluster: str) -> None:
         status = self.statuses[cluster]
         out = dataclasses.replace(status, via=(*status.via, self.tracker_id))
-        if self.down:
+        why = self.held.get(cluster) or ((self.down_reason or "disconnected") if self.down else "")
+        if why:
+            synced = status.synced or cluster in self.complete
             out = dataclasses.replace(
                 out,
                 connected=False,
-                stale=status.synced or status.stale,
-                last_error=f"upstream tracker {self.name}: {self.down_reason}",
+                synced=synced,
+                stale=synced or status.stale,
+                last_error=f"upstream tracker {self.name}: {why}",
             )
+        elif status.synced:
+            self.complete.add(cluster)
         self._index.set_cluster_status(out)
         metrics.CLUSTER_STALE.labels(cluster).set(1 if out.stale else 0)
+        self._count()

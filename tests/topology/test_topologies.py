@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kube_ip_tracker.agent.client.events import PodDeleted
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, start_clusters
 from kube_ip_tracker.testing.trackers import Agent, TrackerProcess, eventually
@@ -120,6 +121,11 @@ async def test_hub_and_spoke_survives_hub_loss_and_catches_up(clusters: ClusterS
     # Ready: local cluster listed and the hub's first state applied.
     assert "upstream trackers synced" in spokes[0].log_path.read_text()
 
+    deleted: list[tuple[str, str]] = []
+    for ag in agents:
+        ag.mirror.subscribe(
+            lambda events: deleted.extend((e.pod.cluster, e.pod.name) for e in events if isinstance(e, PodDeleted))
+        )
     hub.kill()
     spoke, a = spokes[0], agents[0]
     await eventually(
@@ -153,6 +159,7 @@ async def test_hub_and_spoke_survives_hub_loss_and_catches_up(clusters: ClusterS
             everyone,
         )
         assert ag.client.snapshots_applied == 1  # the spoke's own epoch held: its agents never resynced
+    assert deleted == []  # the restarted hub's partial state never reached the agents
     assert "cannot resume" in spoke.log_path.read_text()  # the new hub epoch was noticed
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.agent.client.events import PodDeleted
 from kube_ip_tracker.agent.client.mirror import Mirror
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
@@ -159,3 +160,26 @@ async def test_hub_removing_a_cluster_removes_it_at_the_spoke(topology: tuple[Hu
     hub.index.remove_cluster("b")
     await until(lambda: spoke.agent_status("b") is None, "b removed at the agent")
     assert spoke.mirror.pod_by_ip("10.2.0.1") is None and spoke.agent_status("a") is not None
+
+
+async def test_restarted_hub_still_listing_does_not_flap_the_spokes_data(topology: tuple[Hub, Spoke]) -> None:
+    hub, spoke = topology
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.1") is not None, "remote pod at the spoke's agent")
+    deleted: list[str] = []
+    spoke.mirror.subscribe(lambda events: deleted.extend(e.pod.name for e in events if isinstance(e, PodDeleted)))
+    await hub.stop()
+    restarted = Index()  # the new hub process has not listed b yet
+    restarted.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=False, via=("hub",)))
+    await hub.start(restarted)
+    await until(lambda: spoke.source.live, "spoke back on the hub")
+    await asyncio.sleep(0.3)
+    assert spoke.mirror.pod_by_ip("10.2.0.1") is not None and deleted == []
+    b = spoke.agent_status("b")
+    assert b is not None and b.stale and b.synced
+    # The hub lists b (one pod gone meanwhile, one new): the spoke resyncs and applies just that.
+    fill(restarted, "b", ("hub",), pod("b", "b-5", "10.2.0.5"))
+    await until(lambda: spoke.mirror.pod_by_ip("10.2.0.5") is not None, "b's new pod at the agent")
+    await until(lambda: not spoke.agent_status("b").stale, "b current again")  # type: ignore[union-attr]
+    assert deleted == ["b-0"]
+    assert spoke.mirror.pod_by_ip("10.1.9.1") is not None
+    assert spoke.agent is not None and spoke.agent.snapshots_applied == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, PodRecord
 from kube_ip_tracker.sources.upstream_merge import LOCAL, ClusterOwners, LocalWriter, UpstreamWriter
@@ -99,3 +101,51 @@ def test_second_upstream_is_resynced_when_the_owner_lets_a_cluster_go() -> None:
     hub.set_cluster_status(ClusterStatusRecord("a", connected=True, synced=True, via=("hub",)))
     local.remove_cluster("a")
     assert owners.owner("a") is None and resyncs == ["hub2", "hub"]
+
+
+def test_cluster_not_synced_at_a_restarted_upstream_is_held_until_a_resync() -> None:
+    index, _, _, hub, _, resyncs = setup()
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    hub.upsert(pod("b", "old", "10.0.0.1"))
+    # The restarted hub's snapshot: b is connected but not listed yet, and has no pods so far.
+    hub.committing = True
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=False, via=("hub",)))
+    hub.replace("b", Kind.POD, [])
+    hub.committing = False
+    assert index.pod("b", "ns", "old") is not None
+    status = index.cluster_status("b")
+    assert status is not None and status.stale and status.synced and "not synced at the upstream" in status.last_error
+    hub.upsert(pod("b", "partial", "10.0.0.2"))  # deltas of the upstream's list are ignored meanwhile
+    assert index.pod("b", "ns", "partial") is None
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    assert resyncs == ["hub"] and "b" in hub.held
+    # The full resync: the held data is reconciled to the upstream's.
+    hub.committing = True
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    hub.replace("b", Kind.POD, [pod("b", "partial", "10.0.0.2"), pod("b", "new", "10.0.0.3")])
+    hub.committing = False
+    assert sorted(p.name for p in index.pods("b")) == ["new", "partial"]
+    assert index.cluster_status("b") == ClusterStatusRecord("b", connected=True, synced=True, via=("hub", "spoke"))
+
+
+async def test_cluster_missing_from_a_snapshot_is_removed_after_the_grace_only() -> None:
+    index, owners, _, hub, _, _ = setup()
+    hub.removal_grace = 0.2
+    for c in ("b", "c"):
+        hub.set_cluster_status(ClusterStatusRecord(c, connected=True, synced=True, via=("hub",)))
+        hub.upsert(pod(c, "p", f"10.0.{ord(c)}.1"))
+    hub.committing = True
+    hub.remove_cluster("b")
+    hub.remove_cluster("c")
+    hub.committing = False
+    for c in ("b", "c"):
+        status = index.cluster_status(c)
+        assert status is not None and status.stale and "missing from the upstream" in status.last_error
+    # c comes back (not synced yet): no purge for it; b never does.
+    hub.set_cluster_status(ClusterStatusRecord("c", connected=True, synced=False, via=("hub",)))
+    await asyncio.sleep(0.4)
+    assert index.cluster_status("b") is None and owners.owner("b") is None
+    assert index.pod("c", "ns", "p") is not None and "c" in hub.held
+    # A deletion in a delta (the upstream dropped the cluster itself) removes at once.
+    hub.remove_cluster("c")
+    assert index.cluster_status("c") is None
