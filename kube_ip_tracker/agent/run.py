@@ -231,10 +231,8 @@ class Agent:
             on_local_pods=None if config.static_pods else self._local_pods_changed,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
-        if len(config.trackers) > 1:
-            log.warning("Several --tracker-address given; using %s (failover across its IPs)", config.trackers[0])
         options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
-        self.client = TrackerClient(config.trackers[0], self.mirror, options)
+        self.client = TrackerClient(config.trackers, self.mirror, options)
         self._pods_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         READY.set(0)

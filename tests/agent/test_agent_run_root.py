@@ -112,6 +112,9 @@ def start_agent(
 ) -> Process:
     argv = [
         *AGENT_CMD,
+        # A first address where no tracker listens: the agent fails over to the second.
+        "--tracker-address",
+        f"127.0.0.1:{free_port()}",
         "--tracker-address",
         f"127.0.0.1:{tracker_port}",
         "--kubeconfig",

@@ -22,7 +22,13 @@ import grpc.aio
 
 from kube_ip_tracker.agent.client import metrics
 from kube_ip_tracker.agent.client.backoff import Backoff
-from kube_ip_tracker.agent.client.resolver import AddressRotation, ResolveFn, parse_address, resolve_all
+from kube_ip_tracker.agent.client.resolver import (
+    AddressError,
+    AddressRotation,
+    ResolveFn,
+    parse_address,
+    resolve_all,
+)
 from kube_ip_tracker.agent.client.sink import ApplySink
 from kube_ip_tracker.agent.client.stream import ResyncRequired, WatchSession
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
@@ -87,23 +93,30 @@ class ClientOptions:
 
 
 class TrackerClient:
-    """Watches one tracker address and applies what it streams to ``sink``, until stopped."""
+    """Watches a tracker address and applies what it streams to ``sink``, until stopped.
+
+    ``target`` is ``host:port`` or a list of them: the IPs of all of them are failed over in turn.
+    """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         sink: ApplySink,
         options: ClientOptions | None = None,
         *,
         resolve: ResolveFn = resolve_all,
         rng: random.Random | None = None,
     ) -> None:
-        self.target = target
-        self.address = parse_address(target)
+        targets = [target] if isinstance(target, str) else list(target)
+        addresses = [parse_address(t) for t in targets]
+        if not addresses:
+            raise AddressError("no tracker address given")
+        self.target = ",".join(targets)
+        self.address = addresses[0]
         self.sink = sink
         self.options = options or ClientOptions()
         self._credentials = self.options.tls.credentials() if self.options.tls else None
-        self._rotation = AddressRotation(self.address, resolve, self.options.reresolve_interval)
+        self._rotation = AddressRotation(addresses, resolve, self.options.reresolve_interval)
         self._backoff = Backoff(self.options.backoff_base, self.options.backoff_cap, rng)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -88,20 +88,27 @@ async def resolve_all(host: str, port: int) -> list[str]:
 
 
 class AddressRotation:
-    """The endpoints of one tracker address, handed out in turn, re-resolved when stale or exhausted."""
+    """The endpoints of one or more tracker addresses, handed out in turn, re-resolved when stale or exhausted.
+
+    With several addresses (``--tracker-address`` given more than once) the endpoints of all of them
+    form one rotation, in the order given; an address that does not resolve is skipped while another does.
+    """
 
     def __init__(
         self,
-        address: TrackerAddress,
+        address: TrackerAddress | Sequence[TrackerAddress],
         resolve: ResolveFn = resolve_all,
         reresolve_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.address = address
+        self.addresses = [address] if isinstance(address, TrackerAddress) else list(address)
+        if not self.addresses:
+            raise AddressError("no tracker address given")
+        self.address = self.addresses[0]
         self._resolve = resolve
         self._interval = reresolve_interval
         self._clock = clock
-        self._endpoints: list[str] = []
+        self._endpoints: list[str] = []  # host:port
         self._position = 0
         self._failures_since_resolve = 0
         self._resolved_at: float | None = None
@@ -109,7 +116,7 @@ class AddressRotation:
     @property
     def endpoints(self) -> list[str]:
         """The IPs of the last successful resolution (``host:port`` strings)."""
-        return [join_host_port(ip, self.address.port) for ip in self._endpoints]
+        return list(self._endpoints)
 
     def _needs_resolve(self) -> bool:
         if not self._endpoints or self._resolved_at is None:
@@ -118,32 +125,50 @@ class AddressRotation:
             return True
         return self._clock() - self._resolved_at >= self._interval
 
+    def _current(self) -> str:
+        return self._endpoints[self._position % len(self._endpoints)]
+
     async def next_endpoint(self) -> str:
-        """The endpoint (``ip:port``) to try now. Raises ``OSError`` if the name does not resolve."""
+        """The endpoint (``ip:port``) to try now. Raises ``OSError`` if no address resolves."""
         if self._needs_resolve():
             await self._refresh()
-        return join_host_port(self._endpoints[self._position % len(self._endpoints)], self.address.port)
+        return self._current()
+
+    async def _lookup(self) -> list[str]:
+        found: dict[str, None] = {}
+        errors: list[OSError] = []
+        for address in self.addresses:
+            try:
+                ips = await self._resolve(address.host, address.port)
+            except OSError as exc:
+                if len(self.addresses) > 1:
+                    log.warning("Cannot resolve tracker address %s: %s", address, exc)
+                errors.append(exc)
+                continue
+            for ip in ips:
+                found.setdefault(join_host_port(ip, address.port), None)
+        if not found and errors:
+            raise errors[0]
+        return list(found)
 
     async def _refresh(self) -> None:
         current = None
         if self._endpoints and not self.round_failed:
-            current = self._endpoints[self._position % len(self._endpoints)]
-        ips = await self._resolve(self.address.host, self.address.port)
-        if not ips:
-            raise OSError(f"tracker address {self.address} resolved to no IP addresses")
-        if ips != self._endpoints:
-            log.info("Tracker address %s resolved to %s", self.address, ", ".join(ips))
-        self._endpoints = ips
+            current = self._current()
+        endpoints = await self._lookup()
+        if not endpoints:
+            raise OSError(f"tracker address {', '.join(map(str, self.addresses))} resolved to no IP addresses")
+        if endpoints != self._endpoints:
+            log.info("Tracker address %s resolved to %s", ", ".join(map(str, self.addresses)), ", ".join(endpoints))
+        self._endpoints = endpoints
         self._resolved_at = self._clock()
         self._failures_since_resolve = 0
         # Stay on the endpoint in use if it is still listed (and not just failed), so a healthy choice is not churned.
-        self._position = ips.index(current) if current in ips else 0
+        self._position = endpoints.index(current) if current in endpoints else 0
 
     def mark_failed(self, endpoint: str) -> None:
         """The endpoint failed: move on to the next one."""
-        if self._endpoints and endpoint == join_host_port(
-            self._endpoints[self._position % len(self._endpoints)], self.address.port
-        ):
+        if self._endpoints and endpoint == self._current():
             self._position = (self._position + 1) % len(self._endpoints)
         self._failures_since_resolve += 1
 
