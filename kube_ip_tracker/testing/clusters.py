@@ -80,6 +80,27 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+@dataclass(frozen=True)
+class TokenUser:
+    """A user of the static token file, e.g. a service account identity for RBAC tests."""
+
+    token: str
+    user: str
+    groups: Sequence[str] = ()
+
+    @classmethod
+    def service_account(cls, namespace: str, name: str, token: str | None = None) -> TokenUser:
+        """The identity the API server gives a service account token (user and groups)."""
+        return cls(
+            token or secrets.token_hex(16),
+            f"system:serviceaccount:{namespace}:{name}",
+            ("system:serviceaccounts", f"system:serviceaccounts:{namespace}"),
+        )
+
+    def row(self) -> str:
+        return f'{self.token},{self.user},{self.user}-uid,"{",".join(self.groups)}"'
+
+
 @dataclass
 class _Process:
     """One child process with its command line and log file, restartable in place."""
@@ -127,6 +148,7 @@ class LocalCluster:
     watch_cache: bool = True
     authorization_mode: str = "AlwaysAllow"
     extra_tokens: Sequence[str] = ()
+    token_users: Sequence[TokenUser] = ()
     extra_apiserver_args: Sequence[str] = ()
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = field(default_factory=free_port)
@@ -186,15 +208,16 @@ class LocalCluster:
                 proc.stop()
 
     def write_token_file(self) -> None:
-        """(Re)write the static token file: the admin token plus extra_tokens, all in system:masters."""
+        """(Re)write the static token file: the admin token plus extra_tokens, all in system:masters, and token_users."""
         rows = [f"{self.token},admin,admin-uid,system:masters"]
         rows += [f"{tok},user-{i},user-uid-{i},system:masters" for i, tok in enumerate(self.extra_tokens)]
+        rows += [u.row() for u in self.token_users]
         self.token_file.write_text("\n".join(rows) + "\n")
 
     def add_token(self, token: str, user: str, groups: Sequence[str] = ()) -> None:
         """Append a token for a user (the API server reads the file at start: restart it to apply)."""
         with self.token_file.open("a") as f:
-            f.write(f'{token},{user},{user}-uid,"{",".join(groups)}"\n')
+            f.write(TokenUser(token, user, tuple(groups)).row() + "\n")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Block until /readyz answers ok, or raise ClusterStartError with the log tails."""
@@ -394,6 +417,7 @@ def start_clusters(
     watch_cache: bool = True,
     authorization_mode: str = "AlwaysAllow",
     extra_tokens: Sequence[str] = (),
+    token_users: Sequence[TokenUser] = (),
 ) -> ClusterSet:
     """Start ``count`` clusters (named cluster-1..N unless ``names``) under base_dir; all or none."""
     names = list(names) if names else [f"cluster-{i + 1}" for i in range(count)]
@@ -409,6 +433,7 @@ def start_clusters(
                 watch_cache=watch_cache,
                 authorization_mode=authorization_mode,
                 extra_tokens=extra_tokens,
+                token_users=token_users,
             )
             clusters.append(cluster)
             cluster.launch(apiserver, etcd)

@@ -1,0 +1,219 @@
+"""manifests/install.yaml read as data: the objects the issue lists, versions, and args the real CLIs accept."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+
+import pytest
+
+import kube_ip_tracker
+from kube_ip_tracker import cli as tracker_cli
+from kube_ip_tracker.agent import cli as agent_cli
+from kube_ip_tracker.server import healthcheck
+
+from .manifest import INSTALL, ROOT, Obj, containers, expand_args, find, key, load, package_version, pod_spec
+
+NS = "kube-system"
+EXPECTED = [
+    "ServiceAccount/kube-system/kube-ip-tracker",
+    "ClusterRole/kube-ip-tracker",
+    "ClusterRoleBinding/kube-ip-tracker",
+    "Deployment/kube-system/kube-ip-tracker",
+    "Service/kube-system/kube-ip-tracker",
+    "ServiceAccount/kube-system/kube-ip-agent",
+    "ClusterRole/kube-ip-agent",
+    "ClusterRoleBinding/kube-ip-agent",
+    "DaemonSet/kube-system/kube-ip-agent",
+]
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[Obj]:
+    return load()
+
+
+def parse_or_fail(parse, argv: list[str], what: str) -> argparse.Namespace:  # type: ignore[no-untyped-def]
+    """Parse with a real CLI parser; a usage error fails the test with the parser's message."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{what}: args {argv} rejected (exit {exc.code}): {err.getvalue().strip()}")
+
+
+def rules(role: Obj) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples a ClusterRole grants."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def tracker_container(objects: list[Obj]) -> Obj:
+    return pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["containers"][0]
+
+
+def agent_container(objects: list[Obj]) -> Obj:
+    return pod_spec(find(objects, "DaemonSet", "kube-ip-agent"))["containers"][0]
+
+
+def port(container: Obj, name: str) -> int:
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
+
+
+def test_objects_are_the_listed_ones_in_kube_system(objects: list[Obj]) -> None:
+    assert sorted(key(o) for o in objects) == sorted(EXPECTED)
+    for obj in objects:
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == NS, key(obj)
+
+
+def test_rbac_grants_exactly_what_the_issue_lists(objects: list[Obj]) -> None:
+    tracker = rules(find(objects, "ClusterRole", "kube-ip-tracker"))
+    assert tracker == {("", r, v) for r in ("pods", "namespaces", "nodes") for v in ("get", "list", "watch")}
+    agent = rules(find(objects, "ClusterRole", "kube-ip-agent"))
+    assert agent == {("networking.k8s.io", "networkpolicies", v) for v in ("list", "watch")} | {
+        ("", "namespaces", v) for v in ("get", "list", "watch")
+    }
+    for name in ("kube-ip-tracker", "kube-ip-agent"):
+        binding = find(objects, "ClusterRoleBinding", name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NS}]
+        workload = next(
+            o for o in objects if o["kind"] in ("Deployment", "DaemonSet") and o["metadata"]["name"] == name
+        )
+        assert pod_spec(workload)["serviceAccountName"] == name
+
+
+def test_tracker_deployment(objects: list[Obj]) -> None:
+    deployment = find(objects, "Deployment", "kube-ip-tracker")
+    spec = pod_spec(deployment)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Anti-affinity across nodes, selecting the tracker's own pods.
+    terms = spec["affinity"]["podAntiAffinity"]
+    term = (terms.get("requiredDuringSchedulingIgnoredDuringExecution") or [None])[0] or terms[
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    # Non-root, read-only root filesystem, no capabilities.
+    container = spec["containers"][0]
+    security = container["securityContext"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+    # Ports agree with the flags; probes use them.
+    args = parse_or_fail(tracker_cli.parse_args, expand_args(container), "tracker")
+    assert tracker_cli.parse_address(args.listen_address)[1] == port(container, "grpc")
+    assert tracker_cli.parse_address(args.metrics_address)[1] == port(container, "metrics")
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[:3] == ["python", "-m", healthcheck.__name__]
+    probe_args = healthcheck.build_parser().parse_args(probe[3:])
+    assert probe_args.address == f"127.0.0.1:{port(container, 'grpc')}" and probe_args.service == ""
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_tracker_args_show_gke_and_the_kubeconfig_dir_alternative(objects: list[Obj]) -> None:
+    container = tracker_container(objects)
+    args = parse_or_fail(tracker_cli.parse_args, expand_args(container), "tracker")
+    assert args.gcp_cluster_names, "the Deployment's args show --gcp-cluster-names"
+    # The commented alternative is a real flag too: swap it in and parse again.
+    commented = re.findall(r"^\s*#\s*- (--kubeconfig-dir=\S+)$", INSTALL.read_text(), re.MULTILINE)
+    assert len(commented) == 1, "one commented --kubeconfig-dir alternative"
+    alternative = [a for a in expand_args(container) if not a.startswith("--gcp-cluster-names")] + commented
+    args = parse_or_fail(tracker_cli.parse_args, alternative, "tracker (kubeconfig-dir alternative)")
+    mount = re.findall(r"^\s*#\s*mountPath: (\S+)$", INSTALL.read_text(), re.MULTILINE)
+    assert args.kubeconfig_dir in mount, "the commented volumeMount provides the --kubeconfig-dir directory"
+
+
+def test_headless_service_for_grpc(objects: list[Obj]) -> None:
+    service = find(objects, "Service", "kube-ip-tracker")
+    deployment = find(objects, "Deployment", "kube-ip-tracker")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    [svc_port] = service["spec"]["ports"]
+    assert svc_port["targetPort"] == "grpc" and svc_port["port"] == port(tracker_container(objects), "grpc")
+
+
+def test_agent_daemonset(objects: list[Obj]) -> None:
+    daemonset = find(objects, "DaemonSet", "kube-ip-agent")
+    spec = pod_spec(daemonset)
+    container = spec["containers"][0]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"].get("privileged") is not True
+    service_port = find(objects, "Service", "kube-ip-tracker")["spec"]["ports"][0]["port"]
+    assert f"--tracker-address=kube-ip-tracker.{NS}.svc.cluster.local:{service_port}" in container["args"]
+    assert "--node-name=$(NODE_NAME)" in container["args"]
+    [env] = [e for e in container["env"] if e["name"] == "NODE_NAME"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def _has_run_command() -> bool:
+    parser = agent_cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return "run" in subparsers.choices
+
+
+@pytest.mark.skipif(not _has_run_command(), reason="kube-ip-agent has no 'run' subcommand yet")
+def test_agent_args_parse_with_the_agent_cli(objects: list[Obj]) -> None:
+    container = agent_container(objects)
+    argv = expand_args(container)
+    assert argv[0] == "run"
+    args = parse_or_fail(agent_cli.build_parser().parse_args, argv, "agent")
+    assert args.node_name == "<NODE_NAME>"
+    assert args.tracker_address == [f"kube-ip-tracker.{NS}.svc.cluster.local:50051"]
+    assert tracker_cli.parse_address(args.metrics_address)[1] == port(container, "metrics")
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_image_tags_and_version_labels_are_the_package_version(objects: list[Obj]) -> None:
+    version = package_version()
+    assert version == kube_ip_tracker.__version__
+    images = {o["metadata"]["name"]: c["image"] for o, c in containers(objects)}
+    assert images == {"kube-ip-tracker": f"kube-ip-tracker:{version}", "kube-ip-agent": f"kube-ip-agent:{version}"}
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        if "app.kubernetes.io/version" in labels:
+            assert labels["app.kubernetes.io/version"] == version, key(obj)
+    assert f"kube-ip-tracker {version}" in INSTALL.read_text().splitlines()[0]
+
+
+def test_dockerfile_builds_the_images_the_manifest_names(objects: list[Obj]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
+    assert {"tracker", "agent"} <= stages
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile
+    for name, image in ((o["metadata"]["name"], c["image"]) for o, c in containers(objects)):
+        target = "tracker" if name == "kube-ip-tracker" else "agent"
+        assert re.search(rf"docker build --target {target} +-t {re.escape(image)} \.", dockerfile), (
+            f"Dockerfile documents how to build {image} (target {target})"
+        )
+    # The tracker image runs as the non-root user the Deployment expects.
+    uid = pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["securityContext"]["runAsUser"]
+    tracker_stage = dockerfile.split("AS tracker", 1)[1].split("\nFROM ", 1)[0]
+    assert f"USER {uid}:" in tracker_stage
+
+
+def test_healthcheck_reports_bad_input_clearly(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as usage:
+        healthcheck.main(["--timeout", "soon"])
+    assert usage.value.code == 2 and "invalid timeout 'soon'" in capsys.readouterr().err
+    missing = tmp_path / "missing-ca.pem"
+    assert healthcheck.main(["--address", "127.0.0.1:1", "--tls-ca-file", str(missing)]) == 1
+    assert f"cannot read TLS file {missing}" in capsys.readouterr().err
+    assert healthcheck.main(["--address", "127.0.0.1:1", "--timeout", "1"]) == 1
+    assert "health check of 127.0.0.1:1 failed: UNAVAILABLE" in capsys.readouterr().err

@@ -1,0 +1,252 @@
+"""manifests/install.yaml against a real API server started with --authorization-mode=RBAC.
+
+Every object passes a server-side dry run and keeps every field we set (a 1.20 API server drops
+unknown fields silently). The tracker, as a real process authenticated as the
+``kube-system:kube-ip-tracker`` service account, reports the forbidden resource while its role is
+too narrow and syncs once only the manifest's ClusterRole is bound; the agent's NetworkPolicy
+informer does the same with the agent's role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_asyncio.dynamic import DynamicClient
+
+from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
+from kube_ip_tracker.agent.policy import PolicyEngine
+from kube_ip_tracker.model import ClusterSpec
+from kube_ip_tracker.server import healthcheck
+from kube_ip_tracker.sources.kube import InformerOptions
+from kube_ip_tracker.sources.kubeconfig import api_client
+from kube_ip_tracker.testing import objects as kobjects
+from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, start_clusters
+from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
+
+from .manifest import Obj, find, key, load, missing_fields, pod_spec
+
+pytestmark = pytest.mark.cluster
+
+TRACKER_SA = TokenUser.service_account("kube-system", "kube-ip-tracker")
+AGENT_SA = TokenUser.service_account("kube-system", "kube-ip-agent")
+
+
+@pytest.fixture(scope="module")
+def rbac_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster with RBAC authorization and token users for both service accounts."""
+    clusters: ClusterSet = start_clusters(
+        1,
+        tmp_path_factory.mktemp("rbac"),
+        names=["rbac"],
+        authorization_mode="RBAC",
+        token_users=[TRACKER_SA, AGENT_SA],
+    )
+    try:
+        yield clusters[0]
+    finally:
+        clusters.stop()
+
+
+def kubeconfig_for(cluster: LocalCluster, user: TokenUser, path: Path) -> Path:
+    """A kubeconfig authenticating as ``user`` (its context is named after the cluster)."""
+    path.write_text(yaml.safe_dump(cluster.kubeconfig_dict(token=user.token, user=user.user.rsplit(":", 1)[-1])))
+    return path
+
+
+class KubeError(Exception):
+    """A request the API server refused: its HTTP status and Status message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+async def call(dyn: DynamicClient, method: str, obj: Obj, *, name: str | None = None, **params: object) -> Obj:
+    """One request for the resource of ``obj`` (its kind, namespace); raises KubeError unless 2xx."""
+    resource = await dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    namespace = obj.get("metadata", {}).get("namespace") if resource.namespaced else None
+    body = obj if method in ("post", "put") else None
+    path = resource.path(name=name, namespace=namespace)
+    resp = await dyn.request(method, path, body=body, serialize=False, **params)  # raw: errors do not raise
+    data = await resp.json()
+    if not 200 <= resp.status <= 299:
+        raise KubeError(resp.status, data.get("message", str(data)))
+    return data
+
+
+async def dry_run(dyn: DynamicClient, obj: Obj) -> Obj:
+    """Create ``obj`` with dryRun=All and return what the API server would store."""
+    return await call(dyn, "post", obj, dry_run="All")
+
+
+async def put(dyn: DynamicClient, obj: Obj) -> None:
+    """Create ``obj``, or replace it when it exists (RBAC changes apply to running clients at once)."""
+    try:
+        await call(dyn, "post", obj)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        name = obj["metadata"]["name"]
+        current = await call(dyn, "get", obj, name=name)
+        body = copy.deepcopy(obj)
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        await call(dyn, "put", body, name=name)
+
+
+async def probe_exit_code(argv: list[str]) -> int:
+    """Run the readiness probe command; its exit code."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with asyncio.timeout(30):
+        return await proc.wait()
+
+
+def without_resource(role: Obj, resource: str) -> Obj:
+    """A copy of a ClusterRole that no longer grants anything on ``resource``."""
+    narrow = copy.deepcopy(role)
+    for rule in narrow["rules"]:
+        rule["resources"] = [r for r in rule["resources"] if r != resource]
+    narrow["rules"] = [r for r in narrow["rules"] if r["resources"]]
+    return narrow
+
+
+async def test_every_object_passes_server_side_dry_run_and_keeps_its_fields(rbac_cluster: LocalCluster) -> None:
+    manifest = load()
+    problems: list[str] = []
+    async with rbac_cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        for obj in manifest:
+            try:
+                stored = await dry_run(dyn, obj)
+            except KubeError as exc:
+                problems.append(f"{key(obj)}: rejected: {exc}")
+                continue
+            problems += [f"{key(obj)}: not kept by the API server: {p}" for p in missing_fields(obj, stored)]
+        # The comparison notices a field this API server does not know (grpc probes came in 1.24):
+        # next to the exec handler it is dropped silently; alone, the probe is refused.
+        deployment = copy.deepcopy(find(manifest, "Deployment", "kube-ip-tracker"))
+        probe = pod_spec(deployment)["containers"][0]["readinessProbe"]
+        probe["grpc"] = {"port": 50051}
+        stored = await dry_run(dyn, deployment)
+        assert [p for p in missing_fields(deployment, stored) if "readinessProbe" in p] == [
+            ".spec.template.spec.containers[0].readinessProbe.grpc"
+        ]
+        del probe["exec"]
+        with pytest.raises(KubeError, match="must specify a handler type"):
+            await dry_run(dyn, deployment)
+    assert not problems, "\n".join(problems)
+
+
+async def test_tracker_reports_forbidden_nodes_then_syncs_with_the_manifest_role(
+    rbac_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    manifest = load()
+    role = find(manifest, "ClusterRole", "kube-ip-tracker")
+    async with rbac_cluster.api_client() as api:
+        await kobjects.create_namespace(api, "rbac-demo", {"team": "a"})
+        await kobjects.create_node(api, "node-1", {"zone": "z1"}, internal_ip="192.0.2.1")
+        await kobjects.create_pod(api, "rbac-demo", "web", labels={"app": "web"}, ips=["10.8.0.1"])
+        dyn = await DynamicClient(api)
+        await put(dyn, without_resource(role, "nodes"))
+        await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-tracker"))
+
+    kubeconfig = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
+    # The identity is the service account's, not an administrator's: no secrets for it.
+    async with api_client(ClusterSpec("rbac", kubeconfig=str(kubeconfig))) as sa_api:
+        secrets = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "kube-system"}}
+        with pytest.raises(KubeError) as denied:
+            await call(await DynamicClient(sa_api), "get", secrets)
+        assert denied.value.status == 403
+
+    tracker = TrackerProcess("rbac", ["--kubeconfig", str(kubeconfig), "--log-level", "debug"], tmp_path)
+    tracker.start()
+    probe = [sys.executable, "-m", healthcheck.__name__, f"--address={tracker.address}", "--timeout=2"]
+    try:
+        # Too narrow: the error names the resource and the reason, in ListClusters and in the log.
+        async def forbidden_nodes() -> bool:
+            status = (await tracker.clusters()).get("rbac")
+            return status is not None and "list nodes: forbidden (403)" in status.status.last_error
+
+        await eventually(forbidden_nodes, "ListClusters reports list nodes forbidden", [tracker], within=60)
+        status = (await tracker.clusters())["rbac"].status
+        assert not status.synced and not status.connected
+        assert 'cannot list resource "nodes"' in status.last_error
+        assert "system:serviceaccount:kube-system:kube-ip-tracker" in status.last_error
+        assert "list nodes: forbidden (403)" in tracker.log_path.read_text()
+        assert await probe_exit_code(probe) == 1  # not ready
+
+        # The manifest's ClusterRole is enough: the same process syncs without a restart.
+        async with rbac_cluster.api_client() as api:
+            await put(await DynamicClient(api), role)
+
+        async def synced() -> bool:
+            info = (await tracker.clusters()).get("rbac")
+            return info is not None and info.status.synced and info.status.connected and info.pods == 1
+
+        await eventually(synced, "tracker synced with the manifest's role", [tracker], within=60)
+        assert (await tracker.clusters())["rbac"].status.last_error == ""
+
+        # The readiness probe of the Deployment turns ready.
+        async def probe_ready() -> bool:
+            return await probe_exit_code(probe) == 0
+
+        await eventually(
+            probe_ready,
+            "readiness probe exits 0",
+            [tracker],
+            within=30,
+            interval=0.5,
+        )
+    finally:
+        tracker.stop()
+
+
+async def test_agent_policy_informer_with_the_manifest_role(
+    rbac_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = load()
+    role = find(manifest, "ClusterRole", "kube-ip-agent")
+    async with rbac_cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        await put(dyn, without_resource(role, "networkpolicies"))
+        await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-agent"))
+    kubeconfig = kubeconfig_for(rbac_cluster, AGENT_SA, tmp_path / "agent.kubeconfig")
+    engine = PolicyEngine()
+    informer = NetworkPolicyInformer(
+        ClusterSpec("rbac", kubeconfig=str(kubeconfig)),
+        engine,
+        options=InformerOptions(backoff_base=0.1, backoff_cap=1.0),
+    )
+    caplog.set_level(logging.WARNING, logger="kube_ip_tracker.agent.networkpolicies")
+    task = asyncio.create_task(informer.run())
+    try:
+        await eventually(
+            lambda: "list networkpolicies: forbidden (403)" in caplog.text, "informer logs networkpolicies forbidden"
+        )
+        assert 'cannot list resource "networkpolicies" in API group "networking.k8s.io"' in caplog.text
+        assert not informer.synced
+
+        async with rbac_cluster.api_client() as api:
+            await put(await DynamicClient(api), role)
+        async with asyncio.timeout(30):
+            await informer.wait_synced()
+        # The watch runs too: a policy created now reaches the informer.
+        async with rbac_cluster.api_client() as api:
+            policy = {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "deny-all", "namespace": "default"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+            }
+            await call(await DynamicClient(api), "post", policy)
+        await eventually(lambda: ("default", "deny-all") in informer.policies, "watched policy in the informer")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
