@@ -1,0 +1,144 @@
+"""The demo's seed scenario: clusters, namespaces, pods with their addresses, policies and the steps.
+
+Two clusters share one flat pod network. Cluster ``cluster-N`` uses the ``N``-th /24 of the demo
+subnet (``10.100.N.0/24`` by default). Every namespace carries ``cluster.clusterset.k8s.io=<cluster>``.
+``kubernetes.io/metadata.name`` is not set by the demo: the 1.20 API server does not add it (1.21
+does) and the evaluator treats it as implied, as a newer API server would have set it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+CLUSTERS = ("cluster-1", "cluster-2")
+CLUSTER_LABEL = "cluster.clusterset.k8s.io"
+NAME_LABEL = "kubernetes.io/metadata.name"
+WEB_PORT = 80
+DEFAULT_SUBNET = "10.100.0.0/16"
+
+
+@dataclass(frozen=True)
+class DemoNamespace:
+    cluster: str
+    name: str
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {CLUSTER_LABEL: self.cluster}
+
+
+@dataclass(frozen=True)
+class DemoPod:
+    """A pod of the scenario; ``key`` names it in the demo's output (``web-c2``)."""
+
+    key: str
+    cluster: str
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    host: int  # last octet of its address
+    web: bool = False  # serves HTTP (and UDP echo) on WEB_PORT
+
+    def ip(self, subnet: str) -> str:
+        """Its address: host ``host`` of the cluster's /24 in ``subnet``."""
+        net = ipaddress.ip_network(subnet)
+        if net.version != 4 or net.prefixlen > 16:
+            raise ValueError(f"demo subnet {subnet} must be an IPv4 network of /16 or larger")
+        index = CLUSTERS.index(self.cluster) + 1
+        return str(net.network_address + (index << 8) + self.host)
+
+    def describe(self, subnet: str) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name} ({self.ip(subnet)})"
+
+
+NAMESPACES = (
+    DemoNamespace("cluster-1", "demo-c1"),
+    DemoNamespace("cluster-1", "demo-other"),
+    DemoNamespace("cluster-2", "demo-c2"),
+)
+PODS = (
+    DemoPod("web-c1", "cluster-1", "demo-c1", "web", {"app": "web"}, 10, web=True),
+    DemoPod("client-c1", "cluster-1", "demo-c1", "client", {"app": "client"}, 20),
+    DemoPod("client-other", "cluster-1", "demo-other", "client", {"app": "client"}, 30),
+    DemoPod("web-c2", "cluster-2", "demo-c2", "web", {"app": "web"}, 10, web=True),
+)
+NODES = {"cluster-1": "c1-node-1", "cluster-2": "c2-node-1"}
+
+
+def pod(key: str) -> DemoPod:
+    """The scenario pod named ``key``."""
+    for each in PODS:
+        if each.key == key:
+            return each
+    raise KeyError(f"no demo pod {key!r}")
+
+
+def _policy(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+DEFAULT_DENY = _policy("default-deny-ingress", "demo-c2", {"podSelector": {}, "policyTypes": ["Ingress"]})
+ALLOW_FROM_C1 = _policy(
+    "allow-web-from-cluster-1-demo-c1",
+    "demo-c2",
+    {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"namespaceSelector": {"matchLabels": {CLUSTER_LABEL: "cluster-1", NAME_LABEL: "demo-c1"}}}]}
+        ],
+    },
+)
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """A NetworkPolicy created in one cluster before a step."""
+
+    cluster: str
+    body: dict[str, Any]
+
+    def describe(self) -> str:
+        meta = self.body["metadata"]
+        return f"NetworkPolicy {meta['namespace']}/{meta['name']} created in {self.cluster}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One check: ``client`` connects to ``target`` on WEB_PORT after ``changes`` are applied."""
+
+    key: str
+    title: str
+    client: str
+    target: str
+    reachable: bool
+    changes: tuple[PolicyChange, ...] = field(default=())
+
+
+STEPS = (
+    Step("a", "a client in cluster-1 reaches web in cluster-2", "client-c1", "web-c2", True),
+    Step(
+        "b",
+        "a default-deny-ingress policy in cluster-2 blocks it",
+        "client-c1",
+        "web-c2",
+        False,
+        (PolicyChange("cluster-2", DEFAULT_DENY),),
+    ),
+    Step(
+        "c",
+        "a policy allowing namespace demo-c1 of cluster-1 lets it through again",
+        "client-c1",
+        "web-c2",
+        True,
+        (PolicyChange("cluster-2", ALLOW_FROM_C1),),
+    ),
+    Step("d", "a client in another namespace of cluster-1 is still denied", "client-other", "web-c2", False),
+)

@@ -1,0 +1,100 @@
+"""Run the scenario's steps against a running :class:`DemoStack` and report each result.
+
+A step applies its policy changes, then probes until the expected result shows up or a deadline
+passes (agents learn about a policy within a second or two). A step expecting "denied" is checked
+twice: the first timed-out probe and one more after it, so a deny that does not hold fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from .scenario import STEPS, WEB_PORT, Step
+from .stack import DemoStack
+from .web import HttpResult
+
+SETTLE_TIMEOUT = 20.0  # how long a policy change may take to reach the agents
+PROBE_TIMEOUT = 1.0  # a connection that does not open within this is "timed out"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: Step
+    passed: bool
+    http: HttpResult
+    udp: bool | None  # None: UDP not probed
+    seconds: float  # from the policy change (or the step's start) to the expected result
+
+    @property
+    def reachable(self) -> bool:
+        return self.http.ok
+
+
+async def probe_until(
+    stack: DemoStack, step: Step, *, udp: bool, within: float = SETTLE_TIMEOUT
+) -> tuple[bool, HttpResult, bool | None, float]:
+    """Probe ``step`` until HTTP (and UDP when asked) show the expected reachability; (passed, http, udp, seconds)."""
+    started = time.monotonic()
+    deadline = started + within
+    while True:
+        http = await stack.http(step.client, step.target, PROBE_TIMEOUT)
+        udp_ok = await stack.udp(step.client, step.target, PROBE_TIMEOUT) if udp else None
+        if http.ok == step.reachable and (udp_ok is None or udp_ok == step.reachable):
+            elapsed = time.monotonic() - started
+            if step.reachable:
+                return True, http, udp_ok, elapsed
+            # Denied once: it must stay denied.
+            again = await stack.http(step.client, step.target, PROBE_TIMEOUT)
+            udp_again = await stack.udp(step.client, step.target, PROBE_TIMEOUT) if udp else None
+            held = not again.ok and not udp_again
+            return held, again if not held else http, udp_again if not held else udp_ok, elapsed
+        if time.monotonic() > deadline:
+            return False, http, udp_ok, time.monotonic() - started
+        await asyncio.sleep(0.2)
+
+
+async def run_step(stack: DemoStack, step: Step, *, udp: bool = False) -> StepResult:
+    """Apply the step's policy changes, then probe until the expected result or the deadline."""
+    for change in step.changes:
+        await stack.apply(change)
+    passed, http, udp_ok, seconds = await probe_until(stack, step, udp=udp)
+    return StepResult(step, passed, http, udp_ok, seconds)
+
+
+def describe_step(stack: DemoStack, step: Step) -> list[str]:
+    """The lines announcing a step."""
+    client = stack.scenario_pod(step.client)
+    target = stack.scenario_pod(step.target)
+    subnet = stack.settings.subnet
+    lines = [f"Step {step.key}: {step.title}"]
+    for change in step.changes:
+        lines.append(f"  {change.describe()}")
+    expected = "answers" if step.reachable else "times out"
+    lines.append(
+        f"  {client.describe(subnet)} -> http://{target.ip(subnet)}:{WEB_PORT}/ ({target.key}); expected: {expected}"
+    )
+    return lines
+
+
+def describe_result(result: StepResult) -> str:
+    """One line: PASS/FAIL with what the probe got and how soon a policy change took effect."""
+    verdict = "PASS" if result.passed else "FAIL"
+    got = f"answered {result.http.detail}" if result.http.ok else f"{result.http.detail} (no answer)"
+    udp = "" if result.udp is None else f"; UDP echo {'answered' if result.udp else 'got no answer'}"
+    when = f"; in effect within {result.seconds:.1f}s" if result.step.changes and result.passed else ""
+    return f"  {verdict}: {got}{udp}{when}"
+
+
+async def run_all(stack: DemoStack, *, udp: bool = False) -> list[StepResult]:
+    """Every step in order, announced and reported through ``stack.say``."""
+    results = []
+    for step in STEPS:
+        stack.say("")
+        for line in describe_step(stack, step):
+            stack.say(line)
+        result = await run_step(stack, step, udp=udp)
+        stack.say(describe_result(result))
+        results.append(result)
+    return results
