@@ -318,7 +318,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     try:
         if config.metrics_address not in ("", "0", "off"):
             try:
-                metrics = start_metrics_server(config.metrics_address)
+                metrics = start_metrics_server(config.metrics_address, ready=agent.is_ready)
             except (OSError, ValueError) as exc:
                 log.error("Cannot serve metrics on %s: %s", config.metrics_address, exc)
                 return EXIT_CONFIG
@@ -336,6 +336,11 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
             dp.accepted_ct_mark,
             ",".join(str(p) for p in dp.local_pods) if config.static_pods else "from the tracker",
         )
+        if not dp.fail_open and not config.static_pods:
+            log.warning(
+                "--no-fail-open without --pod-cidr: this node's pods are known only once the tracker's snapshot "
+                "arrives; until then their traffic is not queued at all. Give --pod-cidr to enforce from the start."
+            )
         try:
             await agent.start()
         except DataplaneError as exc:

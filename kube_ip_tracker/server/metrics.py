@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -84,12 +85,15 @@ PROGRESS_LOOP_ERRORS = Counter(
 
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
+    ready: Callable[[], bool] | None = None
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             body = generate_latest(self.registry)
             self._reply(200, CONTENT_TYPE_LATEST, body)
+        elif path == "/readyz" and self.ready is not None and not self.ready():
+            self._reply(503, "text/plain; charset=utf-8", b"not ready\n")
         elif path in ("/healthz", "/livez", "/readyz"):
             self._reply(200, "text/plain; charset=utf-8", b"ok\n")
         else:
@@ -134,10 +138,17 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def start_metrics_server(address: str, registry: CollectorRegistry = REGISTRY) -> MetricsServer:
-    """Serve ``/metrics`` and ``/healthz`` on ``address`` (e.g. ``"0.0.0.0:9090"``) from a daemon thread."""
+def start_metrics_server(
+    address: str, registry: CollectorRegistry = REGISTRY, ready: Callable[[], bool] | None = None
+) -> MetricsServer:
+    """Serve ``/metrics`` and ``/healthz`` on ``address`` (e.g. ``"0.0.0.0:9090"``) from a daemon thread.
+
+    ``/readyz`` answers 503 while ``ready()`` (called from the server thread) is False.
+    """
     host, port = parse_address(address)
-    handler = type("MetricsHandler", (_Handler,), {"registry": registry})
+    handler = type(
+        "MetricsHandler", (_Handler,), {"registry": registry, "ready": staticmethod(ready) if ready else None}
+    )
 
     class _Server(ThreadingHTTPServer):
         daemon_threads = True

@@ -77,6 +77,11 @@ def iptables_chains(prefix: str) -> list[str]:
     return found
 
 
+def http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return int(resp.status)
+
+
 def metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -157,6 +162,7 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
         processes.append(agent)
 
         await eventually(lambda: metric(metrics_port, "kube_ip_agent_ready") == 1.0, "agent ready", agent, 30)
+        assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{metrics_port}/readyz") == 200
         # Without --pod-cidr the agent enforces the pods the tracker reports on node-1.
         await eventually(lambda: metric(metrics_port, "kube_ip_agent_local_pod_addresses") == 2.0, "local pods", agent)
         assert iptables_chains(name), "the agent installed no rules"

@@ -203,3 +203,28 @@ def test_bad_flags_exit_1_naming_the_problem(
     assert code == 1
     assert message in err, err
     assert "Traceback" not in err
+
+
+# --- readiness endpoint --------------------------------------------------------------------------
+
+
+def test_readyz_follows_the_ready_callback() -> None:
+    import urllib.error
+    import urllib.request
+
+    from kube_ip_tracker.server.metrics import start_metrics_server
+
+    ready = [False]
+    server = start_metrics_server("127.0.0.1:0", ready=lambda: ready[0])
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url + "/readyz", timeout=5)
+        assert caught.value.code == 503
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:  # liveness does not depend on it
+            assert resp.status == 200
+        ready[0] = True
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        server.stop()
