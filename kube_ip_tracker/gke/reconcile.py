@@ -4,10 +4,11 @@ Every pass fetches all configured clusters from the GKE API, then:
 
 * a cluster seen for the first time is handed to the supervisor (its informers start);
 * a cluster whose endpoint or CA changed is handed again (the supervisor restarts its informers);
-* a cluster no longer configured is removed (informers stop; its data is purged after the grace period).
+* a cluster no longer configured, or deleted (the GKE API answers NOT_FOUND), is removed (informers
+  stop; its data is purged after the grace period).
 
-A cluster whose fetch failed (GKE API error, not RUNNING) keeps whatever it had: only a change of
-configuration removes a cluster. Passes with failures are retried sooner, with exponential backoff
+A cluster whose fetch failed otherwise (permission denied, unavailable, not RUNNING) keeps whatever
+it had. Passes with failures are retried sooner, with exponential backoff
 and jitter, up to the normal interval. Clusters the reconciler did not add (static kubeconfig
 clusters) are never touched.
 """
@@ -21,6 +22,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
+
+from google.api_core import exceptions as core_exceptions
 
 from kube_ip_tracker.gke import metrics
 from kube_ip_tracker.gke.discovery import FetchResult
@@ -98,7 +101,9 @@ class GkeReconciler:
         self.managed: dict[GkeClusterName, ClusterSpec] = {}
         self.passes = 0
         self._wakeup = asyncio.Event()
-        self._discovered = asyncio.Event()  # set after a pass in which every configured cluster was handed over
+        # Configured clusters the GKE API has not answered for yet (none, or an error other than NOT_FOUND).
+        self._unanswered: list[GkeClusterName] | None = None
+        self._answered = asyncio.Event()  # set after a pass in which the GKE API answered for every cluster
 
     def names(self) -> list[GkeClusterName]:
         """The clusters configured right now."""
@@ -113,18 +118,19 @@ class GkeReconciler:
         """Ids of the GKE clusters handed to the supervisor."""
         return {spec.cluster_id for spec in self.managed.values()}
 
-    def undiscovered(self) -> list[GkeClusterName]:
-        """Configured clusters not handed to the supervisor yet (fetch failed, not RUNNING, id clash)."""
-        return [name for name in self.names() if name not in self.managed]
+    def unanswered(self) -> list[GkeClusterName]:
+        """Configured clusters whose last fetch failed with an API error (all of them before the first pass)."""
+        return self.names() if self._unanswered is None else list(self._unanswered)
 
     async def wait_discovered(self, within: float) -> list[GkeClusterName]:
-        """Wait up to ``within`` seconds for a pass that hands over every configured cluster.
+        """Wait up to ``within`` seconds for a pass in which the GKE API answered for every configured cluster.
 
-        Returns the configured clusters still not handed over (empty when all were).
+        An answer is a RUNNING cluster (handed to the supervisor), a cluster not RUNNING, or NOT_FOUND.
+        Returns the clusters still without an answer (empty when all had one).
         """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._discovered.wait(), within)
-        return self.undiscovered()
+            await asyncio.wait_for(self._answered.wait(), within)
+        return self.unanswered()
 
     async def close(self) -> None:
         """Release the GKE API client (call after ``run()`` ended)."""
@@ -142,14 +148,24 @@ class GkeReconciler:
         for name, status in result.not_running.items():
             kept = " (keeping its current watcher)" if name in self.managed else ""
             log.warning("GKE cluster %s is %s, not RUNNING; skipping it and retrying later%s", name, status, kept)
+        deleted = {name for name, exc in result.errors.items() if isinstance(exc, core_exceptions.NotFound)}
         for name, exc in result.errors.items():
+            if name in deleted:
+                if name not in self.managed:
+                    log.warning("GKE cluster %s does not exist (yet); will retry: %s", name, exc)
+                continue
             kept = f" (keeping watcher of {self.managed[name].cluster_id})" if name in self.managed else ""
             log.error("Fetching GKE cluster %s failed, will retry%s: %s", name, kept, exc)
+        self._unanswered = [name for name in result.errors if name not in deleted]
 
         configured = set(names)
         for name in [n for n in self.managed if n not in configured]:
             spec = self.managed.pop(name)
             log.info("Cluster no longer configured: %s. Stopping watcher.", spec.cluster_id)
+            await self.supervisor.remove(spec.cluster_id, self.removal_grace)
+        for name in [n for n in self.managed if n in deleted]:
+            spec = self.managed.pop(name)
+            log.info("Cluster no longer exists in GKE: %s (%s not found). Stopping watcher.", spec.cluster_id, name)
             await self.supervisor.remove(spec.cluster_id, self.removal_grace)
 
         static_ids = {
@@ -182,8 +198,8 @@ class GkeReconciler:
 
         metrics.CLUSTERS.labels(state="configured").set(len(names))
         metrics.CLUSTERS.labels(state="watched").set(len(self.managed))
-        if not self.undiscovered():
-            self._discovered.set()
+        if not self._unanswered:
+            self._answered.set()
         if result.complete:
             metrics.RECONCILES.labels(result="ok").inc()
             metrics.LAST_SUCCESS.set(time.time())

@@ -5,9 +5,11 @@ google-cloud-container ships no servicer class, so the server registers a generi
 Clusters are plain :class:`google.cloud.container_v1.Cluster` messages; tests change them, or make
 a cluster's fetch fail with a gRPC status, between reconcile passes.
 
-The server listens on loopback with gRPC *local* credentials, which carry call credentials: a
-client made by :meth:`FakeClusterManager.client` sends its Google credentials' bearer token exactly
-as it would to the real API, and the server records each token it saw.
+The server listens on loopback with gRPC *local* credentials, or with TLS when given a certificate
+(then any client trusting it can connect, e.g. a separate tracker process pointed at it with
+``--gke-api-endpoint`` and ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``). Both carry call credentials: a
+client sends its Google credentials' bearer token exactly as it would to the real API, and the
+server records each token it saw.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class FakeClusterManager:
     requests: list[str] = field(default_factory=list)
     tokens_seen: list[str] = field(default_factory=list)
     port: int = 0
+    tls: tuple[bytes, bytes] | None = None  # (certificate chain PEM, private key PEM); None: local credentials
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
 
     @property
@@ -164,7 +167,12 @@ class FakeClusterManager:
         }
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-        self.port = self._server.add_secure_port(f"127.0.0.1:{self.port}", grpc.local_server_credentials())
+        if self.tls is not None:
+            cert, key = self.tls
+            server_credentials = grpc.ssl_server_credentials([(key, cert)])
+        else:
+            server_credentials = grpc.local_server_credentials()
+        self.port = self._server.add_secure_port(f"127.0.0.1:{self.port}", server_credentials)
         await self._server.start()
         return self.address
 
@@ -177,12 +185,16 @@ class FakeClusterManager:
         """An async ClusterManager client for this server, authenticating with ``credentials``.
 
         The transport is the library's own gRPC asyncio transport (so call credentials, retries and
-        (de)serialization are the real ones); only the channel security is loopback-local.
+        (de)serialization are the real ones); the channel is loopback-local, or TLS trusting the
+        server's own certificate.
         """
+        channel_credentials = (
+            grpc.ssl_channel_credentials(root_certificates=self.tls[0])
+            if self.tls is not None
+            else grpc.local_channel_credentials()
+        )
         transport = ClusterManagerGrpcAsyncIOTransport(
-            host=self.address,
-            credentials=credentials,
-            ssl_channel_credentials=grpc.local_channel_credentials(),
+            host=self.address, credentials=credentials, ssl_channel_credentials=channel_credentials
         )
         return container_v1.ClusterManagerAsyncClient(transport=transport)
 

@@ -13,24 +13,11 @@ from kubernetes_asyncio import client
 
 from kube_ip_tracker.gke.auth import GoogleTokenProvider, install_token_hook
 from kube_ip_tracker.gke.discovery import CLUSTER_ID_LABEL, EndpointKind, GkeDiscovery
-from kube_ip_tracker.gke.names import GkeClusterName
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.testing import objects
-from kube_ip_tracker.testing.certs import write_self_signed
 from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster
 
-PROJECT, LOCATION = "my-project", "europe-west1"
-
-
-def gke_name(name: str) -> GkeClusterName:
-    return GkeClusterName(PROJECT, LOCATION, name)
-
-
-@pytest.fixture
-def ca_pem(tmp_path: Path) -> bytes:
-    cert = tmp_path / "ca.crt"
-    write_self_signed(cert, tmp_path / "ca.key", hosts=["127.0.0.1"])
-    return cert.read_bytes()
+from .helpers import LOCATION, PROJECT, gke_name
 
 
 async def test_statuses_errors_and_endpoints(ca_pem: bytes) -> None:

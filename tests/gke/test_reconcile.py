@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,32 +15,15 @@ from google.cloud import container_v1
 from kube_ip_tracker.gke import metrics
 from kube_ip_tracker.gke.auth import GoogleTokenProvider
 from kube_ip_tracker.gke.discovery import GkeDiscovery
-from kube_ip_tracker.gke.names import GkeClusterName
 from kube_ip_tracker.gke.reconcile import Backoff, GkeReconciler
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.testing.certs import write_self_signed
 from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster
 
-PROJECT, LOCATION = "my-project", "europe-west1"
+from .helpers import LOCATION, PROJECT, cid, eventually, gke_name
+
 # Closed loopback port: discovery cannot read kube-system there, so clusters get their default ids.
 CLOSED = "https://127.0.0.1:9"
-
-
-def gke_name(name: str) -> GkeClusterName:
-    return GkeClusterName(PROJECT, LOCATION, name)
-
-
-async def eventually(predicate: Callable[[], bool], seconds: float) -> None:
-    """Poll ``predicate`` every 10 ms until it holds; fail after ``seconds``."""
-    for _ in range(int(seconds * 100)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {seconds}s")
-
-
-def cid(name: str) -> str:
-    return gke_name(name).default_cluster_id
 
 
 @dataclass
@@ -65,18 +47,6 @@ class RecordingSupervisor:
 
     def specs(self) -> dict[str, ClusterSpec]:
         return dict(self.running)
-
-
-@pytest.fixture
-def ca_pem(tmp_path: Path) -> bytes:
-    write_self_signed(tmp_path / "ca.crt", tmp_path / "ca.key", hosts=["127.0.0.1"])
-    return (tmp_path / "ca.crt").read_bytes()
-
-
-@pytest.fixture
-async def gke():
-    async with FakeClusterManager() as server:
-        yield server
 
 
 def reconciler(gke: FakeClusterManager, names: list[str], supervisor: RecordingSupervisor, **kw) -> GkeReconciler:
@@ -218,13 +188,15 @@ async def test_run_backs_off_on_errors_and_stops_on_cancel(gke: FakeClusterManag
     sup = RecordingSupervisor()
     rec = reconciler(gke, ["a", "b"], sup, interval=3600, backoff_base=0.01)
     task = asyncio.create_task(rec.run())
-    await eventually(lambda: rec.passes >= 3, 10)  # retried long before the one-hour interval
+    await eventually(lambda: rec.passes >= 3, "three passes", 10)  # retried long before the one-hour interval
     assert cid("a") in sup.running
     assert metrics.BACKOFF_SECONDS._value.get() < 3600
 
     gke.heal()
-    await eventually(lambda: cid("b") in sup.running, 10)
-    await eventually(lambda: metrics.BACKOFF_SECONDS._value.get() == 3600, 5)  # healthy again: the normal interval
+    await eventually(lambda: cid("b") in sup.running, "b started after healing", 10)
+    await eventually(
+        lambda: metrics.BACKOFF_SECONDS._value.get() == 3600, "backoff back to the interval", 5
+    )  # healthy again: the normal interval
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -241,7 +213,7 @@ async def test_failing_pass_does_not_end_the_loop(ca_pem: bytes) -> None:
 
     rec = GkeReconciler([gke_name("a")], Broken(), RecordingSupervisor(), interval=3600, backoff_base=0.01)
     task = asyncio.create_task(rec.run())
-    await eventually(lambda: Broken.calls >= 3, 10)
+    await eventually(lambda: Broken.calls >= 3, "three failed passes", 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -274,3 +246,40 @@ async def test_flags_build_a_working_reconciler(gke: FakeClusterManager, ca_pem:
     assert list(result.errors) == [gke_name("missing")]  # NOT_FOUND: logged, retried, nothing else harmed
     assert sup.running[cid("a")].token_provider is not None
     assert await sup.running[cid("a")].token_provider() == "flag-token"
+
+
+async def test_deleted_cluster_is_stopped_and_readiness_waits_for_api_answers(
+    gke: FakeClusterManager, ca_pem: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kube_ip_tracker.gke")
+    a = gke.put(PROJECT, LOCATION, make_cluster("a", CLOSED, ca_pem))
+    b = gke.put(PROJECT, LOCATION, make_cluster("b", CLOSED, ca_pem))
+    gke.put(PROJECT, LOCATION, make_cluster("c", CLOSED, ca_pem, status=container_v1.Cluster.Status.PROVISIONING))
+    gke.fail(b, grpc.StatusCode.UNAVAILABLE)
+    sup = RecordingSupervisor()
+    rec = reconciler(gke, ["a", "b", "c", "d"], sup)  # d does not exist
+    assert await rec.wait_discovered(0.01) == [gke_name(n) for n in "abcd"]  # no pass yet
+
+    await rec.reconcile_once()
+    # Not RUNNING (c) and NOT_FOUND (d) are answers; only b's API error holds readiness.
+    assert await rec.wait_discovered(0.01) == [gke_name("b")]
+    assert any("GKE cluster my-project/europe-west1/d does not exist (yet); will retry" in m for m in caplog.messages)
+    gke.heal()
+    await rec.reconcile_once()
+    assert await rec.wait_discovered(1) == []
+    assert rec.cluster_ids() == {cid("a"), cid("b")}
+
+    gke.delete(a)  # deleted in GKE: stopped (purged after the grace period), no longer counted
+    await rec.reconcile_once()
+    assert sup.calls[-1] == ("remove", cid("a"))
+    assert rec.cluster_ids() == {cid("b")}
+    assert (
+        f"Cluster no longer exists in GKE: {cid('a')} (my-project/europe-west1/a not found). Stopping watcher."
+        in caplog.messages
+    )
+    await rec.reconcile_once()
+    assert sup.calls.count(("remove", cid("a"))) == 1
+
+    gke.put(PROJECT, LOCATION, make_cluster("a", CLOSED, ca_pem))  # created again
+    await rec.reconcile_once()
+    assert sup.calls[-1] == ("start", cid("a"))
