@@ -19,7 +19,6 @@ import logging
 import secrets
 import sys
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +43,8 @@ AnyRecord = PodRecord | NamespaceRecord | NodeRecord | ClusterStatusRecord
 PodLookup = tuple[PodRecord, NamespaceRecord | None, NodeRecord | None]
 
 _intern = sys.intern
+# The running loop or None, without the exception get_running_loop() raises outside a loop.
+_running_loop = asyncio._get_running_loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +111,9 @@ class Snapshot:
 
 
 class Labels(dict[str, str]):
-    """A label map shared between records; never mutated once built (weak-referenceable for pooling)."""
+    """A label map shared between records; never mutated once built."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ()
 
 
 class _Cluster:
@@ -133,12 +134,19 @@ class _Cluster:
 
 
 class _Interner:
-    """Shares strings, label maps and port tuples between records."""
+    """Shares strings, label maps and port tuples between records.
+
+    The label pool is a plain dict (a ``WeakValueDictionary`` lookup runs Python code on every pod);
+    maps no record uses any more are pruned whenever the pool doubled since the last prune, so the
+    amortized cost stays O(1) per lookup and the pool stays within twice the maps in use.
+    """
 
     _PORTS_POOL_MAX = 50_000
+    _LABELS_PRUNE_MIN = 1024
 
     def __init__(self) -> None:
-        self._labels: weakref.WeakValueDictionary[tuple[tuple[str, str], ...], Labels] = weakref.WeakValueDictionary()
+        self._labels: dict[tuple[tuple[str, str], ...], Labels] = {}
+        self._labels_prune_at = self._LABELS_PRUNE_MIN
         self._ports: dict[tuple[ContainerPort, ...], tuple[ContainerPort, ...]] = {}
 
     def labels(self, labels: object) -> Labels:
@@ -147,7 +155,22 @@ class _Interner:
         if shared is None:
             shared = Labels((_intern(k), _intern(v)) for k, v in items)
             self._labels[items] = shared
+            if len(self._labels) >= self._labels_prune_at:
+                self._prune_labels()
         return shared
+
+    def _prune_labels(self) -> None:
+        """Drop label maps only the pool references (refcount 2: the pool's value and getrefcount's argument)."""
+        pool = self._labels
+        getrefcount = sys.getrefcount
+        for k in [k for k in pool if getrefcount(pool[k]) <= 2]:
+            del pool[k]
+        self._labels_prune_at = max(self._LABELS_PRUNE_MIN, 2 * len(self._labels))
+
+    @property
+    def labels_pooled(self) -> int:
+        """Label maps in the pool (some may be unused until the next prune)."""
+        return len(self._labels)
 
     def ports(self, ports: tuple[ContainerPort, ...]) -> tuple[ContainerPort, ...]:
         if not ports:
@@ -387,9 +410,8 @@ class Index:
             c.last_change_time = self._clock()
             self._touched.add(c.name)
         if not self._flush_scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
+            loop = _running_loop()
+            if loop is None:
                 return  # no loop: committed by the next flush() or read
             self._flush_scheduled = True
             loop.call_soon(self.flush)

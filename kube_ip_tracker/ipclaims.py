@@ -48,12 +48,13 @@ class IPClaims:
     def add(self, pod: PodRecord) -> int:
         """Record ``pod``'s claims on its IPs; returns how many of them another pod claims too."""
         contested = 0
-        key = pod.key
+        claims_of = self._claims
         for ip in pod.ips:
-            current = self._claims.get(ip)
+            current = claims_of.get(ip)
             if current is None:
-                self._claims[ip] = pod
+                claims_of[ip] = pod
                 continue
+            key = pod.key
             if isinstance(current, PodRecord):
                 if current.key == key:
                     self._claims[ip] = pod

@@ -1,0 +1,1 @@
+"""Benchmarks of kube-ip-tracker; ``python -m bench`` runs them (see ``bench/__main__.py``)."""
