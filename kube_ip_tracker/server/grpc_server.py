@@ -15,11 +15,13 @@ import asyncio
 import ipaddress
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -198,23 +200,22 @@ class TrackerServer:
     # -- handlers -----------------------------------------------------------------------------
 
     def _tracker_handler(self) -> grpc.GenericRpcHandler:
+        # Requests arrive as bytes and are parsed by _parsed(): a malformed one gets INVALID_ARGUMENT
+        # (grpc's own deserializer failure would be reported as UNKNOWN).
         assert self._watch is not None
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 "Watch": grpc.unary_stream_rpc_method_handler(
-                    self._watch.watch,
-                    request_deserializer=pb.WatchRequest.FromString,
+                    _parsed("Watch", pb.WatchRequest, self._watch.watch),
                     response_serializer=None,  # the handler writes pre-encoded bytes
                 ),
                 "GetPodByIP": grpc.unary_unary_rpc_method_handler(
-                    self._get_pod_by_ip,
-                    request_deserializer=pb.GetPodByIPRequest.FromString,
+                    _parsed("GetPodByIP", pb.GetPodByIPRequest, self._get_pod_by_ip),
                     response_serializer=pb.GetPodByIPResponse.SerializeToString,
                 ),
                 "ListClusters": grpc.unary_unary_rpc_method_handler(
-                    self._list_clusters,
-                    request_deserializer=pb.ListClustersRequest.FromString,
+                    _parsed("ListClusters", pb.ListClustersRequest, self._list_clusters),
                     response_serializer=pb.ListClustersResponse.SerializeToString,
                 ),
             },
@@ -227,7 +228,8 @@ class TrackerServer:
             ip = str(ipaddress.ip_address(request.ip.strip()))
         except ValueError:
             metrics.RPCS.labels("GetPodByIP", "INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not an IP address: {request.ip!r}")
+            shown = request.ip if len(request.ip) <= 64 else f"{request.ip[:64]}... ({len(request.ip)} characters)"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not an IP address: {shown!r}")
         found = self.index.get_pod_by_ip(ip)
         if found is None:
             metrics.RPCS.labels("GetPodByIP", "NOT_FOUND").inc()
@@ -282,3 +284,20 @@ class TrackerServer:
                 failures += 1
                 metrics.PROGRESS_LOOP_ERRORS.inc()
                 log.exception("PROGRESS loop failed (%d in a row); retrying with backoff", failures)
+
+
+def _parsed(
+    method: str, message: type[Message], handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """Wrap ``handler`` to take the raw request bytes; a malformed request is refused with INVALID_ARGUMENT."""
+    name = message.DESCRIPTOR.full_name
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = message.FromString(raw)
+        except DecodeError as e:
+            metrics.RPCS.labels(method, "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} ({len(raw)} bytes): {e}")
+        return await handler(request, context)
+
+    return handle

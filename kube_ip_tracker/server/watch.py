@@ -115,7 +115,8 @@ class WatchService:
         flt = WatchFilter(frozenset(c for c in request.clusters if c), request.tracker_id)
         unknown = sorted(c for c in flt.clusters if self.index.cluster_status(c) is None)
         if unknown:
-            log.info("Watcher %r (%s) asks for clusters not (yet) known: %s", name, peer, ", ".join(unknown))
+            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            log.info("Watcher %r (%s) asks for clusters not (yet) known: %s", name[:100], peer, shown)
 
         resume_batches = None
         reset = False
