@@ -10,7 +10,9 @@ While an upstream is unreachable its clusters keep their last data, reported ``s
 Watch, ``kube_ip_tracker_upstream_cluster_stale``). When it returns in the same epoch the client
 resumes from its revision; a restarted upstream (new epoch) sends a snapshot that is reconciled per
 cluster and kind, so only real differences reach this tracker's watchers and local clusters are
-untouched.
+untouched; clusters that upstream has not listed again yet are held at their last data (see
+:class:`~.upstream_merge.UpstreamWriter`). An upstream counts as ready (for ``--ready-timeout``) once
+its first state is applied and every cluster taken from it is synced there.
 
 Usage (the CLI does this)::
 
@@ -150,7 +152,11 @@ class UpstreamSource:
 
     @property
     def ready(self) -> bool:
-        """A first complete state of the upstream has been applied."""
+        """A first state of the upstream has been applied and every cluster taken from it was synced there."""
+        if not self._ready.is_set() and self.client.live:
+            w = self.writer
+            if all(w.statuses[c].synced for c in w.statuses if c not in w.held):
+                self._ready.set()
         return self._ready.is_set()
 
     @property
@@ -169,8 +175,10 @@ class UpstreamSource:
                 await self._resync
         await self.client.stop()
 
-    async def wait_ready(self) -> None:
-        await self._ready.wait()
+    async def wait_ready(self, poll: float = 0.2) -> None:
+        while not self.ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), poll)
 
     def resync(self) -> None:
         """Ask the upstream for a full snapshot (a cluster it has became ours to take)."""
@@ -198,7 +206,6 @@ class UpstreamSource:
                 self.client.revision,
             )
             self.writer.set_down(False)
-            self._ready.set()
         else:
             stale = self.writer.statuses.keys()
             log.warning("Upstream %s lost; serving its %d clusters as stale until it returns", self.address, len(stale))

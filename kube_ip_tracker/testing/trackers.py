@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.agent.client.mirror import Mirror
@@ -100,6 +101,15 @@ class TrackerProcess:
         except grpc.aio.AioRpcError:
             return {}
         return {c.status.cluster: c for c in resp.clusters}
+
+    async def serving(self) -> bool:
+        """The health service reports SERVING."""
+        try:
+            async with grpc.aio.insecure_channel(self.address) as channel:
+                resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:

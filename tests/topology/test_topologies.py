@@ -193,3 +193,30 @@ async def test_two_trackers_upstream_of_each_other_converge_without_loops(cluste
     assert await revisions() == before
     for t in both:
         assert "loop" not in t.log_path.read_text().lower(), t.log_tail()
+
+
+async def test_spoke_is_ready_once_its_cluster_and_its_hub_are_synced(clusters: ClusterSet, launch) -> None:  # type: ignore[no-untyped-def]
+    tracker, _ = launch
+    hub = tracker("ready-hub", "--kubeconfig", str(clusters.merged_kubeconfig), start=False)
+    spoke = tracker(
+        "ready-spoke",
+        "--kubeconfig",
+        str(clusters[0].kubeconfig),
+        "--upstream-tracker",
+        hub.address,
+        "--ready-timeout",
+        "5m",
+    )
+    await eventually(
+        lambda: _synced(spoke, "cluster-1"), "spoke's own cluster synced while the hub is not there", [spoke]
+    )
+    assert not await spoke.serving()  # the hub's first state is still missing
+    hub.start()
+    await eventually(spoke.serving, "spoke serving once the hub's state arrived", [spoke, hub])
+    infos = await spoke.clusters()
+    assert all(infos[n].status.synced for n in NAMES)
+
+
+async def _synced(tracker: TrackerProcess, cluster: str) -> bool:
+    info = (await tracker.clusters()).get(cluster)
+    return info is not None and info.status.synced
