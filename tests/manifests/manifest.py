@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +94,13 @@ def missing_fields(sent: Any, got: Any, path: str = "") -> list[str]:
             out += missing_fields(a, b, f"{path}[{i}]")
         return out
     return [] if sent == got or str(sent) == str(got) else [f"{path} ({sent!r} != {got!r})"]
+
+
+def parse_or_fail(parse, argv: list[str], what: str) -> argparse.Namespace:  # type: ignore[no-untyped-def]
+    """Parse with a real CLI parser; a usage error fails the test with the parser's message."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{what}: args {argv} rejected (exit {exc.code}): {err.getvalue().strip()}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import re
 
 import pytest
@@ -14,7 +12,19 @@ from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.agent import cli as agent_cli
 from kube_ip_tracker.server import healthcheck
 
-from .manifest import INSTALL, ROOT, Obj, containers, expand_args, find, key, load, package_version, pod_spec
+from .manifest import (
+    INSTALL,
+    ROOT,
+    Obj,
+    containers,
+    expand_args,
+    find,
+    key,
+    load,
+    package_version,
+    parse_or_fail,
+    pod_spec,
+)
 
 NS = "kube-system"
 EXPECTED = [
@@ -33,16 +43,6 @@ EXPECTED = [
 @pytest.fixture(scope="module")
 def objects() -> list[Obj]:
     return load()
-
-
-def parse_or_fail(parse, argv: list[str], what: str) -> argparse.Namespace:  # type: ignore[no-untyped-def]
-    """Parse with a real CLI parser; a usage error fails the test with the parser's message."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parse(argv)
-    except SystemExit as exc:
-        pytest.fail(f"{what}: args {argv} rejected (exit {exc.code}): {err.getvalue().strip()}")
 
 
 def rules(role: Obj) -> set[tuple[str, str, str]]:
@@ -178,6 +178,7 @@ def test_agent_args_parse_with_the_agent_cli(objects: list[Obj]) -> None:
     assert args.tracker_address == [f"kube-ip-tracker.{NS}.svc.cluster.local:50051"]
     assert tracker_cli.parse_address(args.metrics_address)[1] == port(container, "metrics")
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 def test_image_tags_and_version_labels_are_the_package_version(objects: list[Obj]) -> None:
