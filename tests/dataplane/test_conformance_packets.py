@@ -49,7 +49,8 @@ SAMPLE = (
 PROBE_TIMEOUT = 1.5  # a denied probe waits this long; an allowed one answers in milliseconds
 RETRY_TIMEOUT = 5.0  # an expected-allow probe that got no answer is tried once more, with this timeout
 # Mark bits of our own: dataplanes sharing bits on one host queue each other's packets (tests run in parallel).
-MARKS = {"queue_mark": 0x10000000, "verdict_mark": 0x20000000, "accepted_ct_mark": 0x10000000}
+# Agents' mark slots use bits 24-31 (kube_ip_tracker.agent.run.marks_for_slot); these are below them.
+MARKS = {"queue_mark": 1 << 20, "verdict_mark": 1 << 21, "accepted_ct_mark": 1 << 20}
 LOCK_FILE = "/run/lock/kube-ip-tracker-conformance-packets.lock"
 
 
