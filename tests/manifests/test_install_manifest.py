@@ -207,14 +207,3 @@ def test_dockerfile_builds_the_images_the_manifest_names(objects: list[Obj]) -> 
     uid = pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["securityContext"]["runAsUser"]
     tracker_stage = dockerfile.split("AS tracker", 1)[1].split("\nFROM ", 1)[0]
     assert f"USER {uid}:" in tracker_stage
-
-
-def test_healthcheck_reports_bad_input_clearly(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SystemExit) as usage:
-        healthcheck.main(["--timeout", "soon"])
-    assert usage.value.code == 2 and "invalid timeout 'soon'" in capsys.readouterr().err
-    missing = tmp_path / "missing-ca.pem"
-    assert healthcheck.main(["--address", "127.0.0.1:1", "--tls-ca-file", str(missing)]) == 1
-    assert f"cannot read TLS file {missing}" in capsys.readouterr().err
-    assert healthcheck.main(["--address", "127.0.0.1:1", "--timeout", "1"]) == 1
-    assert "health check of 127.0.0.1:1 failed: UNAVAILABLE" in capsys.readouterr().err
