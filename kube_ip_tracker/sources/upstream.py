@@ -205,11 +205,15 @@ class UpstreamSource:
                 self.client.epoch,
                 self.client.revision,
             )
+            self.writer.live = True
             self.writer.set_down(False)
+            self.writer.owners.adopt(self.writer)
         else:
             stale = self.writer.statuses.keys()
             log.warning("Upstream %s lost; serving its %d clusters as stale until it returns", self.address, len(stale))
+            self.writer.live = False
             self.writer.set_down(True, "disconnected")
+            self.writer.owners.fail_over(self.writer)
 
 
 class Upstreams:

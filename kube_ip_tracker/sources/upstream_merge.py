@@ -70,6 +70,29 @@ class ClusterOwners:
                 other.skipped.discard(cluster)
                 other.request_resync()
 
+    def fail_over(self, writer: UpstreamWriter) -> None:
+        """``writer``'s upstream is down: hand each of its clusters to a live upstream that has it too."""
+        for cluster in self.owned_by(writer):
+            other = next((o for o in self._upstreams if o is not writer and o.live and cluster in o.skipped), None)
+            if other is not None:
+                self._transfer(cluster, writer, other)
+
+    def adopt(self, writer: UpstreamWriter) -> None:
+        """``writer``'s upstream is live: take the clusters it has whose upstream is down."""
+        if not writer.live:
+            return
+        for cluster in sorted(writer.skipped):
+            owner = self._owner.get(cluster)
+            if isinstance(owner, UpstreamWriter) and not owner.live:
+                self._transfer(cluster, owner, writer)
+
+    def _transfer(self, cluster: str, old: UpstreamWriter, new: UpstreamWriter) -> None:
+        log.info("Cluster %s: upstream %s is down; taking it from upstream %s", cluster, old.name, new.name)
+        self._owner[cluster] = new
+        old.lost(cluster)
+        new.skipped.discard(cluster)
+        new.request_resync()  # its full snapshot reconciles the data the old upstream left
+
     def owned_by(self, writer: object) -> list[str]:
         return [c for c, w in self._owner.items() if w is writer]
 
@@ -129,7 +152,7 @@ class UpstreamWriter:
         removal_grace: float = 60.0,
     ) -> None:
         self._index = index
-        self._owners = owners
+        self._owners = self.owners = owners
         self.tracker_id = tracker_id
         self.name = name
         self.request_resync = request_resync
@@ -141,6 +164,7 @@ class UpstreamWriter:
         self.committing = False  # a snapshot is being committed (set by the sink)
         self.down = False
         self.down_reason = ""
+        self.live = False  # the upstream's stream holds a current state (set by its source)
         self._purges: dict[str, asyncio.TimerHandle] = {}
         self._loops_logged: set[str] = set()
         owners.register(self)

@@ -46,9 +46,9 @@ async def until(check: Callable[[], bool], what: str, within: float = 15.0) -> N
 class Spoke:
     """A spoke tracker in this process: index, upstream source on the hub, server, one agent mirror."""
 
-    def __init__(self, hub_port: int) -> None:
+    def __init__(self, *hub_ports: int) -> None:
         self.index = Index()
-        self.upstreams = Upstreams(self.index, "spoke", [f"127.0.0.1:{hub_port}"], options=FAST)
+        self.upstreams = Upstreams(self.index, "spoke", [f"127.0.0.1:{p}" for p in hub_ports], options=FAST)
         self.server = TrackerServer(self.index, "127.0.0.1:0")
         self.mirror = Mirror()
         self.agent: TrackerClient | None = None
@@ -183,3 +183,30 @@ async def test_restarted_hub_still_listing_does_not_flap_the_spokes_data(topolog
     assert deleted == ["b-0"]
     assert spoke.mirror.pod_by_ip("10.1.9.1") is not None
     assert spoke.agent is not None and spoke.agent.snapshots_applied == 1
+
+
+async def test_two_hubs_a_cluster_fails_over_to_the_live_one() -> None:
+    indexes = [Index(), Index()]
+    for i, index in enumerate(indexes):
+        fill(index, "b", (f"hub{i}",), pod("b", f"from-hub{i}", f"10.2.0.{i + 1}"))
+    hubs = [Hub(index) for index in indexes]
+    for hub in hubs:
+        await hub.start()
+    spoke = Spoke(hubs[0].port, hubs[1].port)
+    await spoke.start()
+    try:
+        await until(lambda: spoke.agent_status("b") is not None, "b at the agent")
+        first = spoke.upstreams.owners.owner("b")
+        i = next(n for n, s in enumerate(spoke.upstreams.sources) if s.writer is first)
+        other = 1 - i
+        await until(lambda: spoke.upstreams.sources[other].live, "both upstreams live")
+        assert spoke.mirror.pod_by_ip(f"10.2.0.{i + 1}") is not None
+        await hubs[i].stop()
+        await until(lambda: spoke.mirror.pod_by_ip(f"10.2.0.{other + 1}") is not None, "b from the other hub")
+        await until(lambda: not spoke.agent_status("b").stale, "b current")  # type: ignore[union-attr]
+        assert spoke.mirror.pod_by_ip(f"10.2.0.{i + 1}") is None
+        assert spoke.agent_status("b").via == (f"hub{other}", "spoke")  # type: ignore[union-attr]
+    finally:
+        await spoke.stop()
+        for hub in hubs:
+            await hub.stop()

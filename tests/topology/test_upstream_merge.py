@@ -149,3 +149,38 @@ async def test_cluster_missing_from_a_snapshot_is_removed_after_the_grace_only()
     # A deletion in a delta (the upstream dropped the cluster itself) removes at once.
     hub.remove_cluster("c")
     assert index.cluster_status("c") is None
+
+
+def test_clusters_fail_over_to_a_live_upstream_and_back() -> None:
+    index, owners, _, hub, hub2, resyncs = setup()
+    hub.live = hub2.live = True
+    hub.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub",)))
+    hub.upsert(pod("b", "p", "10.0.0.1"))
+    hub2.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub2",)))
+    assert owners.owner("b") is hub
+    # hub goes down: b moves to hub2, whose full resync replaces hub's data.
+    hub.live = False
+    hub.set_down(True, "disconnected")
+    owners.fail_over(hub)
+    assert owners.owner("b") is hub2 and resyncs == ["hub2"] and "b" in hub.skipped
+    hub2.committing = True
+    hub2.set_cluster_status(ClusterStatusRecord("b", connected=True, synced=True, via=("hub2",)))
+    hub2.replace("b", Kind.POD, [pod("b", "q", "10.0.0.2")])
+    hub2.committing = False
+    assert [p.name for p in index.pods("b")] == ["q"]
+    assert index.cluster_status("b") == ClusterStatusRecord("b", connected=True, synced=True, via=("hub2", "spoke"))
+    # hub is back: b stays with hub2 while hub2 is live ...
+    hub.live = True
+    owners.adopt(hub)
+    assert owners.owner("b") is hub2
+    # ... and returns to hub when hub2 goes down.
+    hub2.live = False
+    owners.fail_over(hub2)
+    assert owners.owner("b") is hub and resyncs == ["hub2", "hub"]
+    # An upstream coming back adopts clusters whose owner is down.
+    hub.live = False
+    owners.adopt(hub2)  # hub2 is not live either: nothing moves
+    assert owners.owner("b") is hub
+    hub2.live = True
+    owners.adopt(hub2)
+    assert owners.owner("b") is hub2
