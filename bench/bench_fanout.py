@@ -1,0 +1,330 @@
+"""Scenario 3: fan-out of a burst of pod changes to 1,000 concurrent watchers.
+
+The tracker (``TrackerServer`` on a real ``Index``) and a baseline (a bare ``grpc.aio`` server that
+streams the same pre-serialized DELTA bytes) serve the same client processes, alternately, in the
+same run. Watchers are Watch streams on their own channels (own TCP connections), spread over a few
+worker processes (``bench/workers.py`` raw mode: bytes read, only the header parsed).
+
+A burst is 1,000 pod label changes applied as 100 event-loop turns of 10 changes (as informer events
+arrive), so each watcher gets 100 DELTA messages. Latency of a message = receive time in the client
+minus the time its changes entered the server (``time.monotonic``, one clock for all processes).
+Server CPU = user+system seconds of the server process (gRPC threads included) from the burst's first
+change until every watcher received the last message.
+
+Targets: p99 < 250 ms; tracker/baseline CPU ratio <= 1.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import resource
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from bench import report
+from bench.bench_index import _load, generate
+from bench.workers import Worker
+from kube_ip_tracker import wire
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.index import Index
+from kube_ip_tracker.model import PodRecord
+from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.server.encode import EncodedBatch, chunk_deltas
+
+log = logging.getLogger(__name__)
+
+# Burst shapes: all changes committed in one event-loop turn, or trickling in as turns of 10.
+BURSTS = [("one batch", 1000), ("turns of 10", 10)]
+FULL = {"watchers": 1000, "workers": 4, "pods": 200, "changes": 1000, "bursts": BURSTS, "repeats": 3}
+QUICK = {
+    "watchers": 20,
+    "workers": 2,
+    "pods": 50,
+    "changes": 100,
+    "bursts": [("one batch", 100), ("turns of 10", 10)],
+    "repeats": 1,
+}
+P99_TARGET_MS = 250.0
+RATIO_TARGET = 1.3
+
+
+class BaselineServer:
+    """A bare grpc.aio server: every Watch stream gets END_OF_SNAPSHOT, then whatever is broadcast."""
+
+    def __init__(self, end_of_snapshot: bytes) -> None:
+        self.end_of_snapshot = end_of_snapshot
+        self.queues: set[asyncio.Queue[bytes | None]] = set()
+        self.server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            "kubeiptracker.v1.Tracker",
+            {"Watch": grpc.unary_stream_rpc_method_handler(self._watch)},  # bytes in, bytes out
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.bound_port = self.server.add_insecure_port("127.0.0.1:0")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        for q in self.queues:
+            q.put_nowait(None)
+        await self.server.stop(0)
+
+    def broadcast(self, data: bytes) -> None:
+        for q in self.queues:
+            q.put_nowait(data)
+
+    async def _watch(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queues.add(queue)
+        try:
+            await context.write(self.end_of_snapshot)
+            while (data := await queue.get()) is not None:
+                await context.write(data)
+        finally:
+            self.queues.discard(queue)
+
+
+def _bursts(pods: list[PodRecord], changes: int, tag: str) -> list[PodRecord]:
+    """``changes`` label updates cycling over ``pods`` (each one a real change)."""
+    out = []
+    for i in range(changes):
+        p = pods[i % len(pods)]
+        out.append(replace(p, labels={**p.labels, "burst": f"{tag}-{i}"}))
+    return out
+
+
+def _baseline_messages(
+    records: list, bursts: list[list[PodRecord]], per_turn: list[int]
+) -> tuple[bytes, list[list[tuple[int, bytes]]]]:
+    """The tracker's own DELTA bytes for each burst (encoded by the server's functions on a scratch index)."""
+    index = Index(log_size=200_000)
+    _load(index, iter(records))
+    eos = wire.encode_response(pb.WatchResponse.END_OF_SNAPSHOT, index.epoch, index.revision)
+    out = []
+    for burst, n in zip(bursts, per_turn, strict=True):
+        messages = []
+        for start in range(0, len(burst), n):
+            for r in burst[start : start + n]:
+                index.upsert(r)
+            batch = index.flush()
+            assert batch is not None
+            enc = EncodedBatch(batch)
+            items = list(zip((c.revision for c in batch.changes), enc.framed, strict=True))
+            messages += [(batch.revision, m) for m in chunk_deltas(index.epoch, items, batch.revision)]
+        out.append(messages)
+    return eos, out
+
+
+async def _connect(port: int, watchers: int, workers: int) -> tuple[list[Worker], list[float]]:
+    per = [watchers // workers + (1 if k < watchers % workers else 0) for k in range(workers)]
+    procs = await asyncio.gather(*(Worker.start("raw", f"127.0.0.1:{port}", str(n)) for n in per))
+    replies = await asyncio.gather(*(w.read(limit=300) for w in procs))
+    return list(procs), [s for r in replies for s in r["snapshot_s"]]
+
+
+async def _burst(
+    workers: list[Worker], emit: Any, turns: list[Any], last_revision: int
+) -> tuple[list[float], float, float, int]:
+    """Apply the turns, wait for every watcher to get ``last_revision``; latencies (s), CPU s, wall s, messages."""
+    sent: dict[int, float] = {}
+    gc.collect()
+    cpu0, wall0 = report.cpu_seconds(), time.monotonic()
+    for turn in turns:
+        started = time.monotonic()
+        sent[emit(turn)] = started
+        await asyncio.sleep(0)
+    replies = await asyncio.gather(*(w.ask(f"until {last_revision}", limit=300) for w in workers))
+    cpu, wall = report.cpu_seconds() - cpu0, time.monotonic() - wall0
+    latencies = []
+    messages = 0
+    for reply in replies:
+        for stream in reply["deltas"]:
+            for revision, received in stream:
+                if revision in sent:
+                    latencies.append(received - sent[revision])
+                    messages += 1
+    return latencies, cpu, wall, messages
+
+
+def _figures(latencies: list[float], cpu: float, wall: float, delivered: int, changes: int) -> dict[str, float]:
+    return {
+        "p50_ms": report.percentile(latencies, 0.5) * 1e3,
+        "p99_ms": report.percentile(latencies, 0.99) * 1e3,
+        "max_ms": max(latencies) * 1e3,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_s_per_1000_messages": cpu / delivered * 1000,
+        "cpu_s_per_1000_changes": cpu / changes * 1000,
+        "load_1m": report.load_average()[0],
+    }
+
+
+async def _serve(mode: str, records: list, bursts: list[list[PodRecord]], shape: dict[str, Any]) -> list[dict]:
+    """One server (tracker or baseline), the watchers connected once, then every burst shape in turn."""
+    per_turn = [n for _, n in shape["bursts"]]
+    watchers = shape["watchers"]
+    if mode == "tracker":
+        index = Index(log_size=200_000)
+        _load(index, iter(records))
+        server: Any = TrackerServer(index, "127.0.0.1:0", max_watchers=watchers + 10)
+
+        def emit(turn: list[PodRecord]) -> int:
+            for r in turn:
+                index.upsert(r)
+            index.flush()
+            return index.committed_revision
+
+        plans = []
+        revision = index.revision
+        for burst, n in zip(bursts, per_turn, strict=True):
+            revision += len(burst)
+            plans.append(([burst[i : i + n] for i in range(0, len(burst), n)], revision))
+    else:
+        eos, messages = _baseline_messages(records, bursts, per_turn)
+        server = BaselineServer(eos)
+
+        def emit(turn: tuple[int, bytes]) -> int:
+            server.broadcast(turn[1])
+            return turn[0]
+
+        plans = [(m, m[-1][0]) for m in messages]
+    await server.start()
+    workers: list[Worker] = []
+    out = []
+    try:
+        workers, snapshot_s = await _connect(server.bound_port, watchers, shape["workers"])
+        for turns, last in plans:
+            await asyncio.sleep(0.5)  # let the previous burst's writes and acks settle
+            latencies, cpu, wall, delivered = await _burst(workers, emit, turns, last)
+            if delivered != watchers * len(turns):
+                raise RuntimeError(f"{mode}: {delivered} messages delivered, expected {watchers * len(turns)}")
+            changes = watchers * shape["changes"]
+            out.append(
+                {**_figures(latencies, cpu, wall, delivered, changes), "snapshot_s": statistics.median(snapshot_s)}
+            )
+    finally:
+        for w in workers:
+            await w.close()
+        await (server.stop(0) if mode == "tracker" else server.stop())
+    return out
+
+
+async def _measure(shape: dict[str, Any]) -> dict[str, Any]:
+    records = list(generate(shape["pods"], 1, 20, 5))
+    pods = [r for r in records if isinstance(r, PodRecord)]
+    names = [name for name, _ in shape["bursts"]]
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {"tracker": [], "baseline": []} for n in names}
+    for rep in range(shape["repeats"]):
+        for mode in ("tracker", "baseline") if rep % 2 == 0 else ("baseline", "tracker"):
+            bursts = [_bursts(pods, shape["changes"], f"{mode}{rep}{k}") for k in range(len(names))]
+            for name, figures in zip(names, await _serve(mode, records, bursts, shape), strict=True):
+                runs[name][mode].append(figures)
+                log.info("fanout %s, %s, rep %d: %s", name, mode, rep, figures)
+    out: dict[str, Any] = {k: v for k, v in shape.items() if k != "bursts"}
+    out["bursts"] = []
+    for (name, per_turn), by_mode in zip(shape["bursts"], runs.values(), strict=True):
+        entry: dict[str, Any] = {
+            "name": name,
+            "per_turn": per_turn,
+            "messages_per_watcher": -(-shape["changes"] // per_turn),
+        }
+        for mode, rs in by_mode.items():
+            entry[mode] = {k: report.spread([r[k] for r in rs]) for k in rs[0]}
+        ratios = [t["cpu_s"] / b["cpu_s"] for t, b in zip(by_mode["tracker"], by_mode["baseline"], strict=True)]
+        entry["cpu_ratio"] = report.spread(ratios, 2)
+        out["bursts"].append(entry)
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 server-side connections
+    out = asyncio.run(_measure(QUICK if quick else FULL))
+    out["targets"] = []
+    for b in out["bursts"]:
+        p99 = round(b["tracker"]["p99_ms"]["median"], 1)
+        ratio = b["cpu_ratio"]["median"]
+        out["targets"] += [
+            report.target(
+                f"delivery p99, {out['watchers']:,} watchers, burst as {b['name']}", "< 250 ms", p99,
+                p99 < P99_TARGET_MS, "ms",
+            ),
+            report.target(
+                f"server CPU tracker / bare grpc.aio, burst as {b['name']}", "<= 1.3", ratio, ratio <= RATIO_TARGET,
+                "x",
+            ),
+        ]  # fmt: skip
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    r = results
+    lines = [
+        "## 3. Fan-out to concurrent watchers",
+        "",
+        f"{r['watchers']:,} Watch streams, each on its own channel and TCP connection, in {r['workers']} client "
+        f"processes (raw clients: bytes read, headers parsed); an index of {r['pods']} pods (small, so that "
+        f"{r['watchers']:,} snapshots do not dominate). A burst of {r['changes']:,} pod label changes is applied "
+        "two ways: committed in one event-loop turn (one DELTA per watcher), and trickling in as event-loop "
+        "turns of 10 changes (one DELTA per turn per watcher). The baseline is a bare `grpc.aio` server (one queue per "
+        "stream, nothing else) streaming the very bytes the tracker produced for the same bursts to the same "
+        f"client processes; tracker and baseline alternate, {r['repeats']} runs each (medians). Latency: change "
+        "applied in the server until the client process read the message. Server CPU: user+system of the "
+        "server process, gRPC threads included, from the first change until every watcher has the last.",
+        "",
+        report.targets_table(r["targets"]),
+        "",
+    ]
+    for b in r["bursts"]:
+        t, base = b["tracker"], b["baseline"]
+
+        def row(name: str, key: str, digits: int = 1, t: dict = t, base: dict = base) -> tuple[str, str, str]:
+            return (name, f"{t[key]['median']:.{digits}f}", f"{base[key]['median']:.{digits}f}")
+
+        deliveries = r["watchers"] * b["messages_per_watcher"]
+        lines += [
+            f"Burst as {b['name']} ({b['messages_per_watcher']} DELTA per watcher, {deliveries:,} message deliveries):",
+            "",
+            report.table(
+                ("figure (median)", "tracker", "bare grpc.aio"),
+                [
+                    row("p50 latency, ms", "p50_ms"),
+                    row("p99 latency, ms", "p99_ms"),
+                    row("max latency, ms", "max_ms"),
+                    row("server CPU s per burst", "cpu_s", 2),
+                    row("server CPU s per 1,000 message deliveries", "cpu_s_per_1000_messages", 3),
+                    row("server CPU s per 1,000 change deliveries", "cpu_s_per_1000_changes", 4),
+                    row("burst wall time, s", "wall_s", 2),
+                    row("snapshot per watcher at connect, s", "snapshot_s", 2),
+                ],
+            ),
+            "",
+            f"CPU ratio per run (tracker / baseline): {b['cpu_ratio']['runs']}.",
+            "",
+        ]
+    if report.missed(r):
+        lines += [
+            "### Where the time goes / what remains",
+            "",
+            "Both servers spend nearly all of a burst in grpc.aio's per-message write path (`context.write`, "
+            "then the C core: one HTTP/2 DATA frame per message per stream, ~40 µs of CPU per message delivery "
+            "here for either server); the tracker's own work is encoding each batch once (the same bytes for "
+            "every watcher with the same filter), a deque append and an `Event.set` per watcher, and its pump "
+            "task's wakeup. Latency is queueing: one Python thread writes every message to every stream, so "
+            "when a burst trickles in as many small batches the last message waits behind watchers x batches "
+            "writes (100,000 here) and p99 is seconds for both servers; committed together the same burst is "
+            "one message per watcher. The tracker batches whatever arrived in one event-loop turn, so when it "
+            "is busy writing, later changes naturally join bigger batches; a bound on the batch rate per "
+            "watcher (coalescing DELTAs while a watcher's queue is non-empty) would cut the write count "
+            "further and is the remaining lever. On this 2-core machine the client processes and other "
+            "sessions compete for the same cores.",
+        ]
+    return "\n".join(lines).rstrip()
