@@ -4,7 +4,8 @@ Every object passes a server-side dry run and keeps every field we set (a 1.20 A
 unknown fields silently). The tracker, as a real process authenticated as the
 ``kube-system:kube-ip-tracker`` service account, reports the forbidden resource while its role is
 too narrow and syncs once only the manifest's ClusterRole is bound; the agent's NetworkPolicy
-informer does the same with the agent's role.
+informer does the same with the agent's role, and (as root) the real agent process started with
+the DaemonSet's args turns ready once the agent's ClusterRole is bound.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import asyncio
 import copy
 import json
 import logging
+import secrets
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from kube_ip_tracker.server import healthcheck
 from kube_ip_tracker.sources.kube import InformerOptions
 from kube_ip_tracker.sources.kubeconfig import api_client
 from kube_ip_tracker.testing import objects as kobjects
-from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, start_clusters
+from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, free_port, start_clusters
 from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
 
 from .kustomize import OVERLAY_NAMES, OVERLAYS, build
@@ -266,3 +270,91 @@ async def test_agent_policy_informer_with_the_manifest_role(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def agent_argv(kubeconfig: Path, tracker: str, metrics_port: int, name: str) -> list[str]:
+    """The DaemonSet's args, pointed at a local tracker and API server, with its own queue and rule names."""
+    container = pod_spec(find(load(), "DaemonSet", "kube-ip-agent"))["containers"][0]
+    local = {
+        "--tracker-address": tracker,
+        "--cluster-id": "rbac",
+        "--node-name": "node-1",
+        "--metrics-address": f"127.0.0.1:{metrics_port}",
+    }
+    argv = [
+        f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a
+        for a in container["args"]
+    ]
+    nfqueue = 20000 + secrets.randbelow(40000)
+    return [
+        sys.executable,
+        "-m",
+        "kube_ip_tracker.agent.cli",
+        *argv,
+        f"--kubeconfig={kubeconfig}",
+        f"--name={name}",
+        f"--nfqueue-id={nfqueue}",
+    ]
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return -1
+
+
+@pytest.mark.root
+async def test_agent_process_with_the_daemonset_args_and_the_manifest_role(
+    rbac_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    manifest = load()
+    async with rbac_cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        for kind, name in (("ClusterRole", "kube-ip-tracker"), ("ClusterRoleBinding", "kube-ip-tracker")):
+            await put(dyn, find(manifest, kind, name))
+        await put(dyn, without_resource(find(manifest, "ClusterRole", "kube-ip-agent"), "networkpolicies"))
+        await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-agent"))
+    tracker_config = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
+    tracker = TrackerProcess("agent-rbac", ["--kubeconfig", str(tracker_config)], tmp_path).start()
+    metrics_port = free_port()
+    readyz = f"http://127.0.0.1:{metrics_port}/readyz"
+    name = f"kipm-{secrets.token_hex(3)}"
+    argv = agent_argv(
+        kubeconfig_for(rbac_cluster, AGENT_SA, tmp_path / "agent.kubeconfig"), tracker.address, metrics_port, name
+    )
+    log_path = tmp_path / "agent.log"
+    with log_path.open("ab") as out:
+        agent = await asyncio.create_subprocess_exec(
+            *argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def agent_log() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+        await eventually(
+            lambda: "list networkpolicies: forbidden (403)" in agent_log(), "agent logs forbidden", [tracker]
+        )
+        assert await asyncio.to_thread(http_status, readyz) == 503, agent_log()[-3000:]
+
+        async with rbac_cluster.api_client() as api:
+            await put(await DynamicClient(api), find(manifest, "ClusterRole", "kube-ip-agent"))
+
+        async def ready() -> bool:
+            return await asyncio.to_thread(http_status, readyz) == 200
+
+        await eventually(ready, f"agent /readyz 200; agent log:\n{agent_log()[-3000:]}", [tracker], within=60)
+    finally:
+        agent.terminate()  # SIGTERM: the agent removes its rules and exits 0
+        try:
+            async with asyncio.timeout(20):
+                code = await agent.wait()
+        except TimeoutError:
+            agent.kill()
+            code = await agent.wait()
+        tracker.stop()
+    assert code == 0, agent_log()[-3000:]
