@@ -11,6 +11,7 @@ the DaemonSet's args turns ready once the agent's ClusterRole is bound.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import logging
@@ -62,8 +63,15 @@ def rbac_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
 
 
 def kubeconfig_for(cluster: LocalCluster, user: TokenUser, path: Path) -> Path:
-    """A kubeconfig authenticating as ``user`` (its context is named after the cluster)."""
-    path.write_text(yaml.safe_dump(cluster.kubeconfig_dict(token=user.token, user=user.user.rsplit(":", 1)[-1])))
+    """A self-contained kubeconfig (CA embedded, as docs/deploy.md asks for a Secret) authenticating as ``user``.
+
+    Its one context is named after the cluster.
+    """
+    config = cluster.kubeconfig_dict(token=user.token, user=user.user.rsplit(":", 1)[-1])
+    ca = base64.b64encode(cluster.ca_file.read_bytes()).decode()
+    config["clusters"][0]["cluster"] = {"server": cluster.server, "certificate-authority-data": ca}  # type: ignore[index]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
@@ -177,7 +185,8 @@ async def test_tracker_reports_forbidden_nodes_then_syncs_with_the_manifest_role
         await put(dyn, without_resource(role, "nodes"))
         await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-tracker"))
 
-    kubeconfig = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
+    # The manifest's kubeconfig-dir alternative: one self-contained file per cluster in a directory.
+    kubeconfig = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "clusters" / "rbac.kubeconfig")
     # The identity is the service account's, not an administrator's: no secrets for it.
     async with api_client(ClusterSpec("rbac", kubeconfig=str(kubeconfig))) as sa_api:
         secrets = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "kube-system"}}
@@ -185,7 +194,7 @@ async def test_tracker_reports_forbidden_nodes_then_syncs_with_the_manifest_role
             await call(await DynamicClient(sa_api), "get", secrets)
         assert denied.value.status == 403
 
-    tracker = TrackerProcess("rbac", ["--kubeconfig", str(kubeconfig), "--log-level", "debug"], tmp_path)
+    tracker = TrackerProcess("rbac", ["--kubeconfig-dir", str(kubeconfig.parent), "--log-level", "debug"], tmp_path)
     tracker.start()
     probe = [sys.executable, "-m", healthcheck.__name__, f"--address={tracker.address}", "--timeout=2"]
     try:
