@@ -6,7 +6,9 @@ The three clusters are shared by the tests of this module; each test works in it
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -220,3 +222,39 @@ async def test_spoke_is_ready_once_its_cluster_and_its_hub_are_synced(clusters: 
 async def _synced(tracker: TrackerProcess, cluster: str) -> bool:
     info = (await tracker.clusters()).get(cluster)
     return info is not None and info.status.synced
+
+
+@pytest.mark.slow
+async def test_frozen_hub_is_noticed_and_resumed_without_a_snapshot(clusters: ClusterSet, launch) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP (a hung or partitioned hub): keepalive notices it; after SIGCONT the spoke resumes its epoch."""
+    tracker, agent = launch
+    ns = "frozen"
+    want = await populate(clusters, ns, per_cluster=1)
+    hub = tracker("frozen-hub", "--kubeconfig", str(clusters.merged_kubeconfig))
+    spoke = tracker("frozen-spoke", "--kubeconfig", str(clusters[0].kubeconfig), "--upstream-tracker", hub.address)
+    both = [hub, spoke]
+    a = agent(spoke)
+    await eventually(lambda: a.pod_names(ns) == want, "spoke's agent sees all pods", both)
+    assert hub.proc is not None
+    os.kill(hub.proc.pid, signal.SIGSTOP)
+    try:
+        await eventually(
+            lambda: all(a.status(n).stale for n in NAMES[1:]),  # type: ignore[union-attr]
+            "remote clusters stale once keepalive gives up on the frozen hub",
+            both,
+            within=90,
+        )
+        await add_pod(clusters, 1, ns, "while-frozen", 70)
+        await add_pod(clusters, 0, ns, "local-while-frozen", 71)
+        await eventually(lambda: ("cluster-1", "local-while-frozen") in a.pod_names(ns), "local pod flows", both)
+    finally:
+        os.kill(hub.proc.pid, signal.SIGCONT)
+    want |= {("cluster-2", "while-frozen"), ("cluster-1", "local-while-frozen")}
+    await eventually(lambda: a.pod_names(ns) == want, "spoke caught up after the hub thawed", both, within=90)
+    await eventually(
+        lambda: not any(a.status(n).stale for n in NAMES),  # type: ignore[union-attr]
+        "nothing stale",
+        both,
+    )
+    assert "resuming from revision" in spoke.log_path.read_text(), spoke.log_tail()
+    assert "cannot resume" not in spoke.log_path.read_text(), spoke.log_tail()
