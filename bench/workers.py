@@ -212,7 +212,7 @@ async def agent_mode(target: str) -> None:
     from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
     from kube_ip_tracker.agent.client.mirror import Mirror
 
-    logging.getLogger("kube_ip_tracker").setLevel(logging.WARNING)
+    logging.getLogger("kube_ip_tracker").setLevel(logging.ERROR)  # retries while the tracker starts are expected
     client: TrackerClient | None = None
     mirror = Mirror()
     revision_changed = asyncio.Event()
