@@ -103,8 +103,74 @@ def change_to_proto(record: AnyRecord, deleted: bool = False) -> pb.Change:
 
 
 def encode_change(record: AnyRecord, deleted: bool = False) -> bytes:
-    """Serialized ``Change`` of a record, for :func:`encode_response`."""
+    """Serialized ``Change`` of a record, for :func:`encode_response`.
+
+    Pod upserts (nearly every change, and every snapshot object but a few) are serialized by
+    :func:`encode_pod_change` without building protobuf objects; the rest by :func:`change_to_proto`.
+    """
+    if not deleted and type(record) is PodRecord:
+        return encode_pod_change(record)
     return change_to_proto(record, deleted).SerializeToString()
+
+
+# -- hand-written Pod encoding ------------------------------------------------------------------
+# Building the upb message costs more than the bytes it produces: a Pod is strings, one int64, a
+# string map and repeated ContainerPort, written here directly. The label map and port list are
+# usually the same for many pods, so their encodings are cached (labels by content, ports by the
+# identity of the immutable tuple, held by the cache so the id cannot be reused); both caches are
+# bounded and simply cleared when full.
+
+_CACHE_MAX = 20_000
+_labels_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+_ports_cache: dict[int, tuple[tuple[ContainerPort, ...], bytes]] = {}
+
+
+def _string_field(tag: bytes, value: str) -> bytes:
+    raw = value.encode()
+    n = len(raw)
+    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + raw
+
+
+def _labels_field(labels: Mapping[str, str]) -> bytes:
+    key = tuple(labels.items())
+    out = _labels_cache.get(key)
+    if out is None:
+        entries = (_string_field(b"\x0a", k) + _string_field(b"\x12", v) for k, v in key)
+        out = b"".join(b"\x22" + _varint(len(e)) + e for e in entries)
+        if len(_labels_cache) >= _CACHE_MAX:
+            _labels_cache.clear()
+        _labels_cache[key] = out
+    return out
+
+
+def _ports_field(ports: tuple[ContainerPort, ...]) -> bytes:
+    cached = _ports_cache.get(id(ports))
+    if cached is not None and cached[0] is ports:
+        return cached[1]
+    out = pb.Pod(
+        ports=[pb.ContainerPort(name=p.name, port=p.port, protocol=_protocol_to_pb(p.protocol)) for p in ports]
+    ).SerializeToString()
+    if len(_ports_cache) >= _CACHE_MAX:
+        _ports_cache.clear()
+    _ports_cache[id(ports)] = (ports, out)
+    return out
+
+
+def encode_pod_change(r: PodRecord) -> bytes:
+    """``Change{pod}`` of a pod upsert, serialized by hand; parses to the same message as :func:`change_to_proto`."""
+    parts = [
+        _string_field(b"\x0a", r.cluster) if r.cluster else b"",
+        _string_field(b"\x12", r.namespace) if r.namespace else b"",
+        _string_field(b"\x1a", r.name) if r.name else b"",
+        _labels_field(r.labels) if r.labels else b"",
+        _ports_field(r.ports) if r.ports else b"",
+        _string_field(b"\x32", r.node) if r.node else b"",
+        *[_string_field(b"\x3a", ip) for ip in r.ips],
+        b"\x40" + _varint(r.creation_timestamp & 0xFFFFFFFFFFFFFFFF) if r.creation_timestamp else b"",
+        _string_field(b"\x4a", r.uid) if r.uid else b"",
+    ]
+    pod = b"".join(parts)
+    return b"\x0a" + _varint(len(pod)) + pod
 
 
 # -- protos -> records -------------------------------------------------------------------------
