@@ -36,6 +36,7 @@ class ClusterOwners:
     def __init__(self) -> None:
         self._owner: dict[str, object] = {}
         self._upstreams: list[UpstreamWriter] = []
+        self._local_uids: dict[str, str] = {}  # kube-system UID -> id of a cluster watched directly
 
     def owner(self, cluster: str) -> object | None:
         """``LOCAL``, an :class:`UpstreamWriter`, or ``None`` when nobody writes the cluster."""
@@ -53,6 +54,31 @@ class ClusterOwners:
         if isinstance(current, UpstreamWriter):
             log.info("Cluster %s is watched directly now; no longer taken from upstream %s", cluster, current.name)
             current.lost(cluster)
+
+    def note_local_uid(self, cluster: str, uid: str) -> None:
+        """A cluster watched directly has this kube-system UID; upstream copies under other ids are dropped."""
+        if not uid or self._local_uids.get(uid) == cluster:
+            return
+        self._local_uids[uid] = cluster
+        for writer in self._upstreams:
+            for name, status in list(writer.statuses.items()):
+                if status.kube_system_uid == uid and name != cluster:
+                    writer.alias(name, cluster)
+
+    def local_alias(self, status: ClusterStatusRecord) -> str | None:
+        """The id under which this tracker watches the cluster of ``status`` directly, if another id."""
+        local = self._local_uids.get(status.kube_system_uid) if status.kube_system_uid else None
+        return local if local is not None and local != status.cluster and self._owner.get(local) == LOCAL else None
+
+    def forget_local(self, cluster: str) -> None:
+        """A cluster watched directly is gone: upstream copies of it under other ids may serve again."""
+        for uid in [u for u, c in self._local_uids.items() if c == cluster]:
+            del self._local_uids[uid]
+        for writer in self._upstreams:
+            if cluster in writer.aliases.values():
+                for name in [n for n, c in writer.aliases.items() if c == cluster]:
+                    del writer.aliases[name]
+                writer.request_resync()
 
     def claim(self, cluster: str, writer: UpstreamWriter) -> bool:
         """Let ``writer`` own ``cluster`` if nobody does; True if it owns it (now or before)."""
@@ -121,10 +147,12 @@ class LocalWriter:
         if not status.via:
             status = dataclasses.replace(status, via=(self.tracker_id,))
         self._index.set_cluster_status(status)
+        self._owners.note_local_uid(status.cluster, status.kube_system_uid)
 
     def remove_cluster(self, cluster: str) -> None:
         self._index.remove_cluster(cluster)
         self._owners.release(cluster, LOCAL)
+        self._owners.forget_local(cluster)
 
 
 class UpstreamWriter:
@@ -159,6 +187,7 @@ class UpstreamWriter:
         self.removal_grace = removal_grace
         self.statuses: dict[str, ClusterStatusRecord] = {}  # last status the upstream sent, per owned cluster
         self.skipped: set[str] = set()
+        self.aliases: dict[str, str] = {}  # upstream cluster id -> local id of the same cluster (kube-system UID)
         self.complete: set[str] = set()  # owned clusters whose data here is a complete list
         self.held: dict[str, str] = {}  # cluster -> why its last data is kept and the upstream's ignored
         self.committing = False  # a snapshot is being committed (set by the sink)
@@ -172,6 +201,8 @@ class UpstreamWriter:
     # -- ownership -------------------------------------------------------------------------------
 
     def _admit(self, cluster: str) -> bool:
+        if cluster in self.aliases:
+            return False
         if self._owners.claim(cluster, self):
             return cluster not in self.held
         if cluster not in self.skipped:
@@ -236,6 +267,10 @@ class UpstreamWriter:
             if self._owners.owner(cluster) is self:
                 self._drop(cluster)
             return
+        local = self._owners.local_alias(status)
+        if local is not None:
+            self.alias(cluster, local)
+            return
         if not self._owners.claim(cluster, self):
             self._admit(cluster)  # records the skip
             return
@@ -255,6 +290,7 @@ class UpstreamWriter:
         self._publish(cluster)
 
     def remove_cluster(self, cluster: str) -> None:
+        self.aliases.pop(cluster, None)
         if self._owners.owner(cluster) is not self:
             self.skipped.discard(cluster)
             self._count()
@@ -267,6 +303,21 @@ class UpstreamWriter:
                 self._publish(cluster)
             return
         self._drop(cluster)
+
+    def alias(self, cluster: str, local: str) -> None:
+        """``cluster`` is the cluster watched directly as ``local`` (same kube-system UID): never serve it."""
+        if self.aliases.get(cluster) != local:
+            log.warning(
+                "Upstream %s sends cluster %s, which is the cluster watched directly here as %s (same kube-system "
+                "UID); skipping it. Use the same cluster id on every tracker",
+                self.name,
+                cluster,
+                local,
+            )
+        self.aliases[cluster] = local
+        if self._owners.owner(cluster) is self:
+            self._drop(cluster)
+        self.statuses.pop(cluster, None)
 
     # -- internal --------------------------------------------------------------------------------
 

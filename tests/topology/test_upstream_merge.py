@@ -184,3 +184,24 @@ def test_clusters_fail_over_to_a_live_upstream_and_back() -> None:
     hub2.live = True
     owners.adopt(hub2)
     assert owners.owner("b") is hub2
+
+
+def test_cluster_watched_directly_under_another_id_is_recognised_by_its_uid() -> None:
+    index, owners, local, hub, _, resyncs = setup()
+    # The hub calls the spoke's cluster "eu1"; the spoke calls it "local". Hub first, then local.
+    hub.set_cluster_status(ClusterStatusRecord("eu1", connected=True, synced=True, kube_system_uid="U", via=("hub",)))
+    hub.upsert(pod("eu1", "p", "10.0.0.1"))
+    local.set_cluster_status(ClusterStatusRecord("local", connected=True, synced=True, kube_system_uid="U"))
+    assert index.cluster_status("eu1") is None and index.get_pod_by_ip("10.0.0.1") is None
+    # Further copies from the hub are skipped, records included.
+    hub.set_cluster_status(ClusterStatusRecord("eu1", connected=True, synced=True, kube_system_uid="U", via=("hub",)))
+    hub.upsert(pod("eu1", "p2", "10.0.0.2"))
+    assert index.cluster_status("eu1") is None and index.get_pod_by_ip("10.0.0.2") is None
+    other = ClusterStatusRecord("eu2", connected=True, synced=True, kube_system_uid="V", via=("hub",))
+    hub.set_cluster_status(other)
+    assert index.cluster_status("eu2") is not None
+    # The local cluster goes away: the hub's copy may serve again (after a resync).
+    local.remove_cluster("local")
+    assert hub.aliases == {} and resyncs[-1] == "hub"
+    hub.set_cluster_status(ClusterStatusRecord("eu1", connected=True, synced=True, kube_system_uid="U", via=("hub",)))
+    assert owners.owner("eu1") is hub
