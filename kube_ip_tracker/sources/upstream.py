@@ -35,11 +35,11 @@ import os
 import re
 import socket
 from collections.abc import Sequence
-from pathlib import Path
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
 from kube_ip_tracker.agent.client.resolver import AddressError, parse_address
+from kube_ip_tracker.agent.client.tls_flags import add_client_tls_arguments, client_tls_from_args
 from kube_ip_tracker.model import IndexWriter
 from kube_ip_tracker.sources import upstream_metrics as metrics
 from kube_ip_tracker.sources.upstream_merge import ClusterOwners, LocalWriter, UpstreamWriter
@@ -93,17 +93,7 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
         help="watch another tracker (HOST:PORT) and serve its clusters too; clusters watched directly "
         "are taken from their API servers (repeatable)",
     )
-    group.add_argument("--upstream-tls-ca-file", default=None, metavar="PATH", help="CA bundle to verify upstreams")
-    group.add_argument(
-        "--upstream-tls-cert-file", default=None, metavar="PATH", help="client certificate for upstreams (mTLS)"
-    )
-    group.add_argument("--upstream-tls-key-file", default=None, metavar="PATH", help="key of --upstream-tls-cert-file")
-    group.add_argument(
-        "--upstream-tls-server-name",
-        default=None,
-        metavar="NAME",
-        help="name checked against the upstream certificates (default: the host of each address)",
-    )
+    add_client_tls_arguments(parser, prefix="upstream")  # --upstream-ca-file, --upstream-cert-file, ...
 
 
 class _UpstreamSink(IndexWriterSink):
@@ -277,16 +267,7 @@ class Upstreams:
 
 def build_upstreams(index: IndexWriter, args: argparse.Namespace) -> Upstreams:
     """:class:`Upstreams` from the parsed flags; ``ValueError``/``OSError`` name a bad setting."""
-    tls = None
-    files = (args.upstream_tls_ca_file, args.upstream_tls_cert_file, args.upstream_tls_key_file)
-    if any(files) or args.upstream_tls_server_name:
-        tls = TlsOptions(
-            ca_file=Path(files[0]) if files[0] else None,
-            cert_file=Path(files[1]) if files[1] else None,
-            key_file=Path(files[2]) if files[2] else None,
-            server_name=args.upstream_tls_server_name,
-        )
-        tls.credentials()  # unreadable files fail at start, naming the file
+    tls = client_tls_from_args(args, prefix="upstream")
     tracker_id = args.tracker_id or default_tracker_id()
     if not _TRACKER_ID.match(tracker_id):
         raise ValueError(

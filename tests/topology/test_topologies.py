@@ -258,3 +258,32 @@ async def test_frozen_hub_is_noticed_and_resumed_without_a_snapshot(clusters: Cl
     )
     assert "resuming from revision" in spoke.log_path.read_text(), spoke.log_tail()
     assert "cannot resume" not in spoke.log_path.read_text(), spoke.log_tail()
+
+
+async def test_spoke_reaches_an_mtls_hub(clusters: ClusterSet, launch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.testing.certs import TestCA
+
+    tracker, agent = launch
+    ca = TestCA(tmp_path)
+    hub_cert, hub_key = ca.issue("hub", hosts=["127.0.0.1"])
+    spoke_cert, spoke_key = ca.issue("spoke", client=True)
+    tls = ["--tls-cert-file", str(hub_cert), "--tls-key-file", str(hub_key), "--tls-client-ca-file", str(ca.cert_path)]
+    hub = tracker("tls-hub", "--kubeconfig", str(clusters.merged_kubeconfig), *tls)
+    spoke = tracker(
+        "tls-spoke",
+        "--kubeconfig",
+        str(clusters[0].kubeconfig),
+        "--upstream-tracker",
+        hub.address,
+        "--upstream-ca-file",
+        str(ca.cert_path),
+        "--upstream-cert-file",
+        str(spoke_cert),
+        "--upstream-key-file",
+        str(spoke_key),
+    )
+    a = agent(spoke)
+    await eventually(
+        lambda: all((s := a.status(n)) is not None and s.synced for n in NAMES), "hub's clusters via mTLS", [hub, spoke]
+    )
+    assert a.status("cluster-3").via == ("tls-hub", "tls-spoke")  # type: ignore[union-attr]

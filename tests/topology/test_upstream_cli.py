@@ -63,8 +63,12 @@ def test_configuration_errors_exit_1_naming_the_problem(tmp_path: Path) -> None:
     result = run_tracker("--kubeconfig", config, "--upstream-tracker", "h:1", "--upstream-tracker", "h:1")
     assert result.returncode == 1 and "--upstream-tracker given more than once for: h:1" in result.stderr
     missing = tmp_path / "nope.pem"
-    result = run_tracker("--kubeconfig", config, "--upstream-tracker", "h:1", "--upstream-tls-ca-file", str(missing))
+    result = run_tracker("--kubeconfig", config, "--upstream-tracker", "h:1", "--upstream-ca-file", str(missing))
     assert result.returncode == 1 and f"cannot read TLS CA file {missing}" in result.stderr, result.stderr
+    result = run_tracker("--kubeconfig", config, "--upstream-tracker", "h:1", "--upstream-cert-file", config)
+    assert result.returncode == 1 and "--upstream-cert-file and --upstream-key-file must be given together" in (
+        result.stderr
+    )
 
 
 def test_bad_default_tracker_id_asks_for_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
