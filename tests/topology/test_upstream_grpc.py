@@ -210,3 +210,43 @@ async def test_two_hubs_a_cluster_fails_over_to_the_live_one() -> None:
         await spoke.stop()
         for hub in hubs:
             await hub.stop()
+
+
+async def test_ring_of_three_trackers_converges_without_loops() -> None:
+    """t1 watches t2, t2 watches t3, t3 watches t1; each has one local cluster."""
+    ports = [free_port() for _ in range(3)]
+    indexes = [Index() for _ in range(3)]
+    upstreams = [Upstreams(indexes[i], f"t{i}", [f"127.0.0.1:{ports[(i + 1) % 3]}"], options=FAST) for i in range(3)]
+    servers = [TrackerServer(indexes[i], f"127.0.0.1:{ports[i]}") for i in range(3)]
+    for i in range(3):
+        upstreams[i].local_writer.set_cluster_status(ClusterStatusRecord(f"c{i}", connected=True, synced=True))
+        upstreams[i].local_writer.upsert(pod(f"c{i}", "p", f"10.{i}.0.1"))
+        await servers[i].start()
+    for u in upstreams:
+        u.start()
+
+    def path(i: int, cluster: int) -> tuple[str, ...]:
+        # c{cluster} travels backwards round the ring from its tracker to t{i}.
+        hops, j = [f"t{cluster}"], cluster
+        while j != i:
+            j = (j - 1) % 3
+            hops.append(f"t{j}")
+        return tuple(hops)
+
+    try:
+        for i, index in enumerate(indexes):
+            await until(
+                lambda i=i, index=index: all(
+                    (s := index.cluster_status(f"c{c}")) is not None and s.via == path(i, c) for c in range(3)
+                ),
+                f"t{i} holds every cluster with its path",
+            )
+            assert all(index.get_pod_by_ip(f"10.{c}.0.1") is not None for c in range(3))
+        before = [index.revision for index in indexes]
+        await asyncio.sleep(1.0)
+        assert [index.revision for index in indexes] == before  # idle: nothing circulates
+    finally:
+        for u in upstreams:
+            await u.stop()
+        for server in servers:
+            await server.stop(0)
