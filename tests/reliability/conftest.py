@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,11 @@ MakeTracker = Callable[..., TrackerProcess]
 
 @pytest.fixture
 def tracker_process(tmp_path: Path) -> Iterator[MakeTracker]:
-    """``tracker_process(args, metrics=False)`` makes (does not start) a tracker process; all are stopped at the end."""
+    """``tracker_process(args, metrics=False, cmd=..., env=...)`` makes (does not start) a tracker process; all are stopped at the end."""
     made: list[TrackerProcess] = []
 
-    def make(args: Sequence[str], *, metrics: bool = False) -> TrackerProcess:
-        proc = TrackerProcess(args, tmp_path / f"tracker-{len(made)}.log", metrics=metrics)
+    def make(args: Sequence[str], **kwargs: Any) -> TrackerProcess:
+        proc = TrackerProcess(args, tmp_path / f"tracker-{len(made)}.log", **kwargs)
         made.append(proc)
         return proc
 

@@ -20,11 +20,20 @@ TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
 class TrackerProcess:
     """``kube-ip-tracker --listen-address 127.0.0.1:PORT ...``; the port stays the same across restarts."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, *, metrics: bool = False) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        metrics: bool = False,
+        cmd: Sequence[str] = TRACKER_CMD,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.env = env
         self.metrics_port = free_port() if metrics else 0
         self.argv = [
-            *TRACKER_CMD,
+            *cmd,
             "--listen-address",
             f"127.0.0.1:{self.port}",
             "--metrics-address",
@@ -42,7 +51,9 @@ class TrackerProcess:
 
     def start(self) -> TrackerProcess:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
         return self
 
     def alive(self) -> bool:

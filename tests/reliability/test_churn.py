@@ -1,0 +1,287 @@
+"""Nothing lost under faults: 3 changing clusters, a real tracker process, agent mirrors, faults injected.
+
+Faults, in turn, while every cluster keeps changing: an API server restart, an etcd restart, an API
+server frozen (SIGSTOP) for longer than the watch timeout, a partition during which etcd compacts the
+history (the tracker's watch gets 410 and relists), the tracker killed with SIGKILL while agents
+stream, and a cluster removed from --kubeconfig-dir and added back. After the last fault the churn
+stops and every mirror must equal the truth listed from the API servers, object by object
+(:mod:`kube_ip_tracker.testing.checker`), within a bounded time, which the test reports.
+
+The tracker runs with short source timeouts (``tracker_main.py``) so the faults fit in seconds.
+The default run is one round of faults (about a minute); the slow variant repeats rounds until at
+least 20,000 changes were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.testing.checker import Diff, compare, list_truth
+from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster
+
+from .churn import Churn, Timeline
+from .conftest import MakeTracker
+from .tracker import TrackerProcess
+from .tracker_main import ENV
+
+# tests/sources/proxy.py (pytest puts tests/ on sys.path): a TCP proxy a test can cut and restore.
+from sources.proxy import TcpProxy  # type: ignore[import-not-found]  # isort: skip
+
+pytestmark = pytest.mark.cluster
+
+# Watches end every 2-4 s (a silent one is given up on 1 s later); a silent API server is reconnected
+# to after 6 failed probes 0.5 s apart (about 6 s frozen, 3 s refused).
+INFORMER_OPTIONS = {
+    "watch_timeout": 2,
+    "watch_read_margin": 1,
+    "connect_timeout": 2,
+    "request_timeout": 10,
+    "backoff_base": 0.1,
+    "backoff_cap": 1.0,
+    "probe_interval": 0.5,
+    "probe_timeout": 0.5,
+    "probe_failures_to_reconnect": 6,
+}
+FREEZE_SECONDS = 7.0  # longer than the longest watch (2 x watch_timeout + margin)
+PARTITION_SECONDS = 1.0  # shorter than the probes take to reconnect: the watches resume from their old versions
+CONVERGE_WITHIN = 60.0
+
+
+class Run:
+    """Clusters, churn, tracker, proxy and mirrors of one churn run."""
+
+    def __init__(self, clusters: ClusterSet, tracker: TrackerProcess, proxy: TcpProxy, kdir: Path) -> None:
+        self.clusters = clusters
+        self.tracker = tracker
+        self.proxy = proxy
+        self.kdir = kdir
+        self.parked = kdir.with_name("parked")
+        self.parked.mkdir()
+        self.churn = Churn(clusters)
+        self.timeline = Timeline()
+        names = [c.name for c in clusters]
+        self.mirrors: dict[str, tuple[Mirror, TrackerClient, list[str]]] = {}
+        for label, wanted in (("all", names), ("filtered", [names[0], names[2]])):
+            mirror = Mirror()
+            opts = ClientOptions(
+                clusters=wanted if label == "filtered" else (),
+                watcher_name=f"agent-{label}",
+                backoff_base=0.1,
+                backoff_cap=1.0,
+            )
+            self.mirrors[label] = (mirror, TrackerClient(tracker.target, mirror, opts), wanted)
+
+    @property
+    def all(self) -> Mirror:
+        return self.mirrors["all"][0]
+
+    async def until(self, check: Callable[[], object], what: str, within: float = 30.0) -> None:
+        await self.tracker.eventually(check, what, within)
+
+    def status(self, cluster: LocalCluster):  # type: ignore[no-untyped-def]
+        return self.all.cluster_statuses().get(cluster.name)
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    async def restart_apiserver(self, c: LocalCluster) -> None:
+        self.timeline.mark(f"restart kube-apiserver of {c.name}")
+        await asyncio.to_thread(c.restart_apiserver)
+
+    async def restart_etcd(self, c: LocalCluster) -> None:
+        self.timeline.mark(f"restart etcd of {c.name}")
+        await asyncio.to_thread(c.restart_etcd)
+
+    async def freeze_apiserver(self, c: LocalCluster) -> None:
+        self.timeline.mark(f"freeze kube-apiserver of {c.name} for {FREEZE_SECONDS:.0f}s")
+        frozen_at = time.monotonic()
+        c.freeze_apiserver()
+        try:
+            await self.until(lambda: not (s := self.status(c)) or not s.connected, "frozen server reported", 20)
+            await asyncio.sleep(max(0.0, FREEZE_SECONDS - (time.monotonic() - frozen_at)))
+        finally:
+            c.thaw_apiserver()
+
+    async def compacted_partition(self, c: LocalCluster) -> None:
+        """Cut the tracker from ``c`` (proxy), let ``c`` change, compact etcd, restore: the watches get 410.
+
+        The watches then resume from resourceVersions etcd no longer has and must relist (counted as
+        "expired"). If the probes reconnected first (a relist of another reason), the fault is repeated.
+        """
+        self.timeline.mark(f"partition {c.name} from the tracker; compact etcd; restore")
+        for attempt in range(1, 4):
+            before = self.expired_relists(c)
+            self.proxy.cut()
+            await asyncio.sleep(PARTITION_SECONDS)  # the cluster keeps changing, deletes included
+            await asyncio.to_thread(c.compact_etcd)
+            self.proxy.restore()
+            try:
+                await self.until(lambda: self.expired_relists(c) > before, "a relist after 410 (expired)", 10)  # noqa: B023
+                return
+            except AssertionError:
+                self.timeline.mark(f"no relist after 410 on attempt {attempt}; partitioning again")
+        raise AssertionError(f"the tracker never relisted {c.name} after a 410\n{self.timeline}")
+
+    async def kill_tracker(self) -> None:
+        self.timeline.mark("SIGKILL the tracker; restart it after 1s")
+        client = self.mirrors["all"][1]
+        epoch = client.epoch
+        self.tracker.kill()
+        await asyncio.sleep(1.0)
+        self.tracker.start()
+        await self.until(lambda: client.epoch not in ("", epoch), "agents on the new tracker epoch", 30)
+
+    async def remove_and_readd(self, c: LocalCluster) -> None:
+        self.timeline.mark(f"remove {c.name} from --kubeconfig-dir; add it back")
+        path = self.kdir / f"{c.name}.yaml"
+        path.rename(self.parked / path.name)
+        await self.until(
+            lambda: self.status(c) is None and not list(self.all.pods(c.name)), "the removed cluster purged", 30
+        )
+        await asyncio.sleep(1.0)
+        (self.parked / path.name).rename(path)
+
+    async def round(self, gap: float, *, restarts: bool) -> None:
+        """One fault of each kind (API server and etcd restarts only with ``restarts``: ~10 s each)."""
+        c0, c1, c2 = self.clusters
+        faults: list[Callable[[], Awaitable[None]]] = [
+            lambda: self.freeze_apiserver(c2),
+            lambda: self.compacted_partition(c0),
+            self.kill_tracker,
+            lambda: self.remove_and_readd(c1),
+        ]
+        if restarts:
+            faults[:0] = [lambda: self.restart_apiserver(c0), lambda: self.restart_etcd(c1)]
+        for fault in faults:
+            await fault()
+            await asyncio.sleep(gap)
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def expired_relists(self, c: LocalCluster) -> float:
+        """kube_ip_tracker_source_lists_total{reason="expired"} of ``c`` (all kinds) from /metrics."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.tracker.metrics_port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("kube_ip_tracker_source_lists_total{") and f'cluster="{c.name}"' in line:
+                if 'reason="expired"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def converge(self) -> tuple[float, dict[str, Diff]]:
+        """Stop the churn, list the truth, wait until every mirror equals it; the seconds it took."""
+        await self.churn.stop()
+        stopped = time.monotonic()
+        self.timeline.mark(f"churn stopped after {self.churn.changes} changes")
+        async with contextlib.AsyncExitStack() as stack:
+            apis = {c.name: await stack.enter_async_context(c.api_client()) for c in self.clusters}
+            truth = await list_truth(apis)
+        diffs: dict[str, Diff] = {}
+
+        def equal() -> bool:
+            for label, (mirror, _, wanted) in self.mirrors.items():
+                diffs[label] = compare(mirror, truth, wanted)
+                statuses = mirror.cluster_statuses()
+                if diffs[label] or not all(statuses.get(c) and statuses[c].synced for c in wanted):
+                    return False
+            return True
+
+        try:
+            await self.until(equal, "every mirror equals the truth", CONVERGE_WITHIN)
+        except AssertionError as e:
+            detail = "\n".join(f"mirror {k}: {d.summary()}" for k, d in diffs.items())
+            raise AssertionError(f"{e}\n{detail}\ntimeline:\n{self.timeline}") from None
+        elapsed = time.monotonic() - stopped
+        self.timeline.mark(f"all mirrors equal the truth ({truth.counts()}) {elapsed:.1f}s after the last fault")
+        return elapsed, diffs
+
+
+def kubeconfig_for(cluster: LocalCluster, server: str | None = None) -> dict[str, object]:
+    config = cluster.kubeconfig_dict()
+    if server:
+        config["clusters"][0]["cluster"]["server"] = server  # type: ignore[index]
+    return config
+
+
+async def churn_run(  # type: ignore[no-untyped-def]
+    tmp_path: Path, cluster_factory, tracker_process: MakeTracker, *, min_changes: int, gap: float, restarts: bool
+) -> Run:
+    clusters: ClusterSet = cluster_factory(3, watch_cache=False)
+    proxy = await TcpProxy(clusters[0].port).start()
+    kdir = tmp_path / "clusters"
+    kdir.mkdir()
+    for i, c in enumerate(clusters):
+        server = proxy.url if i == 0 else None
+        (kdir / f"{c.name}.yaml").write_text(yaml.safe_dump(kubeconfig_for(c, server)))
+    tracker = tracker_process(
+        [
+            "--kubeconfig-dir",
+            str(kdir),
+            "--kubeconfig-dir-interval",
+            "0.2s",
+            "--cluster-removal-grace",
+            "0s",
+            "--ready-timeout",
+            "5s",
+        ],
+        metrics=True,
+        cmd=[sys.executable, str(Path(__file__).with_name("tracker_main.py"))],
+        env={**os.environ, ENV: json.dumps(INFORMER_OPTIONS)},
+    )
+    run = Run(clusters, tracker, proxy, kdir)
+    try:
+        await run.churn.prepare()
+        tracker.start()
+        for _, client, _ in run.mirrors.values():
+            client.start()
+        await run.until(lambda: all(run.status(c) and run.status(c).synced for c in clusters), "synced", 60)
+        run.churn.start()
+        run.timeline.mark("churn started")
+        rounds = 0
+        while rounds == 0 or run.churn.changes < min_changes:
+            await run.round(gap, restarts=restarts)
+            rounds += 1
+            run.timeline.mark(f"round {rounds} done, {run.churn.changes} changes")
+        elapsed, _ = await run.converge()
+        assert elapsed < CONVERGE_WITHIN
+        assert run.churn.deletes > 0 and run.churn.changes >= min_changes
+        report = (
+            f"churn run: {run.churn.changes} changes ({run.churn.deletes} deletes, {run.churn.failures} failed "
+            f"requests during faults), {rounds} rounds of faults; mirrors equal the truth {elapsed:.1f}s after "
+            f"the last fault\n{run.timeline}"
+        )
+        print(report)
+        (tmp_path / "report.txt").write_text(report)
+        assert re.search(r"Watch stream|snapshot", tracker.log())
+        return run
+    finally:
+        await run.churn.stop()
+        for _, client, _ in run.mirrors.values():
+            await client.stop()
+        await proxy.stop()
+
+
+async def test_mirrors_converge_after_faults(tmp_path, cluster_factory, tracker_process) -> None:  # type: ignore[no-untyped-def]
+    await churn_run(tmp_path, cluster_factory, tracker_process, min_changes=300, gap=0.5, restarts=False)
+
+
+@pytest.mark.slow
+async def test_mirrors_converge_after_faults_20k_changes(tmp_path, cluster_factory, tracker_process) -> None:  # type: ignore[no-untyped-def]
+    await churn_run(tmp_path, cluster_factory, tracker_process, min_changes=20_000, gap=3.0, restarts=True)
