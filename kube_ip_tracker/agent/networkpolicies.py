@@ -1,6 +1,6 @@
 """NetworkPolicy informer: the agent's own cluster's NetworkPolicies, compiled into a PolicyEngine.
 
-A reflector loop like the tracker's (:mod:`kube_ip_tracker.sources.kube`), reading raw JSON:
+The tracker's reflector loop (:class:`kube_ip_tracker.sources.kube.Reflector`), reading raw JSON:
 
 1. a paginated list, reconciled with what the engine holds (policies gone from the list are deleted);
 2. a watch from the list's resourceVersion with bookmarks and a server-side timeout, reopened from
@@ -34,6 +34,7 @@ from kube_ip_tracker.sources.errors import ResourceExpired, WatchError, describe
 from kube_ip_tracker.sources.kube import (
     ApiClientFactory,
     InformerOptions,
+    Reflector,
     apply_events,
     open_response,
     paginated_list,
@@ -74,7 +75,7 @@ def _key(obj: dict[str, Any]) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-class NetworkPolicyInformer:
+class NetworkPolicyInformer(Reflector):
     """Lists and watches the NetworkPolicies of one cluster into ``engine`` until cancelled.
 
     ``on_change()`` is called after every batch that changed the engine's policies (a list or one
@@ -96,6 +97,9 @@ class NetworkPolicyInformer:
         self.options = options or InformerOptions()
         self.on_change = on_change
         self.client_factory = client_factory
+        self.plural = PLURAL
+        self.first_list_reason = "initial"
+        self.api: client.ApiClient | None = None
         self.resource_version: str | None = None
         self.policies: dict[Key, CompiledPolicy] = {}  # what the engine holds, from this informer
         self.invalid: dict[Key, str] = {}  # policies the parser rejected: the problem
@@ -120,54 +124,31 @@ class NetworkPolicyInformer:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """List and watch until cancelled; see the module docstring."""
-        opts = self.options
-        backoff = Backoff(opts.backoff_base, opts.backoff_cap)
-        reason = "initial"
-        expired_in_a_row = 0
-        loop = asyncio.get_running_loop()
+        """Connect and list/watch until cancelled; a client that cannot be built is retried with backoff."""
+        backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
         while True:
             try:
                 async with self.client_factory(self.spec) as api:
-                    while True:
-                        if self.resource_version is None:
-                            await self.list(api, reason)
-                        started = loop.time()
-                        if await self.watch(api) == 0 and loop.time() - started < 1.0:
-                            await asyncio.sleep(backoff.next_delay())  # ended at once: do not spin
-                            continue
-                        backoff.reset()
-                        expired_in_a_row = 0
-                        source_metrics.BACKOFF.labels(self.cluster, PLURAL).set(0)
+                    self.api = api
+                    backoff.reset()
+                    await Reflector.run(self)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                what = f"{'list' if self.resource_version is None else 'watch'} {PLURAL}"
-                label, message = describe_error(exc, what)
+                label, message = describe_error(exc, "connect")
                 source_metrics.ERRORS.labels(self.cluster, PLURAL, label).inc()
-                if label == "expired":
-                    log.info("Cluster %s: %s; relisting", self.cluster, message)
-                    self.resource_version = None
-                    reason = "expired"
-                    expired_in_a_row += 1
-                    if expired_in_a_row < 2:
-                        continue
-                elif self.resource_version is None and self.synced:
-                    reason = "error"
                 delay = backoff.next_delay()
-                source_metrics.BACKOFF.labels(self.cluster, PLURAL).set(delay)
-                level = logging.DEBUG if label == "expired" else logging.WARNING
-                log.log(level, "Cluster %s: %s; retrying in %.1fs", self.cluster, message, delay)
-                if label == "other":
-                    log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
+                log.error(
+                    "Cluster %s: cannot read NetworkPolicies: %s; retrying in %.1fs", self.cluster, message, delay
+                )
                 await asyncio.sleep(delay)
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
 
-    async def list(self, api: client.ApiClient, reason: str) -> None:
+    async def list(self, reason: str) -> None:
         """Paginated list, then make the engine hold exactly the listed (valid) policies."""
-        method = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces
+        method = client.NetworkingV1Api(self.api).list_network_policy_for_all_namespaces
         timeout = self._timeout()
         items: dict[Key, dict[str, Any]] = {}
 
@@ -207,10 +188,10 @@ class NetworkPolicyInformer:
         if changed:
             self._changed()
 
-    async def watch(self, api: client.ApiClient) -> int:
+    async def watch(self) -> int:
         """One watch request from the current resourceVersion, applied until it ends; returns the event count."""
         timeout, params = watch_request(self.options, self._rng, self.resource_version)
-        method = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces
+        method = client.NetworkingV1Api(self.api).list_network_policy_for_all_namespaces
         resp = await open_response(method, timeout, **params)
         source_metrics.WATCHES.labels(self.cluster, PLURAL).inc()
         return await apply_events(resp, self.handle_event)

@@ -180,37 +180,29 @@ async def apply_events(resp: aiohttp.ClientResponse, handle: Callable[[dict[str,
     return events
 
 
-class Informer:
-    """The list/watch loop of one kind in one cluster; see the module docstring."""
+class Reflector:
+    """The list/watch loop of one resource in one cluster (see the module docstring).
 
-    def __init__(
-        self,
-        cluster: str,
-        kind: Kind,
-        api: client.ApiClient,
-        writer: IndexWriter,
-        state: ClusterState,
-        options: InformerOptions,
-        first_list_reason: str = "initial",
-    ) -> None:
-        self.first_list_reason = first_list_reason
-        self.cluster = cluster
-        self.kind = kind
-        self.plural = PLURALS[kind]
-        self.api = api
-        self.writer = writer
-        self.state = state
-        self.options = options
-        self.resource_version: str | None = None
-        # Fingerprints of what this informer put in the index, by (namespace, name): skips no-op
-        # updates, and tells whether an object that stops qualifying (or is deleted) must be removed.
-        self.indexed: dict[tuple[str, str], int] = {}
-        self._rng = random.Random()
-        self._objects_gauge = metrics.OBJECTS.labels(cluster, self.plural)
-        self._event_counters = {
-            etype: metrics.EVENTS.labels(cluster, self.plural, etype)
-            for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
-        }
+    Subclasses set ``cluster``, ``plural``, ``options``, ``resource_version`` (None: list first) and
+    ``first_list_reason``, and implement :meth:`list`, :meth:`watch` and :meth:`failed`.
+    """
+
+    cluster: str
+    plural: str
+    options: InformerOptions
+    resource_version: str | None
+    first_list_reason: str
+
+    async def list(self, reason: str) -> None:
+        """List everything and reconcile; sets ``resource_version``."""
+        raise NotImplementedError
+
+    async def watch(self) -> int:
+        """One watch from ``resource_version`` until it ends; returns the number of events."""
+        raise NotImplementedError
+
+    def failed(self, message: str) -> None:
+        """A list or watch failed for another reason than an expired resourceVersion."""
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -245,7 +237,7 @@ class Informer:
                     if expired_in_a_row < 2:
                         continue
                 else:
-                    self.state.kind_failed(self.kind, message)
+                    self.failed(message)
                 delay = backoff.next_delay()
                 metrics.BACKOFF.labels(self.cluster, self.plural).set(delay)
                 level = logging.DEBUG if label == "expired" else logging.WARNING
@@ -253,6 +245,42 @@ class Informer:
                 if label == "other":
                     log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
                 await asyncio.sleep(delay)
+
+
+class Informer(Reflector):
+    """The list/watch loop of one kind in one cluster, applied to the index."""
+
+    def __init__(
+        self,
+        cluster: str,
+        kind: Kind,
+        api: client.ApiClient,
+        writer: IndexWriter,
+        state: ClusterState,
+        options: InformerOptions,
+        first_list_reason: str = "initial",
+    ) -> None:
+        self.first_list_reason = first_list_reason
+        self.cluster = cluster
+        self.kind = kind
+        self.plural = PLURALS[kind]
+        self.api = api
+        self.writer = writer
+        self.state = state
+        self.options = options
+        self.resource_version: str | None = None
+        # Fingerprints of what this informer put in the index, by (namespace, name): skips no-op
+        # updates, and tells whether an object that stops qualifying (or is deleted) must be removed.
+        self.indexed: dict[tuple[str, str], int] = {}
+        self._rng = random.Random()
+        self._objects_gauge = metrics.OBJECTS.labels(cluster, self.plural)
+        self._event_counters = {
+            etype: metrics.EVENTS.labels(cluster, self.plural, etype)
+            for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+        }
+
+    def failed(self, message: str) -> None:
+        self.state.kind_failed(self.kind, message)
 
     async def list(self, reason: str) -> None:
         """Paginated list, then make the index hold exactly the listed objects."""
