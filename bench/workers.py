@@ -104,40 +104,28 @@ def _reply(obj: dict[str, Any]) -> None:
 
 
 def header(data: bytes) -> tuple[int, int]:
-    """``(kind, revision)`` of a serialized WatchResponse, reading only the fields before the changes."""
+    """``(kind, revision)`` of a serialized WatchResponse, skipping the changes (a merged DELTA's
+    revision comes after them: the last value of a field wins)."""
     kind = revision = 0
     i, n = 0, len(data)
     while i < n:
         tag = data[i]
         i += 1
         field, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value = shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            if field == 1:
-                kind = value
-            elif field == 3:
-                revision = value
-        elif wire_type == 2:
-            if field >= 6:  # changes / cluster: the header is done
+        value = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
                 break
-            length = shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            i += length
-        else:
-            break
+        if wire_type == 2:
+            i += value
+        elif field == 1:
+            kind = value
+        elif field == 3:
+            revision = value
     return kind, revision
 
 

@@ -254,6 +254,8 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+varint = _varint  # public name for the server's encoders
+
 _CHANGES_TAG = b"\x32"  # field 6, wire type 2
 
 
@@ -293,3 +295,41 @@ def encode_response(
         raw = cluster.encode()
         parts.append(b"\x3a" + _varint(len(raw)) + raw)
     return b"".join(parts)
+
+
+def response_header(data: bytes) -> tuple[int, int, int]:
+    """``(kind, revision, first_revision)`` of a ``WatchResponse`` as :func:`encode_response` writes it.
+
+    Only the fields before the changes are read (a merged DELTA carries more after them).
+    """
+    kind = revision = first_revision = 0
+    i, n = 0, len(data)
+    while i < n:
+        tag = data[i]
+        i += 1
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, i = _read_varint(data, i)
+            if field == 1:
+                kind = value
+            elif field == 3:
+                revision = value
+            elif field == 4:
+                first_revision = value
+        elif wire_type == 2 and field < 6:
+            length, i = _read_varint(data, i)
+            i += length
+        else:
+            break  # the changes: every header field comes before them in what encode_response writes
+    return kind, revision, first_revision
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i

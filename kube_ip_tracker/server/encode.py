@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -97,6 +98,39 @@ def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: 
         start = end
     metrics.DELTA_ENCODINGS.inc(len(out))
     return out
+
+
+def merge_queued_deltas(first: bytes, queue: deque[tuple[bytes, str]]) -> tuple[bytes, int]:
+    """Merge the DELTA ``first`` with the DELTAs at the head of ``queue`` (popped) into one message.
+
+    For a watcher whose queue backs up: one write instead of many, which is most of what a message
+    costs. The merged message stays within the limits of :func:`chunk_deltas` (a revision span of
+    ``MAX_CHANGES_PER_MESSAGE``, ``MAX_BYTES_PER_MESSAGE``). Returns it and the bytes popped.
+    """
+    _, _, start = wire.response_header(first)
+    parts, size, taken = [first], len(first), 0
+    while queue and queue[0][1] == "DELTA":
+        data = queue[0][0]
+        kind, revision, _ = wire.response_header(data)
+        if kind != WR.DELTA or revision - start >= MAX_CHANGES_PER_MESSAGE or size + len(data) > MAX_BYTES_PER_MESSAGE:
+            break
+        queue.popleft()
+        parts.append(data)
+        size += len(data)
+        taken += len(data)
+    return merge_deltas(parts, start), taken
+
+
+def merge_deltas(messages: Sequence[bytes], first_revision: int) -> bytes:
+    """One DELTA equal to consecutive DELTAs of one stream, the first starting at ``first_revision``.
+
+    Protobuf parses concatenated messages as one: repeated changes add up and the last value of a
+    scalar wins, so the result carries the last message's revision; a trailing ``first_revision``
+    makes it cover the whole range.
+    """
+    if len(messages) == 1:
+        return messages[0]
+    return b"".join(messages) + b"\x20" + wire.varint(first_revision)
 
 
 def content_items(content: ClusterContent, revision: int) -> list[tuple[int, bytes]]:

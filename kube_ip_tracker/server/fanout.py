@@ -17,7 +17,7 @@ import grpc
 
 from kube_ip_tracker.index import Batch, Index
 from kube_ip_tracker.server import metrics
-from kube_ip_tracker.server.encode import EncodedBatch, FilterGroup, WatchFilter
+from kube_ip_tracker.server.encode import EncodedBatch, FilterGroup, WatchFilter, merge_queued_deltas
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,18 @@ class Watcher:
         self._wakeup.set()
 
     async def next(self) -> tuple[bytes, str] | None:
-        """The next queued message, waiting for one; ``None`` when closed and drained."""
+        """The next queued message, waiting for one; ``None`` when closed and drained.
+
+        DELTAs queued back to back (the stream fell behind) go out merged into one message
+        (:func:`~.encode.merge_queued_deltas`): one write instead of many.
+        """
         while True:
             if self._queue:
                 data, kind = self._queue.popleft()
                 self.queued_bytes -= len(data)
+                if kind == "DELTA" and self._queue and self._queue[0][1] == "DELTA":
+                    data, taken = merge_queued_deltas(data, self._queue)
+                    self.queued_bytes -= taken
                 return data, kind
             if self.closing or self.overflow_reason:
                 return None
