@@ -103,20 +103,27 @@ async def _ready(agents: list[Agent], clusters: ClusterSet, trackers: list[Track
         )
 
 
-async def _full_mesh(clusters: ClusterSet, log_dir: Path, writes: int) -> dict[str, Any]:
-    trackers = [
-        TrackerProcess(f"mesh-{i + 1}", ["--kubeconfig", str(clusters.merged_kubeconfig)], log_dir).start()
-        for i in range(len(clusters))
-    ]
-    agents = [Agent(t).start() for t in trackers]
+async def _sample(
+    clusters: ClusterSet, trackers: list[TrackerProcess], served: list[TrackerProcess], writes: int, tag: int
+) -> list[tuple[int, int, float]]:
+    """Agents on ``served`` (trackers already started), measured, then everything stopped."""
+    agents = [Agent(t).start() for t in served]
     try:
         await _ready(agents, clusters, trackers)
-        samples = await _measure(clusters, agents, writes, 1, trackers)
+        return await _measure(clusters, agents, writes, tag, trackers)
     finally:
         for a in agents:
             await a.stop()
         for t in trackers:
             t.stop()
+
+
+async def _full_mesh(clusters: ClusterSet, log_dir: Path, writes: int) -> dict[str, Any]:
+    trackers = [
+        TrackerProcess(f"mesh-{i + 1}", ["--kubeconfig", str(clusters.merged_kubeconfig)], log_dir).start()
+        for i in range(len(clusters))
+    ]
+    samples = await _sample(clusters, trackers, trackers, writes, 1)
     return {"all": _summary([ms for _, _, ms in samples])}
 
 
@@ -128,16 +135,7 @@ async def _hub_and_spoke(clusters: ClusterSet, log_dir: Path, writes: int) -> di
         ).start()
         for i, c in enumerate(clusters)
     ]
-    trackers = [hub, *spokes]
-    agents = [Agent(s).start() for s in spokes]
-    try:
-        await _ready(agents, clusters, trackers)
-        samples = await _measure(clusters, agents, writes, 2, trackers)
-    finally:
-        for a in agents:
-            await a.stop()
-        for t in trackers:
-            t.stop()
+    samples = await _sample(clusters, [hub, *spokes], spokes, writes, 2)
     return {
         "all": _summary([ms for _, _, ms in samples]),
         "local": _summary([ms for i, j, ms in samples if i == j]),
