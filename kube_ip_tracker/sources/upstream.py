@@ -114,6 +114,8 @@ class _UpstreamSink(IndexWriterSink):
 class UpstreamSource:
     """One upstream tracker watched into the index."""
 
+    RESYNC_DELAY = 0.5
+
     def __init__(
         self,
         address: str,
@@ -178,6 +180,7 @@ class UpstreamSource:
         self._resync = asyncio.get_running_loop().create_task(self._restart(), name=f"upstream-resync {self.address}")
 
     async def _restart(self) -> None:
+        await asyncio.sleep(self.RESYNC_DELAY)  # requests made meanwhile (clusters syncing one by one) share it
         log.info("Upstream %s: reconnecting for a full snapshot", self.address)
         old, self.client = self.client, self._new_client()
         await old.stop()  # its end is not a loss of the upstream: the clusters stay as they are

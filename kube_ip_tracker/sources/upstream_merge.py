@@ -285,6 +285,8 @@ class UpstreamWriter:
             elif status.synced:
                 self.held[cluster] = "waiting for a full resync from the upstream"
                 self.request_resync()
+            else:
+                self.held[cluster] = "not synced at the upstream (restarted?)"
         elif not status.synced and cluster in self.complete:
             self._hold(cluster, "not synced at the upstream (restarted?)")
         self._publish(cluster)
