@@ -94,7 +94,7 @@ def metric(port: int, name: str) -> float | None:
     return None
 
 
-async def eventually(predicate: Callable[[], bool], what: str, agent: Process, within: float = 15.0) -> None:
+async def eventually(predicate: Callable[[], bool], what: str, agent: Process, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await asyncio.to_thread(predicate):
@@ -113,7 +113,7 @@ def deny_ingress(name: str) -> dict[str, object]:
 
 
 def start_agent(
-    tmp_path: Path, cluster: LocalCluster, tracker_port: int, name: str, metrics_port: int, *extra: str
+    tmp_path: Path, cluster: LocalCluster, tracker_port: int, name: str, metrics_port: int, queue: int, *extra: str
 ) -> Process:
     argv = [
         *AGENT_CMD,
@@ -129,7 +129,7 @@ def start_agent(
         "--node-name",
         "node-1",
         "--nfqueue-id",
-        str(20000 + secrets.randbelow(40000)),
+        str(queue),
         "--name",
         name,
         "--metrics-address",
@@ -158,10 +158,11 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
         tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
         processes.append(Process(tracker_argv, tmp_path / "tracker.log"))
         name = f"kipt-{secrets.token_hex(3)}"
-        agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port)
+        queue = 20000 + secrets.randbelow(40000)
+        agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port, queue)
         processes.append(agent)
 
-        await eventually(lambda: metric(metrics_port, "kube_ip_agent_ready") == 1.0, "agent ready", agent, 30)
+        await eventually(lambda: metric(metrics_port, "kube_ip_agent_ready") == 1.0, "agent ready", agent, 60)
         assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{metrics_port}/readyz") == 200
         # Without --pod-cidr the agent enforces the pods the tracker reports on node-1.
         await eventually(lambda: metric(metrics_port, "kube_ip_agent_local_pod_addresses") == 2.0, "local pods", agent)
@@ -179,6 +180,15 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
 
             await net_api.delete_namespaced_network_policy("deny-web", NAMESPACE)
             await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed again", agent)
+
+        # A second agent cannot take the same queue: it exits 1 saying why, and leaves no rules.
+        second_name = f"kipt-{secrets.token_hex(3)}"
+        second = start_agent(tmp_path, cluster, tracker_port, second_name, free_port(), queue)
+        processes.append(second)
+        assert await asyncio.to_thread(second.proc.wait, 20) == 1, second.tail()
+        assert f"cannot bind NFQUEUE {queue}" in second.tail(), second.tail()
+        assert iptables_chains(second_name) == []
+        assert client_pod.tcp_probe(web.ip, WEB_PORT, timeout=1.0), "the first agent still serves"
 
         assert agent.terminate() == 0, agent.tail()
         assert iptables_chains(name) == [], agent.tail()

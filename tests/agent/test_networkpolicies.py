@@ -34,7 +34,7 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 15.0) -> None:
+async def eventually(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if predicate():
@@ -108,7 +108,7 @@ async def test_policies_follow_the_api_server_and_invalid_ones_are_skipped(clust
     informer = NetworkPolicyInformer(spec, engine, options=FAST, on_change=lambda: changes.append(1))
     assert not informer.synced
     async with running(informer), cluster.api_client() as api:
-        await asyncio.wait_for(informer.wait_synced(), 15)
+        await asyncio.wait_for(informer.wait_synced(), 30)
         assert metric("kube_ip_agent_networkpolicies_synced", cluster=cid) == 1
         assert set(informer.policies) == {("other", "a"), ("other", "b"), ("other", "c"), (NS, "db-from-web")}
         assert allowed(engine, "10.0.0.1") and not allowed(engine, "10.0.0.2")
@@ -167,7 +167,7 @@ async def test_expired_watch_relists_and_removes_what_is_gone(cluster_factory) -
     engine = world(cid)
     informer = NetworkPolicyInformer(spec, engine, options=FAST)
     async with running(informer):
-        await asyncio.wait_for(informer.wait_synced(), 15)
+        await asyncio.wait_for(informer.wait_synced(), 30)
     assert set(informer.policies) == {(NS, "gone"), (NS, "kept"), (NS, "changed")}
     old_version = informer.resource_version
 
