@@ -7,7 +7,7 @@ stdout. Modes:
   reading raw response bytes and parsing only the header fields (kind, revision), so the client
   costs as little as possible. Replies ``ready`` (snapshot seconds per stream) once every stream got
   END_OF_SNAPSHOT; ``until R`` waits until every stream received a message at revision >= R and
-  replies with every DELTA's ``[revision, receive time]`` per stream (``time.monotonic``, the same
+  replies with every DELTA's ``[first revision, revision, receive time]`` per stream (``time.monotonic``, the same
   clock in every process on Linux).
 - ``agent TARGET``: the real agent client (:class:`TrackerClient` feeding a :class:`Mirror`).
   ``connect`` starts a fresh client (no resume point) and replies when its snapshot is applied;
@@ -103,10 +103,10 @@ def _reply(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def header(data: bytes) -> tuple[int, int]:
-    """``(kind, revision)`` of a serialized WatchResponse, skipping the changes (a merged DELTA's
-    revision comes after them: the last value of a field wins)."""
-    kind = revision = 0
+def header(data: bytes) -> tuple[int, int, int]:
+    """``(kind, first_revision, revision)`` of a serialized WatchResponse, skipping the changes (a merged
+    DELTA's fields come after them too: the last value of a field wins)."""
+    kind = revision = first = 0
     i, n = 0, len(data)
     while i < n:
         tag = data[i]
@@ -126,7 +126,9 @@ def header(data: bytes) -> tuple[int, int]:
             kind = value
         elif field == 3:
             revision = value
-    return kind, revision
+        elif field == 4:
+            first = value
+    return kind, first or revision, revision
 
 
 async def _lines() -> asyncio.StreamReader:
@@ -144,7 +146,7 @@ async def raw_mode(target: str, streams: int) -> None:
     request = pb.WatchRequest(watcher_name="bench").SerializeToString()
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 256 << 20)]
     snapshot_s = [0.0] * streams
-    deltas: list[list[tuple[int, float]]] = [[] for _ in range(streams)]
+    deltas: list[list[tuple[int, int, float]]] = [[] for _ in range(streams)]
     latest = [0] * streams
     ready = [asyncio.Event() for _ in range(streams)]
     progress = asyncio.Event()
@@ -157,9 +159,9 @@ async def raw_mode(target: str, streams: int) -> None:
         mine = deltas[k]
         async for data in call(request):
             now = monotonic()
-            kind, revision = header(data)
+            kind, first, revision = header(data)
             if kind == DELTA:
-                mine.append((revision, now))
+                mine.append((first, revision, now))
             elif kind == END_OF_SNAPSHOT and not ready[k].is_set():
                 snapshot_s[k] = now - started
                 ready[k].set()
