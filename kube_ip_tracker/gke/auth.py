@@ -4,8 +4,9 @@ One credentials object (application default credentials; on GKE the Workload Ide
 account) is shared by the GKE API client and every discovered cluster. :class:`GoogleTokenProvider`
 is the :data:`~kube_ip_tracker.model.TokenProvider` handed to the sources: each call returns a token
 that stays valid for at least ``refresh_margin`` seconds, refreshing it in a worker thread when
-expiry is near. Callers that fetch the token per request (see :func:`install_token_hook`) pick up a
-new token without restarting watches that are already open.
+expiry is near. The sources ask for the token before each request
+(:func:`kube_ip_tracker.sources.kubeconfig.install_token_provider`), so they pick up a new token
+without restarting watches that are already open.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from google.auth import credentials as ga_credentials
 from google.auth import exceptions as ga_exceptions
 
 from kube_ip_tracker.gke import metrics
-from kube_ip_tracker.model import TokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,3 @@ class GoogleTokenProvider:
                     metrics.TOKEN_EXPIRY.set(expiry.replace(tzinfo=dt.UTC).timestamp())
                 log.info("Refreshed Google access token (expires %s UTC)", expiry)
             return str(self.credentials.token)
-
-
-def install_token_hook(configuration: Any, provider: TokenProvider) -> None:
-    """Make a ``kubernetes_asyncio`` Configuration ask ``provider`` for the bearer token before each request.
-
-    Open watch streams keep the connection they were opened with; every new request (list, watch
-    restart, get) carries the provider's current token.
-    """
-
-    async def refresh(config: Any) -> None:
-        config.api_key["BearerToken"] = await provider()
-        config.api_key_prefix["BearerToken"] = "Bearer"
-
-    # kubernetes_asyncio only consults the hook when a BearerToken key is present.
-    configuration.api_key.setdefault("BearerToken", "")
-    configuration.api_key_prefix["BearerToken"] = "Bearer"
-    configuration.refresh_api_key_hook = refresh

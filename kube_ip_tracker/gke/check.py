@@ -41,11 +41,21 @@ async def run_check(
 ) -> int:
     """Fetch every configured cluster once and print the outcome; returns the exit status."""
     out = out or sys.stdout
-    reconciler = flags.build_reconciler(args, _NoSupervisor(), credentials=credentials, client=client)
+    if credentials is None and client is None:
+        try:
+            reconciler = await flags.create_reconciler(args, _NoSupervisor())
+        except flags.GkeConfigError as exc:
+            print(f"ERROR        {exc}", file=out)
+            return 1
+    else:
+        reconciler = flags.build_reconciler(args, _NoSupervisor(), credentials=credentials, client=client)
     if reconciler is None:
         print("no GKE clusters configured (--gcp-cluster-names)", file=out)
         return 2
-    result = await reconciler.discovery.fetch(reconciler.names())
+    try:
+        result = await reconciler.discovery.fetch(reconciler.names())
+    finally:
+        await reconciler.close()
     format_result(result, out)
     return 0 if result.complete else 1
 

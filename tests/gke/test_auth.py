@@ -7,7 +7,8 @@ import datetime as dt
 
 import pytest
 
-from kube_ip_tracker.gke.auth import GoogleTokenProvider, TokenError, install_token_hook
+from kube_ip_tracker.gke.auth import GoogleTokenProvider, TokenError
+from kube_ip_tracker.sources.kubeconfig import install_token_provider
 from kube_ip_tracker.testing.fake_gke import SequenceCredentials
 
 
@@ -58,13 +59,13 @@ async def test_failed_refresh_keeps_a_still_valid_token_and_fails_once_expired()
         await provider()
 
 
-async def test_install_token_hook_sets_bearer_token_per_request() -> None:
+async def test_sources_token_hook_asks_the_provider_per_request() -> None:
     from kubernetes_asyncio import client
 
     creds, clock = SequenceCredentials(["t1", "t2"], lifetime=600), Clock()
     provider = _provider(creds, clock)
     cfg = client.Configuration()
-    install_token_hook(cfg, provider)
+    install_token_provider(cfg, provider)
     assert (await cfg.auth_settings())["BearerToken"]["value"] == "Bearer t1"
     clock.advance(400)
     assert (await cfg.auth_settings())["BearerToken"]["value"] == "Bearer t2"

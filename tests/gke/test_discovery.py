@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import grpc
 import pytest
@@ -11,9 +10,10 @@ from google.api_core import exceptions as core_exceptions
 from google.cloud import container_v1
 from kubernetes_asyncio import client
 
-from kube_ip_tracker.gke.auth import GoogleTokenProvider, install_token_hook
+from kube_ip_tracker.gke.auth import GoogleTokenProvider
 from kube_ip_tracker.gke.discovery import CLUSTER_ID_LABEL, EndpointKind, GkeDiscovery
 from kube_ip_tracker.model import ClusterSpec
+from kube_ip_tracker.sources.kubeconfig import api_client
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster
 
@@ -65,21 +65,15 @@ async def test_statuses_errors_and_endpoints(ca_pem: bytes) -> None:
         assert (spec.server, spec.ca_pem) == ("https://gke-x.example", None)
 
 
-async def _namespaces(spec: ClusterSpec, tmp_path: Path) -> list[str]:
-    """List namespaces exactly as a source would connect with the spec: server, CA, token provider."""
+async def _namespaces(spec: ClusterSpec) -> list[str]:
+    """List namespaces through the client the sources build from the spec: server, CA, token provider."""
     assert spec.ca_pem is not None and spec.token_provider is not None
-    ca = tmp_path / f"{spec.cluster_id}.crt"
-    ca.write_bytes(spec.ca_pem)
-    cfg = client.Configuration()
-    cfg.host = spec.server
-    cfg.ssl_ca_cert = str(ca)
-    install_token_hook(cfg, spec.token_provider)
-    async with client.ApiClient(cfg) as api:
+    async with api_client(spec) as api:
         return [ns.metadata.name for ns in (await client.CoreV1Api(api).list_namespace()).items]
 
 
 @pytest.mark.cluster
-async def test_two_clusters_discovered_and_reachable(cluster_factory, tmp_path: Path) -> None:
+async def test_two_clusters_discovered_and_reachable(cluster_factory) -> None:
     clusters = cluster_factory(2, extra_tokens=["wi-token-1"])
     async with clusters[0].api_client() as api:
         await objects.create_namespace(api, "only-in-one")
@@ -99,8 +93,8 @@ async def test_two_clusters_discovered_and_reachable(cluster_factory, tmp_path: 
     assert second.cluster_id == "prod-eu"  # named by its kube-system label
     assert (first.server, second.server) == (clusters[0].server, clusters[1].server)
     assert first.ca_pem == clusters[0].ca_file.read_bytes()
-    assert "only-in-one" in await _namespaces(first, tmp_path)
-    assert "only-in-one" not in await _namespaces(second, tmp_path)
+    assert "only-in-one" in await _namespaces(first)
+    assert "only-in-one" not in await _namespaces(second)
 
 
 async def test_check_command_prints_each_cluster(ca_pem: bytes) -> None:

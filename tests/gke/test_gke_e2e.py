@@ -230,3 +230,27 @@ async def test_ready_timeout_names_gke_cluster_the_api_denies(cluster_factory, w
         await t.eventually(lambda: f"New cluster configured: {gke_id('b')}. Starting watcher." in t.log(), "b added")
     finally:
         assert await t.terminate() == 0
+
+
+async def test_check_command_with_application_default_credentials(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    w: GkeWorld = await world()
+    w.gke.put(PROJECT, LOCATION, make_cluster("a", "https://127.0.0.1:9", w.ca_file))
+    argv = [sys.executable, "-m", "kube_ip_tracker.gke.check", f"--gcp-cluster-names={full('a')},{full('gone')}"]
+    argv.append(f"--gke-api-endpoint={w.gke.address}")
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode().splitlines()
+    assert proc.returncode == 1, err.decode()
+    assert lines[0].split()[:4] == ["OK", full("a"), f"id={gke_id('a')}", "server=https://127.0.0.1:9"]
+    assert lines[1].startswith(f"ERROR        {full('gone')}  NotFound: 404")
+    assert "Could not read namespace kube-system" in err.decode()  # closed port: the default id, with a warning
+    assert [g.token for g in w.oauth.grants] == [TOKENS[0]]
+
+    # Without usable credentials: one clear line, exit status 1.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no.json")}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err.decode()
+    assert "Google application default credentials are unusable" in out.decode() and "no.json" in out.decode()

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from kubernetes_asyncio import client, watch
 
-from kube_ip_tracker.gke.auth import GoogleTokenProvider, install_token_hook
+from kube_ip_tracker.gke.auth import GoogleTokenProvider
+from kube_ip_tracker.sources.kubeconfig import install_token_provider
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.fake_gke import SequenceCredentials
 
@@ -40,7 +41,7 @@ async def test_refreshed_token_used_for_new_requests_while_watch_stays_open(clus
     cfg = client.Configuration()
     cfg.host = cluster.server
     cfg.ssl_ca_cert = str(cluster.ca_file)
-    install_token_hook(cfg, provider)
+    install_token_provider(cfg, provider)  # the hook the sources install for GKE clusters
     seen: asyncio.Queue[str] = asyncio.Queue()
 
     async with client.ApiClient(cfg) as api, cluster.api_client() as admin:
