@@ -1,8 +1,9 @@
 """``kube-ip-tracker``: watch the Pods, Namespaces and Nodes of many clusters and serve them over gRPC.
 
 Clusters come from ``--kubeconfig`` files (each context is a cluster named after it),
-``--kubeconfig-dir`` (one file per cluster, followed while running), or the in-cluster
-configuration when neither is given (cluster id ``--cluster-id``). Health turns SERVING once every
+``--kubeconfig-dir`` (one file per cluster, followed while running), GKE discovery
+(``--gcp-cluster-names``, re-read every ``--reconcile-interval``; docs/gke.md), or the in-cluster
+configuration when none is given (cluster id ``--cluster-id``). Health turns SERVING once every
 configured cluster has been listed completely, or after ``--ready-timeout``.
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration error at start (named in the message),
