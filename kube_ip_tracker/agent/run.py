@@ -273,6 +273,14 @@ class Agent:
             len(self.informer.policies),
             len(self.informer.invalid),
         )
+        statuses = self.mirror.cluster_statuses()
+        if self.config.cluster_id not in statuses:
+            log.warning(
+                "The tracker knows no cluster %r (it has: %s): no pod is this cluster's, so nothing is enforced; "
+                "check --cluster-id",
+                self.config.cluster_id,
+                ", ".join(sorted(statuses)) or "none",
+            )
         self.dataplane.request_revalidation()  # re-check what fail-open let through meanwhile
 
     async def start(self) -> None:

@@ -175,6 +175,15 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def write_kubeconfig(path: Path) -> Path:
+    path.write_text(
+        "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "current-context: c\n"
+    )
+    return path
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -192,12 +201,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def test_bad_flags_exit_1_naming_the_problem(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], message: str
 ) -> None:
-    kubeconfig = tmp_path / "kc"
-    kubeconfig.write_text(
-        "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
-        "current-context: c\n"
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kc")
     base = ["--tracker-address", "127.0.0.1:1", "--cluster-id", "c", "--kubeconfig", str(kubeconfig)]
     code, err = run_main(capsys, *base, *extra)
     assert code == 1
@@ -228,3 +232,31 @@ def test_readyz_follows_the_ready_callback() -> None:
             assert resp.status == 200
     finally:
         server.stop()
+
+
+# --- readiness of the agent ----------------------------------------------------------------------
+
+
+async def test_agent_is_ready_with_snapshot_and_policies_and_warns_about_an_unknown_cluster_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kube_ip_tracker.agent.cli import build_parser
+    from kube_ip_tracker.agent.run import Agent, agent_config
+
+    args = build_parser().parse_args(
+        ["run", "--tracker-address", "127.0.0.1:1", "--cluster-id", "typo", "--kubeconfig", str(tmp_path / "kc")]
+    )
+    write_kubeconfig(tmp_path / "kc")
+    agent = Agent(agent_config(args))
+    assert agent.config.dataplane.name == "kipa-typo"
+    snapshot = agent.mirror.begin_snapshot("e", reset=False)
+    snapshot.add([ClusterStatusChange(ClusterStatusRecord(C1, connected=True, synced=True))])
+    snapshot.commit(1)
+    assert not agent.is_ready()  # the client has applied no snapshot of its own yet
+    agent.client._mark_ready()
+    assert not agent.is_ready()  # policies not listed yet
+    agent.informer.synced_event.set()
+    assert agent.is_ready()
+    with caplog.at_level(logging.WARNING):
+        await agent._report_ready()
+    assert "The tracker knows no cluster 'typo' (it has: cluster-1)" in caplog.text
