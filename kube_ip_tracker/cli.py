@@ -112,6 +112,8 @@ def _log_level(text: str) -> int:
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """gRPC serving, readiness and metrics."""
+    from kube_ip_tracker.server.grpc_server import DEFAULT_WATCHER_BUFFER_BYTES, DEFAULT_WATCHER_BUFFER_MESSAGES
+
     group = parser.add_argument_group("serving")
     group.add_argument(
         "--listen-address",
@@ -147,6 +149,22 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         metavar="DURATION",
         help="how long open RPCs may take to finish on SIGTERM (default 5s)",
+    )
+    group.add_argument(
+        "--watcher-buffer-messages",
+        type=_positive_int,
+        default=DEFAULT_WATCHER_BUFFER_MESSAGES,
+        metavar="N",
+        help="messages queued for one Watch stream before a watcher that does not keep up is disconnected "
+        f"with RESOURCE_EXHAUSTED (default {DEFAULT_WATCHER_BUFFER_MESSAGES})",
+    )
+    group.add_argument(
+        "--watcher-buffer-bytes",
+        type=_positive_int,
+        default=DEFAULT_WATCHER_BUFFER_BYTES,
+        metavar="BYTES",
+        help=f"the same limit in bytes (default {DEFAULT_WATCHER_BUFFER_BYTES}); queued messages are shared "
+        "between watchers, so this bounds lag, not memory per watcher",
     )
     group.add_argument(
         "--tls-cert-file",
@@ -309,7 +327,14 @@ def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
         tls = reloading_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)[1]
     elif args.tls_client_ca_file:
         raise TlsConfigError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (a TLS server)")
-    return TrackerServer(index, args.listen_address, max_watchers=args.max_watchers, tls=tls)
+    return TrackerServer(
+        index,
+        args.listen_address,
+        max_watchers=args.max_watchers,
+        watcher_buffer=args.watcher_buffer_bytes,
+        watcher_buffer_messages=args.watcher_buffer_messages,
+        tls=tls,
+    )
 
 
 def start_metrics(address: str) -> MetricsServer | None:
