@@ -168,11 +168,17 @@ class GkeReconciler:
             log.info("Cluster no longer exists in GKE: %s (%s not found). Stopping watcher.", spec.cluster_id, name)
             await self.supervisor.remove(spec.cluster_id, self.removal_grace)
 
-        static_ids = {
-            cid
-            for cid, spec in self.supervisor.specs().items()
-            if cid not in {s.cluster_id for s in self.managed.values()}
-        }
+        # Ids the supervisor runs with a spec this reconciler did not hand over: static clusters, or
+        # a --kubeconfig-dir file that took the id of a GKE cluster (then that source keeps it).
+        handed = {spec.cluster_id: spec for spec in self.managed.values()}
+        static_ids = {cid for cid, spec in self.supervisor.specs().items() if handed.get(cid) != spec}
+        for name in [n for n, spec in self.managed.items() if spec.cluster_id in static_ids]:
+            log.error(
+                "Cluster id %s of GKE cluster %s is now used by another configured cluster; "
+                "the GKE cluster is no longer watched",
+                self.managed.pop(name).cluster_id,
+                name,
+            )
         claimed: dict[str, GkeClusterName] = {}
         for name in names:
             spec = result.specs.get(name)

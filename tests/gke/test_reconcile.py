@@ -283,3 +283,24 @@ async def test_deleted_cluster_is_stopped_and_readiness_waits_for_api_answers(
     gke.put(PROJECT, LOCATION, make_cluster("a", CLOSED, ca_pem))  # created again
     await rec.reconcile_once()
     assert sup.calls[-1] == ("start", cid("a"))
+
+
+async def test_id_taken_over_by_another_source_is_left_to_it(gke: FakeClusterManager, ca_pem: bytes) -> None:
+    gke.put(PROJECT, LOCATION, make_cluster("a", CLOSED, ca_pem))
+    sup = RecordingSupervisor()
+    rec = reconciler(gke, ["a"], sup)
+    await rec.reconcile_once()
+    assert rec.cluster_ids() == {cid("a")}
+
+    # A --kubeconfig-dir file now defines the same id: the supervisor runs that spec; GKE backs off.
+    other = ClusterSpec(cluster_id=cid("a"), kubeconfig="/etc/clusters/a.yaml", context=cid("a"))
+    sup.running[cid("a")] = other
+    await rec.reconcile_once()
+    await rec.reconcile_once()
+    assert sup.running[cid("a")] is other
+    assert rec.cluster_ids() == set() and sup.calls == [("start", cid("a"))]
+
+    # The file goes away: the GKE cluster is watched again.
+    del sup.running[cid("a")]
+    await rec.reconcile_once()
+    assert sup.calls == [("start", cid("a")), ("start", cid("a"))] and rec.cluster_ids() == {cid("a")}
