@@ -193,6 +193,25 @@ def test_reloader_keeps_previous_files_until_a_consistent_set_appears(tmp_path: 
     assert tls._fetch() is None  # never raises into gRPC's handshake
 
 
+def test_reloader_follows_a_secret_volume_symlink_swap(tmp_path: Path) -> None:
+    """Kubernetes updates a Secret volume by pointing the ``..data`` symlink at a new directory."""
+    pki = Pki(tmp_path / "pki")
+    volume = tmp_path / "volume"
+    for version, (cert, key) in (("v1", pki.server_a), ("v2", pki.server_b)):
+        (volume / version).mkdir(parents=True)
+        shutil.copyfile(cert, volume / version / "tls.crt")
+        shutil.copyfile(key, volume / version / "tls.key")
+    (volume / "..data").symlink_to("v1")
+    for name in ("tls.crt", "tls.key"):
+        (volume / name).symlink_to(Path("..data") / name)
+    tls = ReloadingTls(TlsFiles(volume / "tls.crt", volume / "tls.key"))
+    assert not tls.check()
+    (volume / "..data_tmp").symlink_to("v2")
+    os.replace(volume / "..data_tmp", volume / "..data")
+    assert tls.check() and tls.reloads == 1
+    assert b"BEGIN CERTIFICATE" in tls._loaded.cert_chain and tls._loaded.cert_chain == pki.server_b[0].read_bytes()
+
+
 @pytest.mark.parametrize(
     ("what", "message"),
     [
