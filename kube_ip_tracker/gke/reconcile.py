@@ -180,7 +180,8 @@ class GkeReconciler:
                 name,
             )
         claimed: dict[str, GkeClusterName] = {}
-        for name in names:
+        # Clusters already watched first: on an id clash the existing watcher wins over a newcomer.
+        for name in sorted(names, key=lambda n: n not in self.managed):
             spec = result.specs.get(name)
             if spec is None:
                 continue  # failed or not RUNNING: keep whatever it had

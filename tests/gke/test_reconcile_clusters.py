@@ -97,6 +97,16 @@ async def test_clusters_indexed_added_removed_and_renamed(  # type: ignore[no-un
         await eventually(lambda: cid("b") not in index.cluster_names(), "old id of b purged", 10)
         assert set(supervisor.specs()) == {"prod-b", cid("c")}
 
+        # A newcomer naming itself like a watched cluster: the watched one keeps the id.
+        async with clusters[0].api_client() as api:
+            await objects.label_namespace(api, "kube-system", {CLUSTER_ID_LABEL: "prod-b"})
+        rec.set_names([gke_name("a"), gke_name("b"), gke_name("c")])
+        await rec.reconcile_once()
+        clash = f"GKE clusters {gke_name('b')} and {gke_name('a')} both have id prod-b; only the first is watched"
+        assert clash in caplog.messages
+        assert rec.cluster_ids() == {"prod-b", cid("c")}
+        assert supervisor.specs()["prod-b"].server == clusters[1].server
+
         # An API server that cannot be reached keeps the id it had; an empty label means the default id.
         resolver = discovery.id_resolver
         token = await provider()
