@@ -47,6 +47,7 @@ from kube_ip_tracker.agent.dataplane import (
     DataplaneError,
     add_arguments,
     config_from_args,
+    installed_pods,
 )
 from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
@@ -281,10 +282,19 @@ class Agent:
                 self.config.cluster_id,
                 ", ".join(sorted(statuses)) or "none",
             )
+        self._pods_wanted.set()  # replace pod addresses kept from a previous run, even by an empty set
         self.dataplane.request_revalidation()  # re-check what fail-open let through meanwhile
 
     async def start(self) -> None:
         """Install the rules first (so a restart leaves no gap), then start watching."""
+        if not self.config.static_pods:
+            previous = await installed_pods(self.config.dataplane)
+            if previous:
+                log.info(
+                    "Keeping the %d pod addresses of the previous rules until the tracker's snapshot arrives",
+                    len(previous),
+                )
+                await self.dataplane.set_local_pods(previous)
         await self.dataplane.start()
         self.feed.attach(self.mirror)
         self.client.start()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
+from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster, free_port
 from kube_ip_tracker.testing.netns import PodNetwork
@@ -193,3 +194,51 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
         assert agent.terminate() == 0, agent.tail()
         assert iptables_chains(name) == [], agent.tail()
         assert "Stopped" in agent.tail(5)
+
+
+async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
+    cluster_factory, processes: list[Process], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """After a crash the pod addresses come from the rules left behind: fail-closed holds at once."""
+    (cluster,) = cluster_factory(1)
+    name = f"kipt-{secrets.token_hex(3)}"
+    try:
+        with PodNetwork(host_address=True) as net:
+            web, client_pod = net.add_pod("web"), net.add_pod("client")
+            web.serve_tcp(WEB_PORT)
+            async with cluster.api_client() as api:
+                await objects.create_namespace(api, NAMESPACE)
+                await objects.create_pod(api, NAMESPACE, "web", labels={"app": "web"}, ips=[str(web.ip)])
+                await objects.create_pod(api, NAMESPACE, "client", ips=[str(client_pod.ip)])
+            tracker_port, queue = free_port(), 20000 + secrets.randbelow(40000)
+            tracker_argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig)]
+            tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
+            tracker = Process(tracker_argv, tmp_path / "tracker.log")
+            processes.append(tracker)
+
+            port = free_port()
+            agent = start_agent(tmp_path, cluster, tracker_port, name, port, queue, "--no-fail-open")
+            processes.append(agent)
+            await eventually(lambda: metric(port, "kube_ip_agent_local_pod_addresses") == 2.0, "ready", agent, 60)
+            assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
+
+            agent.proc.kill()  # a crash: the rules stay
+            agent.proc.wait(10)
+            tracker.terminate()
+            assert iptables_chains(name)
+
+            port = free_port()
+            restarted = start_agent(tmp_path, cluster, tracker_port, name, port, queue, "--no-fail-open")
+            processes.append(restarted)
+            await eventually(lambda: "Keeping the 2 pod addresses" in restarted.tail(), "pods kept", restarted)
+            await eventually(lambda: metric(port, "kube_ip_agent_ready") == 0.0, "metrics served", restarted)
+            # Not ready (no tracker) and fail-closed: the pods' new connections are dropped.
+            assert not client_pod.tcp_probe(web.ip, WEB_PORT, timeout=1.0), restarted.tail()
+
+            processes.append(Process(tracker_argv, tmp_path / "tracker.log"))
+            await eventually(lambda: metric(port, "kube_ip_agent_ready") == 1.0, "ready again", restarted, 60)
+            await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed", restarted)
+            assert restarted.terminate() == 0, restarted.tail()
+            assert iptables_chains(name) == []
+    finally:
+        await Dataplane(DataplaneConfig(name=name), lambda _: True, lambda: True).remove_rules()

@@ -260,3 +260,15 @@ async def test_agent_is_ready_with_snapshot_and_policies_and_warns_about_an_unkn
     with caplog.at_level(logging.WARNING):
         await agent._report_ready()
     assert "The tracker knows no cluster 'typo' (it has: cluster-1)" in caplog.text
+
+
+def test_pod_set_elements_of_nft_json_are_read_back_as_networks() -> None:
+    from kube_ip_tracker.agent.dataplane.installer import _set_elements
+
+    elements = [
+        "10.0.0.7",
+        {"prefix": {"addr": "10.1.0.0", "len": 24}},
+        {"range": ["10.2.0.0", "10.2.0.3"]},
+        {"elem": {"val": "fd00::1", "comment": "x"}},
+    ]
+    assert [str(n) for n in _set_elements(elements)] == ["10.0.0.7/32", "10.1.0.0/24", "10.2.0.0/30", "fd00::1/128"]

@@ -18,7 +18,7 @@ from .config import ConfigError, DataplaneConfig, add_arguments, config_from_arg
 from .dataplane import Dataplane
 from .decisions import Decide, Decision, IsReady, as_allowed
 from .errors import DataplaneError
-from .installer import detect_backend
+from .installer import detect_backend, installed_pods
 from .packet import PacketInfo, PacketParseError, Protocol, parse_packet
 from .revalidate import Revalidation
 from .rules import Backend
@@ -40,6 +40,7 @@ __all__ = [
     "as_allowed",
     "config_from_args",
     "detect_backend",
+    "installed_pods",
     "parse_networks",
     "parse_packet",
 ]

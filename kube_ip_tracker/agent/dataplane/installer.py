@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from . import commands
 from . import metrics as m
 from .config import DataplaneConfig, IPNetwork
 from .errors import DataplaneError
-from .rules import IPTABLES_TABLE, Backend, RuleSet, parse_iptables_save, queue_statement, split_families
+from .rules import IPTABLES_TABLE, SETS, Backend, RuleSet, parse_iptables_save, queue_statement, split_families
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
@@ -129,3 +132,42 @@ class RuleInstaller:
                 await self._nft(self.rules.nft_delete(), "remove")
             except commands.CommandError as exc:
                 raise DataplaneError(f"removing dataplane rules failed: {exc}") from exc
+
+
+def _set_elements(elements: Iterable[Any]) -> list[IPNetwork]:
+    """Networks of ``nft -j`` set elements: addresses, ``{"prefix": ...}`` and ``{"range": [...]}``."""
+    networks: list[IPNetwork] = []
+    for element in elements:
+        if isinstance(element, dict) and "elem" in element:
+            element = element["elem"].get("val")
+        if isinstance(element, str):
+            networks.append(ipaddress.ip_network(element))
+        elif isinstance(element, dict) and "prefix" in element:
+            prefix = element["prefix"]
+            networks.append(ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False))
+        elif isinstance(element, dict) and "range" in element:
+            low, high = (ipaddress.ip_address(x) for x in element["range"])
+            networks.extend(ipaddress.summarize_address_range(low, high))  # type: ignore[arg-type]
+    return networks
+
+
+async def installed_pods(config: DataplaneConfig) -> tuple[IPNetwork, ...]:
+    """The pod addresses in the sets of our table as an earlier run left it (empty when there is none).
+
+    An agent that learns its pods from the tracker starts with these, so a restart does not leave
+    the pods unenforced until the tracker's snapshot arrives.
+    """
+    found: list[IPNetwork] = []
+    for set_name, _kind in SETS:
+        try:
+            result = await commands.run(
+                [NFT, "-j", "list", "set", "inet", config.name, set_name], time_limit=config.command_timeout
+            )
+        except commands.CommandError:
+            continue  # no such table or set
+        try:
+            for item in json.loads(result.stdout).get("nftables", []):
+                found += _set_elements((item.get("set") or {}).get("elem") or [])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("cannot read the pod set %s of table inet %s: %s", set_name, config.name, exc)
+    return tuple(found)
