@@ -35,7 +35,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.agent.client.mirror import Mirror
@@ -66,6 +66,10 @@ DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
 MARK_SLOTS = 4
 
 READY = Gauge("kube_ip_agent_ready", "1 while the tracker snapshot is applied and local NetworkPolicies are listed.")
+POD_SYNC_ERRORS = Counter(
+    "kube_ip_agent_local_pod_sync_errors_total",
+    "Failures to update the dataplane's local pod addresses (retried with backoff).",
+)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -256,6 +260,7 @@ class Agent:
                 await self.dataplane.set_local_pods(addresses)
                 backoff.reset()
             except (DataplaneError, ValueError) as exc:
+                POD_SYNC_ERRORS.inc()
                 delay = backoff.next_delay()
                 log.error("Cannot update the local pod addresses: %s; retrying in %.1fs", exc, delay)
                 self._pods_wanted.set()
@@ -356,8 +361,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         )
         if not dp.fail_open and not config.static_pods:
             log.warning(
-                "--no-fail-open without --pod-cidr: this node's pods are known only once the tracker's snapshot "
-                "arrives; until then their traffic is not queued at all. Give --pod-cidr to enforce from the start."
+                "--no-fail-open without --pod-cidr: this node's pods are known once the tracker's snapshot arrives; "
+                "until then only pod addresses left in the rules by a previous run are enforced. Give --pod-cidr "
+                "to enforce all of them from the start."
             )
         try:
             await agent.start()
