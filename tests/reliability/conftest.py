@@ -15,11 +15,12 @@ MakeTracker = Callable[..., TrackerProcess]
 
 @pytest.fixture
 def tracker_process(tmp_path: Path) -> Iterator[MakeTracker]:
-    """``tracker_process(args, metrics=False, cmd=..., env=...)`` makes (does not start) a tracker process; all are stopped at the end."""
+    """``tracker_process(args, metrics=False, informer_options=None)`` makes (does not start) a tracker
+    process named tracker-N; all are stopped at the end."""
     made: list[TrackerProcess] = []
 
     def make(args: Sequence[str], **kwargs: Any) -> TrackerProcess:
-        proc = TrackerProcess(args, tmp_path / f"tracker-{len(made)}.log", **kwargs)
+        proc = TrackerProcess(f"tracker-{len(made)}", args, tmp_path, **kwargs)
         made.append(proc)
         return proc
 

@@ -141,4 +141,4 @@ async def test_bad_clusters_at_run_time_are_reported_and_the_others_kept(  # typ
             return "unreachable" in s and s["unreachable"].synced and s["unreachable"].connected
 
         await tracker.eventually(fixed, "the fixed cluster syncs")
-        assert await good_serves() and tracker.alive()
+        assert await good_serves() and tracker.alive

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import re
-import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -36,7 +32,6 @@ from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster
 from .churn import Churn, Timeline
 from .conftest import MakeTracker
 from .tracker import TrackerProcess
-from .tracker_main import ENV
 
 # tests/sources/proxy.py (pytest puts tests/ on sys.path): a TCP proxy a test can cut and restore.
 from sources.proxy import TcpProxy  # type: ignore[import-not-found]  # isort: skip
@@ -174,8 +169,7 @@ class Run:
     def expired_relists(self, c: LocalCluster) -> float:
         """kube_ip_tracker_source_lists_total{reason="expired"} of ``c`` (all kinds) from /metrics."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.tracker.metrics_port}/metrics", timeout=2) as r:
-                text = r.read().decode()
+            text = self.tracker.metrics_text()
         except OSError:
             return 0.0
         total = 0.0
@@ -242,8 +236,7 @@ async def churn_run(  # type: ignore[no-untyped-def]
             "5s",
         ],
         metrics=True,
-        cmd=[sys.executable, str(Path(__file__).with_name("tracker_main.py"))],
-        env={**os.environ, ENV: json.dumps(INFORMER_OPTIONS)},
+        informer_options=INFORMER_OPTIONS,
     )
     run = Run(clusters, tracker, proxy, kdir)
     try:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -35,10 +34,8 @@ WATCH = f"/{SERVICE_NAME}/Watch"
 
 def metrics(tracker: TrackerProcess) -> dict[str, float]:
     """The tracker's /metrics as {"name{labels}": value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{tracker.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
     out = {}
-    for line in text.splitlines():
+    for line in tracker.metrics_text().splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
@@ -133,7 +130,7 @@ async def storm(tracker: TrackerProcess, watchers: int, max_watchers: int, per_c
         release.set()
         for ch in channels:
             await ch.close()
-    assert tracker.alive()
+    assert tracker.alive
 
 
 async def test_restart_storm_is_served_from_a_shared_snapshot_with_admission(  # type: ignore[no-untyped-def]
@@ -209,4 +206,4 @@ async def test_stuck_watchers_are_cut_off_and_do_not_grow_memory(  # type: ignor
         follower.cancel()
         for ch in [*stuck_channels, healthy_channel]:
             await ch.close()
-    assert tracker.alive()
+    assert tracker.alive

@@ -112,7 +112,7 @@ async def test_mtls_refuses_plaintext_wrong_ca_and_certless_clients(tmp_path, tr
         await tracker.eventually(lambda: client.ready, "the agent client is ready over mTLS")
     finally:
         await client.stop()
-    assert tracker.alive()
+    assert tracker.alive
 
 
 async def test_tls_without_client_ca_refuses_plaintext_and_wrong_ca(tmp_path, tracker_process: MakeTracker) -> None:  # type: ignore[no-untyped-def]
@@ -165,7 +165,7 @@ async def test_rotation_applies_to_new_connections_and_keeps_open_streams(  # ty
             msg = await _read(call)
             names |= {c.pod.name for c in msg.changes if c.WhichOneof("object") == "pod"}
         call.cancel()
-    assert "Reloaded TLS certificate" in tracker.log() and tracker.alive()
+    assert "Reloaded TLS certificate" in tracker.log() and tracker.alive
 
 
 async def _read(call) -> pb.WatchResponse:  # type: ignore[no-untyped-def]

@@ -1,63 +1,49 @@
-"""A real ``kube-ip-tracker`` child process for reliability tests (start, SIGKILL, restart, log)."""
+"""The tracker process of :mod:`kube_ip_tracker.testing.trackers`, with what reliability tests add.
+
+- ``informer_options``: run it through ``tracker_main.py`` with tuned source timeouts;
+- :meth:`TrackerProcess.eventually` fails at once, with the log, when the process has exited;
+- :meth:`TrackerProcess.wait_listening`, :meth:`TrackerProcess.log`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
+import json
 import socket
-import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-from kube_ip_tracker.testing.clusters import free_port
+from kube_ip_tracker.testing import trackers
+from kube_ip_tracker.testing.trackers import TRACKER_CMD
 
-# Run by this interpreter, so a fresh checkout tests its own code.
-TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
+TRACKER_MAIN = Path(__file__).with_name("tracker_main.py")
+
+__all__ = ["TRACKER_CMD", "TrackerProcess"]
 
 
-class TrackerProcess:
-    """``kube-ip-tracker --listen-address 127.0.0.1:PORT ...``; the port stays the same across restarts."""
+class TrackerProcess(trackers.TrackerProcess):
+    """A tracker child process (``--tracker-id`` is its name); the port stays the same across restarts."""
 
     def __init__(
         self,
+        name: str,
         args: Sequence[str],
-        log_path: Path,
+        log_dir: Path,
         *,
         metrics: bool = False,
-        cmd: Sequence[str] = TRACKER_CMD,
-        env: dict[str, str] | None = None,
+        informer_options: Mapping[str, float] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.env = env
-        self.metrics_port = free_port() if metrics else 0
-        self.argv = [
-            *cmd,
-            "--listen-address",
-            f"127.0.0.1:{self.port}",
-            "--metrics-address",
-            f"127.0.0.1:{self.metrics_port}" if metrics else "",
-            "--shutdown-grace",
-            "1s",
-            *args,
-        ]
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, args, log_dir, metrics=metrics)
+        if informer_options is not None:
+            self.argv[: len(TRACKER_CMD)] = [sys.executable, str(TRACKER_MAIN), json.dumps(dict(informer_options))]
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
-    def start(self) -> TrackerProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     async def wait_listening(self, within: float = 30.0) -> None:
         """Wait until the gRPC port accepts TCP connections (the process may still be syncing)."""
@@ -84,31 +70,7 @@ class TrackerProcess:
             if result:
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"tracker exited ({self.proc.returncode}) before {what}:\n{self.log_tail()}")
+                raise AssertionError(f"tracker exited ({self.proc.returncode}) before {what}:\n{self.log_tail(60)}")
             if loop.time() > deadline:
-                raise AssertionError(f"not within {within}s: {what}; tracker log:\n{self.log_tail()}")
+                raise AssertionError(f"not within {within}s: {what}; tracker log:\n{self.log_tail(60)}")
             await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown."""
-        if self.alive():
-            assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
