@@ -21,7 +21,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
-from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing import certs, objects
 from kube_ip_tracker.testing.clusters import LocalCluster, free_port
 from kube_ip_tracker.testing.netns import PodNetwork
 
@@ -199,9 +199,17 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
 async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
     cluster_factory, processes: list[Process], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """After a crash the pod addresses come from the rules left behind: fail-closed holds at once."""
+    """After a crash the pod addresses come from the rules left behind: fail-closed holds at once.
+
+    The tracker connection uses mTLS here (the agent's --tracker-* TLS flags).
+    """
     (cluster,) = cluster_factory(1)
     name = f"kipt-{secrets.token_hex(3)}"
+    ca = certs.TestCA(tmp_path)
+    server_cert, server_key = ca.issue("tracker", hosts=["tracker.test"])
+    client_cert, client_key = ca.issue("agent", client=True)
+    tls = ["--tracker-ca-file", str(ca.cert_path), "--tracker-cert-file", str(client_cert)]
+    tls += ["--tracker-key-file", str(client_key), "--tracker-server-name", "tracker.test", "--no-fail-open"]
     try:
         with PodNetwork(host_address=True) as net:
             web, client_pod = net.add_pod("web"), net.add_pod("client")
@@ -213,11 +221,13 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
             tracker_port, queue = free_port(), 20000 + secrets.randbelow(40000)
             tracker_argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig)]
             tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
+            tracker_argv += ["--tls-cert-file", str(server_cert), "--tls-key-file", str(server_key)]
+            tracker_argv += ["--tls-client-ca-file", str(ca.cert_path)]
             tracker = Process(tracker_argv, tmp_path / "tracker.log")
             processes.append(tracker)
 
             port = free_port()
-            agent = start_agent(tmp_path, cluster, tracker_port, name, port, queue, "--no-fail-open")
+            agent = start_agent(tmp_path, cluster, tracker_port, name, port, queue, *tls)
             processes.append(agent)
             await eventually(lambda: metric(port, "kube_ip_agent_local_pod_addresses") == 2.0, "ready", agent, 60)
             assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
@@ -228,7 +238,7 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
             assert iptables_chains(name)
 
             port = free_port()
-            restarted = start_agent(tmp_path, cluster, tracker_port, name, port, queue, "--no-fail-open")
+            restarted = start_agent(tmp_path, cluster, tracker_port, name, port, queue, *tls)
             processes.append(restarted)
             await eventually(lambda: "Keeping the 2 pod addresses" in restarted.tail(), "pods kept", restarted)
             await eventually(lambda: metric(port, "kube_ip_agent_ready") == 0.0, "metrics served", restarted)
