@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 from .scenario import DEFAULT_SUBNET
 from .stack import DemoError, DemoSettings, DemoStack
-from .steps import run_all
+from .steps import StepResult, run_all
+
+log = logging.getLogger("kube_ip_tracker.demo")
 
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
@@ -79,26 +81,36 @@ async def run_demo(settings: DemoSettings) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     stack = DemoStack(settings, say=_say)
+    results: list[StepResult] = []
+    failed = True
     try:
         await stack.start()
         results = await run_all(stack)
+        failed = not all(r.passed for r in results)
     except DemoError as exc:
         _say(f"\nThe demo could not run: {exc}")
         return EXIT_CANNOT_RUN
+    except Exception as exc:  # a cluster that does not start, a failing command ...: say it without a traceback
+        log.debug("demo failed", exc_info=True)
+        _say(f"\nThe demo failed: {type(exc).__name__}: {exc}\n(run with --verbose for the traceback)")
+        return EXIT_CANNOT_RUN
     except asyncio.CancelledError:
         _say("\nInterrupted.")
+        failed = False
         return EXIT_INTERRUPTED
     finally:
         _say("\nCleaning up (agents remove their rules; trackers, clusters, namespaces, veths, temp files) ...")
-        await _close_despite_interrupts(stack)
+        await _close_despite_interrupts(stack, keep_logs=failed)
         _say("  done.")
+        if failed and stack.workdir is not None and stack.workdir.exists():
+            _say(f"  The processes' logs are kept in {stack.workdir} (remove it when done).")
     passed = sum(r.passed for r in results)
     _say(f"\n{passed} of {len(results)} steps gave the expected result.")
     return EXIT_OK if passed == len(results) else EXIT_STEP_FAILED
 
 
-async def _close_despite_interrupts(stack: DemoStack) -> None:
-    closing = asyncio.ensure_future(stack.close())
+async def _close_despite_interrupts(stack: DemoStack, keep_logs: bool) -> None:
+    closing = asyncio.ensure_future(stack.close(keep_logs=keep_logs))
     while not closing.done():
         try:
             await asyncio.shield(closing)

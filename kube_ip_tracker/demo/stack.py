@@ -58,6 +58,7 @@ class DemoSettings:
     mark_slots: tuple[int, int] = (2, 3)  # tests' dataplanes use slot 0 (the default marks)
     first_queue: int = 0  # 0: a random free-looking queue number
     workdir: Path | None = None  # None: a new temporary directory, removed at the end
+    agent_args: tuple[str, ...] = ()  # extra flags for every agent (e.g. --log-level debug)
 
     def rule_name(self, cluster: str) -> str:
         return f"{self.prefix}-c{CLUSTERS.index(cluster) + 1}"
@@ -308,6 +309,7 @@ class DemoStack:
                 str(s.mark_slots[index]),
                 "--metrics-address",
                 f"127.0.0.1:{port}",
+                *s.agent_args,
             ]
             agent = ChildProcess(f"agent-{cluster.name}", argv, self.workdir / f"agent-{cluster.name}.log")
             self.agents.append(agent.start())
@@ -363,8 +365,11 @@ class DemoStack:
 
     # --- stop ------------------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Tear everything down (see the module docstring); never raises, logs what failed."""
+    async def close(self, keep_logs: bool = False) -> None:
+        """Tear everything down (see the module docstring); never raises, logs what failed.
+
+        ``keep_logs`` keeps the working directory (process logs, kubeconfigs) for a look after a failure.
+        """
         if self._closed:
             return
         self._closed = True
@@ -383,13 +388,15 @@ class DemoStack:
                 await asyncio.to_thread(step)
             except Exception:
                 log.exception("cleanup of %s failed", what)
-        if self.workdir is not None and self.settings.workdir is None:
+        if self.workdir is not None and self.settings.workdir is None and not keep_logs:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
     def _remove_agent_rules(self) -> None:
+        if not self.agents:  # the rules of these names may belong to another demo (we never got the lock)
+            return
         for name in self.rule_names():
             if rules_left(name):
                 log.warning("agent rules %s were still installed; removing them", name)

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from kube_ip_tracker.demo.scenario import STEPS
-from kube_ip_tracker.demo.stack import DemoSettings, DemoStack, namespaces_left, rules_left
+from kube_ip_tracker.demo.stack import DemoError, DemoSettings, DemoStack, namespaces_left, rules_left
 from kube_ip_tracker.demo.steps import describe_result, run_step
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
@@ -35,7 +35,11 @@ async def _eventually_false(check, what: str, within: float = 15.0) -> None:  # 
 
 
 async def test_demo_steps_on_tcp_and_udp_and_clean_shutdown() -> None:
-    settings = DemoSettings(subnet="10.101.0.0/16", prefix=f"kipe{secrets.token_hex(2)}", mark_slots=(2, 3))
+    settings = DemoSettings(
+        subnet="10.101.0.0/16",
+        prefix=f"kipe{secrets.token_hex(2)}",
+        agent_args=("--log-level", "debug"),
+    )
     lines: list[str] = []
     stack = DemoStack(settings, say=lines.append)
     try:
@@ -43,12 +47,21 @@ async def test_demo_steps_on_tcp_and_udp_and_clean_shutdown() -> None:
         assert stack.workdir is not None and stack.workdir.is_dir()
         for name in stack.rule_names():
             assert rules_left(name), f"agent rules {name} not installed"
+        # A second demo with the same settings refuses to start and leaves the running one alone.
+        second = DemoStack(settings, say=lines.append)
+        with pytest.raises(DemoError, match="another demo"):
+            await second.start()
+        await second.close()
+        for name in stack.rule_names():
+            assert rules_left(name), f"agent rules {name} removed by the refused second demo"
+        assert len(namespaces_left(settings.prefix)) == len(stack.pods)
         web_c2 = stack.pods["web-c2"]
         web_c2.serve_tcp(ECHO_PORT)
         stream = None
         for step in STEPS:
             result = await run_step(stack, step, udp=True)
-            assert result.passed, f"step {step.key} ({step.title}): {describe_result(result)}\n" + "\n".join(lines)
+            logs = "\n".join([*lines, *(a.tail(80) for a in stack.agents)])
+            assert result.passed, f"step {step.key} ({step.title}): {describe_result(result)}\n{logs}"
             assert result.http.ok is step.reachable and result.udp is step.reachable
             if step.key == "a":
                 # A connection opened while allowed must be cut once the deny policy arrives (step b).
