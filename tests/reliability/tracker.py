@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
@@ -61,16 +60,10 @@ class TrackerProcess(trackers.TrackerProcess):
         self, check: Callable[[], object | Awaitable[object]], what: str, within: float = 30.0
     ) -> None:
         """Poll ``check`` (sync or async) until truthy; fail naming ``what`` with the log's tail."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
+
+        def alive_and(check: Callable[[], object | Awaitable[object]] = check) -> object | Awaitable[object]:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"tracker exited ({self.proc.returncode}) before {what}:\n{self.log_tail(60)}")
-            if loop.time() > deadline:
-                raise AssertionError(f"not within {within}s: {what}; tracker log:\n{self.log_tail(60)}")
-            await asyncio.sleep(0.05)
+            return check()
+
+        await trackers.eventually(alive_and, what, [self], within)
