@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
 from kube_ip_tracker.testing import certs, objects
 from kube_ip_tracker.testing.clusters import LocalCluster, free_port
-from kube_ip_tracker.testing.netns import PodNetwork
+from kube_ip_tracker.testing.netns import Pod, PodNetwork
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
 
@@ -142,22 +142,31 @@ def start_agent(
     return Process(argv, tmp_path / f"agent-{name}.log")
 
 
+async def web_and_client(cluster: LocalCluster, net: PodNetwork) -> tuple[Pod, Pod]:
+    """Pods web (serving WEB_PORT) and client, as netns and as pods of ``cluster`` on node-1 with their IPs."""
+    web, client_pod = net.add_pod("web"), net.add_pod("client")
+    web.serve_tcp(WEB_PORT)
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, NAMESPACE)
+        await objects.create_pod(api, NAMESPACE, "web", labels={"app": "web"}, ips=[str(web.ip)])
+        await objects.create_pod(api, NAMESPACE, "client", labels={"app": "client"}, ips=[str(client_pod.ip)])
+    return web, client_pod
+
+
+def tracker_argv(cluster: LocalCluster, port: int, *extra: str) -> list[str]:
+    """``kube-ip-tracker`` for ``cluster`` on 127.0.0.1:port, without metrics."""
+    argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig), "--listen-address", f"127.0.0.1:{port}"]
+    return [*argv, "--metrics-address", "", *extra]
+
+
 async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
     cluster_factory, processes: list[Process], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1)
     with PodNetwork(host_address=True) as net:
-        web, client_pod = net.add_pod("web"), net.add_pod("client")
-        web.serve_tcp(WEB_PORT)
-        async with cluster.api_client() as api:
-            await objects.create_namespace(api, NAMESPACE)
-            await objects.create_pod(api, NAMESPACE, "web", labels={"app": "web"}, ips=[str(web.ip)])
-            await objects.create_pod(api, NAMESPACE, "client", labels={"app": "client"}, ips=[str(client_pod.ip)])
-
+        web, client_pod = await web_and_client(cluster, net)
         tracker_port, metrics_port = free_port(), free_port()
-        tracker_argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig)]
-        tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
-        processes.append(Process(tracker_argv, tmp_path / "tracker.log"))
+        processes.append(Process(tracker_argv(cluster, tracker_port), tmp_path / "tracker.log"))
         name = f"kipt-{secrets.token_hex(3)}"
         queue = 20000 + secrets.randbelow(40000)
         agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port, queue)
@@ -212,18 +221,11 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
     tls += ["--tracker-key-file", str(client_key), "--tracker-server-name", "tracker.test", "--no-fail-open"]
     try:
         with PodNetwork(host_address=True) as net:
-            web, client_pod = net.add_pod("web"), net.add_pod("client")
-            web.serve_tcp(WEB_PORT)
-            async with cluster.api_client() as api:
-                await objects.create_namespace(api, NAMESPACE)
-                await objects.create_pod(api, NAMESPACE, "web", labels={"app": "web"}, ips=[str(web.ip)])
-                await objects.create_pod(api, NAMESPACE, "client", ips=[str(client_pod.ip)])
+            web, client_pod = await web_and_client(cluster, net)
             tracker_port, queue = free_port(), 20000 + secrets.randbelow(40000)
-            tracker_argv = [*TRACKER_CMD, "--kubeconfig", str(cluster.kubeconfig)]
-            tracker_argv += ["--listen-address", f"127.0.0.1:{tracker_port}", "--metrics-address", ""]
-            tracker_argv += ["--tls-cert-file", str(server_cert), "--tls-key-file", str(server_key)]
-            tracker_argv += ["--tls-client-ca-file", str(ca.cert_path)]
-            tracker = Process(tracker_argv, tmp_path / "tracker.log")
+            tracker_tls = ["--tls-cert-file", str(server_cert), "--tls-key-file", str(server_key)]
+            tracker_tls += ["--tls-client-ca-file", str(ca.cert_path)]
+            tracker = Process(tracker_argv(cluster, tracker_port, *tracker_tls), tmp_path / "tracker.log")
             processes.append(tracker)
 
             port = free_port()
@@ -245,7 +247,7 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
             # Not ready (no tracker) and fail-closed: the pods' new connections are dropped.
             assert not client_pod.tcp_probe(web.ip, WEB_PORT, timeout=1.0), restarted.tail()
 
-            processes.append(Process(tracker_argv, tmp_path / "tracker.log"))
+            processes.append(Process(tracker.argv, tmp_path / "tracker.log"))
             await eventually(lambda: metric(port, "kube_ip_agent_ready") == 1.0, "ready again", restarted, 60)
             await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed", restarted)
             assert restarted.terminate() == 0, restarted.tail()
