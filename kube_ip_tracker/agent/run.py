@@ -17,6 +17,9 @@ connections no longer allowed. SIGTERM/SIGINT stop the agent and remove its rule
 Several agents can share a host (the demo runs one per cluster): each needs its own
 ``--nfqueue-id``, its own ``--name`` (default derived from ``--cluster-id``) and its own
 ``--mark-slot`` (default ``--nfqueue-id`` mod 4), so their rules, queues and marks never meet.
+(Limitation of the iptables backend: while a crashed agent's rules are still installed with
+``--fail-open``, the kernel's queue bypass for its dead queue also skips the queue rules after it in
+the security chain, i.e. possibly another agent's; restarting the agent, or a clean stop, ends that.)
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration or start-up error (named in the log), 2 on bad flags.
 """
