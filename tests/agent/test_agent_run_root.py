@@ -45,9 +45,9 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -250,7 +250,7 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
             processes.append(Process(tracker.argv, tmp_path / "tracker.log"))
             await eventually(lambda: metric(port, "kube_ip_agent_ready") == 1.0, "ready again", restarted, 60)
             await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed", restarted)
-            assert restarted.terminate() == 0, restarted.tail()
+            assert restarted.terminate(sig=signal.SIGINT) == 0, restarted.tail()  # Ctrl-C stops it cleanly too
             assert iptables_chains(name) == []
     finally:
         await Dataplane(DataplaneConfig(name=name), lambda _: True, lambda: True).remove_rules()
