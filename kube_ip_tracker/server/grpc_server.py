@@ -46,10 +46,16 @@ DEFAULT_SNAPSHOT_CACHE_TTL = 5.0
 
 
 def keepalive_options() -> list[tuple[str, int]]:
-    """Server keepalive: ping idle clients, and accept client pings down to every 10 s (agents ping every 20 s)."""
+    """Server keepalive: ping idle clients, and accept client pings down to every 10 s (agents ping every 20 s).
+
+    The 10 s floor is ``TRACKER_MIN_PING_INTERVAL`` of the client (agent/client/keepalive.py), which refuses
+    shorter keepalive times. ``ping_timeout_ms`` is what gRPC core waits for a ping ack (default 60 s):
+    it is set to the keepalive timeout so a frozen client is dropped after 30 + 10 s, not 30 + 60 s.
+    """
     return [
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 5),

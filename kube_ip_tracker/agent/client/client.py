@@ -5,6 +5,13 @@ stub over ``grpc.aio``, feeds the stream to a :class:`~.stream.WatchSession`, an
 to the next IP and reconnects with exponential backoff and jitter. After a disconnect it resumes from
 the last (epoch, revision) it applied, so only the missed changes are sent; when the tracker cannot
 resume (restart, expired change log) it sends a reset snapshot that replaces the sink's state.
+
+A tracker that stops answering without closing the connection (frozen or hung process, black-holed
+network path) is given up on within ``min(keepalive_time + keepalive_timeout, stream_timeout)`` seconds
+(30 s with the defaults): HTTP/2 keepalive pings, plus a read deadline fed by the PROGRESS messages the
+tracker sends every 10 s (see :mod:`.keepalive`). The client then fails over to the next tracker IP at
+once, or backs off once every IP failed, and keeps the sink's state meanwhile; it resumes from its
+revision when a tracker of the same epoch answers again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ import grpc.aio
 
 from kube_ip_tracker.agent.client import metrics
 from kube_ip_tracker.agent.client.backoff import Backoff
+from kube_ip_tracker.agent.client.keepalive import (
+    check_liveness_options,
+    keepalive_channel_options,
+    liveness_bound,
+)
 from kube_ip_tracker.agent.client.resolver import (
     AddressError,
     AddressRotation,
@@ -76,7 +88,12 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    """Tunables of :class:`TrackerClient`; the defaults suit an agent."""
+    """Tunables of :class:`TrackerClient`; the defaults suit an agent.
+
+    ``keepalive_time`` (at least 10 s, what the tracker accepts) and ``keepalive_timeout`` drive HTTP/2
+    keepalive; ``stream_timeout`` is the read deadline of a stream that has delivered its first
+    message (the tracker sends PROGRESS every 10 s: keep it well above that; ``None`` disables it).
+    """
 
     clusters: Sequence[str] = ()
     tracker_id: str = ""
@@ -89,7 +106,30 @@ class ClientOptions:
     keepalive_timeout: float = 10.0
     # A tracker that accepts the connection but sends nothing for this long is given up on.
     first_message_timeout: float = 10.0
+    # An open stream that delivers nothing (not even PROGRESS) for this long is given up on.
+    stream_timeout: float | None = 30.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        check_liveness_options(self.keepalive_time, self.keepalive_timeout, self.stream_timeout)
+        if self.first_message_timeout <= 0:
+            raise ValueError(f"first_message_timeout must be > 0 seconds, got {self.first_message_timeout}")
+
+    @property
+    def liveness_bound(self) -> float:
+        """Seconds within which a tracker that stopped answering mid-stream is given up on."""
+        return liveness_bound(self.keepalive_time, self.keepalive_timeout, self.stream_timeout)
+
+
+class TrackerSilent(Exception):
+    """The tracker sent nothing for too long: a frozen or hung process, or a black-holed path.
+
+    ``code`` labels the error metric: ``timeout`` before the first message, ``silent`` after it.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 class TrackerClient:
@@ -198,14 +238,9 @@ class TrackerClient:
                 if e.code() is grpc.StatusCode.INVALID_ARGUMENT and self.epoch:
                     # The tracker refuses our resume point (e.g. a revision ahead of it): start over.
                     self._forget_resume_point("refused")
-            except TimeoutError:
-                metrics.CONNECT_ERRORS.labels(code="timeout", **labels).inc()
-                log.warning(
-                    "Tracker %s (%s) sent nothing within %.0fs",
-                    endpoint,
-                    self.target,
-                    self.options.first_message_timeout,
-                )
+            except TrackerSilent as e:
+                metrics.CONNECT_ERRORS.labels(code=e.code, **labels).inc()
+                log.warning("Tracker %s (%s) %s; giving up on this stream", endpoint, self.target, e)
             except OSError as e:
                 metrics.CONNECT_ERRORS.labels(code="resolve", **labels).inc()
                 log.warning("Cannot resolve tracker address %s: %s", self.target, e)
@@ -236,10 +271,7 @@ class TrackerClient:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         opts = self.options
         channel_options: list[tuple[str, int | str]] = [
-            ("grpc.keepalive_time_ms", int(opts.keepalive_time * 1000)),
-            ("grpc.keepalive_timeout_ms", int(opts.keepalive_timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
+            *keepalive_channel_options(opts.keepalive_time, opts.keepalive_timeout),
             ("grpc.max_receive_message_length", opts.max_message_bytes),
             # One connection attempt per call: failover is ours, not the channel's.
             ("grpc.enable_retries", 0),
@@ -273,13 +305,27 @@ class TrackerClient:
             stub = tracker_pb2_grpc.TrackerStub(channel)
             call = stub.Watch(self._request())
             self.endpoint = endpoint
-            async with asyncio.timeout(self.options.first_message_timeout) as first_message:
-                async for msg in call:
-                    if not self.connected:
-                        first_message.reschedule(None)
-                        self._set_connected(True)
-                        self._log_connected(endpoint, msg)
-                    self._apply(endpoint, session, msg)
+            loop = asyncio.get_running_loop()
+            stream_timeout = self.options.stream_timeout
+            try:
+                async with asyncio.timeout(self.options.first_message_timeout) as deadline:
+                    async for msg in call:
+                        if not self.connected:
+                            self._set_connected(True)
+                            self._log_connected(endpoint, msg)
+                        self._apply(endpoint, session, msg)
+                        # Measured from when the next message is awaited: a slow apply is not the tracker's silence.
+                        deadline.reschedule(None if stream_timeout is None else loop.time() + stream_timeout)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                if not self.connected:
+                    raise TrackerSilent(
+                        "timeout", f"sent nothing within {self.options.first_message_timeout:g}s of connecting"
+                    ) from None
+                raise TrackerSilent(
+                    "silent", f"sent nothing (not even PROGRESS) for {stream_timeout:g}s: frozen, hung or unreachable"
+                ) from None
             log.warning("Tracker %s (%s) ended the watch stream", endpoint, self.target)
             return session.live
 
