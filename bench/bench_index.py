@@ -297,13 +297,15 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "An event costs a few microseconds of pure Python: the record is rebuilt with interned strings and "
             "shared labels/ports (a frozen dataclass `__init__` of 9 fields), the per-namespace pod table and the "
-            "IP-claims dict are updated, and a `Change` is appended for the batch. The hot path was trimmed "
-            "(label maps pooled in a plain dict pruned by reference count instead of a `WeakValueDictionary`, "
-            "no exception per write to find the event loop, the pod key built only when an IP is contested); "
-            "what remains is one Python-level object construction and ~7 dict operations per event. On this "
-            "shared 2-core machine the rate moves with the load average: the same code measures above the "
-            "target when the machine is otherwise idle (see the individual runs). Going much further would "
-            "need skipping the record rebuild when the source already interned it, or a compiled extension.",
+            "IP-claims dict are updated, and a `Change` is appended for the batch (see the profile above). The "
+            "hot path was trimmed (label maps pooled in a plain dict pruned by reference count instead of a "
+            "`WeakValueDictionary`, no exception per write to find the event loop, the pod key built only when "
+            "an IP is contested); what remains is one Python-level object construction and ~7 dict operations "
+            "per event, much of it memory-bound (a 100k-entry IP dict and pod tables). CPU time is used because "
+            "other sessions share the 2 cores; under heavy load even CPU time per event rises (shared caches). "
+            "Going much further would need skipping the record rebuild when the source already interned it, "
+            "or a compiled extension. Memory: RSS counts what the allocator keeps after the generator's "
+            "temporary objects are freed, so it is above the traced figure.",
         ]
     return "\n".join(lines)
 
