@@ -104,30 +104,10 @@ def _reply(obj: dict[str, Any]) -> None:
 
 
 def header(data: bytes) -> tuple[int, int, int]:
-    """``(kind, first_revision, revision)`` of a serialized WatchResponse, skipping the changes (a merged
-    DELTA's fields come after them too: the last value of a field wins)."""
-    kind = revision = first = 0
-    i, n = 0, len(data)
-    while i < n:
-        tag = data[i]
-        i += 1
-        field, wire_type = tag >> 3, tag & 7
-        value = shift = 0
-        while True:
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        if wire_type == 2:
-            i += value
-        elif field == 1:
-            kind = value
-        elif field == 3:
-            revision = value
-        elif field == 4:
-            first = value
+    """``(kind, first_revision, revision)`` of a serialized WatchResponse (a merged DELTA included)."""
+    from kube_ip_tracker.wire import response_header
+
+    kind, revision, first = response_header(data, whole=True)
     return kind, first or revision, revision
 
 

@@ -300,34 +300,32 @@ def encode_response(
     return b"".join(parts)
 
 
-def response_header(data: bytes) -> tuple[int, int, int]:
-    """``(kind, revision, first_revision)`` of a ``WatchResponse`` as :func:`encode_response` writes it.
+def response_header(data: bytes, *, whole: bool = False) -> tuple[int, int, int]:
+    """``(kind, revision, first_revision)`` of a serialized ``WatchResponse``.
 
-    Only the fields before the changes are read (a merged DELTA carries more after them).
+    By default only the fields before the changes are read (enough for what :func:`encode_response`
+    writes); ``whole`` reads to the end, skipping the changes, as a merged DELTA repeats fields after them.
     """
     kind = revision = first_revision = 0
     i, n = 0, len(data)
     while i < n:
         tag = data[i]
-        i += 1
-        field, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, i = _read_varint(data, i)
-            if field == 1:
-                kind = value
-            elif field == 3:
-                revision = value
-            elif field == 4:
-                first_revision = value
-        elif wire_type == 2 and field < 6:
-            length, i = _read_varint(data, i)
-            i += length
-        else:
-            break  # the changes: every header field comes before them in what encode_response writes
+        if tag == _CHANGES_TAG[0] and not whole:
+            break
+        value, i = read_varint(data, i + 1)
+        if tag & 7 == 2:
+            i += value
+        elif tag == 0x08:
+            kind = value
+        elif tag == 0x18:
+            revision = value
+        elif tag == 0x20:
+            first_revision = value
     return kind, revision, first_revision
 
 
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+def read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``data[i:]`` and the index after it."""
     value = shift = 0
     while True:
         b = data[i]

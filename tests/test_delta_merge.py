@@ -30,6 +30,9 @@ def test_merged_deltas_parse_as_one_delta_from_the_first_to_the_last_revision() 
     assert (merged.first_revision, merged.revision) == (5, 12)
     assert [c.pod.name for c in merged.changes] == [f"p{r}" for r in range(5, 13)]
     assert not queue and taken == len(_delta(8, 8)) + len(_delta(9, 12))
+    # Reading past the changes gives the merged message's own fields (the header alone is the first part's).
+    assert wire.response_header(data, whole=True) == (WR.DELTA, 12, 5)
+    assert wire.response_header(data) == (WR.DELTA, 7, 5)
 
 
 def test_merge_stops_at_other_kinds_and_at_the_message_limits() -> None:
