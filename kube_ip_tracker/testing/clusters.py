@@ -66,8 +66,37 @@ def find_etcd() -> str:
     return path
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Ports are drawn at random below the kernel's ephemeral range, so the source port of some
+    outgoing connection cannot take it between now and the server's bind, and never twice in one
+    process. Another process can still take it: :func:`start_clusters` relaunches a cluster whose
+    bind failed.
+    """
+    low, high = 15000, _ephemeral_low() - 1
+    for _ in range(200):
+        port = secrets.randbelow(high - low) + low if high > low else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -200,6 +229,13 @@ class LocalCluster:
         )
         self._etcd.start()
         self._apiserver.start()
+
+    def relaunch_on_new_ports(self, kube_apiserver: str | None = None, etcd: str | None = None) -> None:
+        """After a failed start (a port taken by another process): wipe, pick new ports, launch again."""
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+        self.port, self.etcd_port, self.etcd_peer_port = free_port(), free_port(), free_port()
+        self.launch(kube_apiserver, etcd)
 
     def stop(self) -> None:
         """Stop both processes (data directory is kept until the owner removes base_dir)."""
@@ -438,12 +474,25 @@ def start_clusters(
             clusters.append(cluster)
             cluster.launch(apiserver, etcd)
         for cluster in clusters:
-            cluster.wait_ready()
+            _wait_ready_or_relaunch(cluster, apiserver, etcd)
     except BaseException:
         clusters.stop()
         raise
     clusters.write_merged_kubeconfig()
     return clusters
+
+
+def _wait_ready_or_relaunch(cluster: LocalCluster, apiserver: str, etcd: str, attempts: int = 3) -> None:
+    """Await readiness; a cluster that lost one of its ports to another process is started again."""
+    for attempt in range(attempts):
+        try:
+            cluster.wait_ready()
+            return
+        except ClusterStartError as exc:
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+            log.warning("%s: a port was taken by another process; starting it again on new ports", cluster.name)
+            cluster.relaunch_on_new_ports(apiserver, etcd)
 
 
 @contextlib.contextmanager

@@ -64,3 +64,36 @@ async def test_expired_watch_returns_410_without_watch_cache(cluster_factory) ->
             async for _event in stream:
                 pass
         assert err.value.status == 410
+
+
+def test_cluster_whose_port_is_taken_starts_again_on_new_ports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from kube_ip_tracker.testing.clusters import (
+        LocalCluster,
+        _wait_ready_or_relaunch,
+        find_etcd,
+        find_kube_apiserver,
+    )
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        cluster = LocalCluster("squeezed", tmp_path / "squeezed", port=taken)
+        apiserver, etcd = find_kube_apiserver(), find_etcd()
+        try:
+            cluster.launch(apiserver, etcd)
+            _wait_ready_or_relaunch(cluster, apiserver, etcd)
+            assert cluster.port != taken
+            assert f":{cluster.port}" in cluster.kubeconfig.read_text()
+        finally:
+            cluster.stop()
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_distinct() -> None:
+    from kube_ip_tracker.testing.clusters import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(p < _ephemeral_low() for p in ports)
