@@ -50,9 +50,8 @@ class IPClaims:
         contested = 0
         claims_of = self._claims
         for ip in pod.ips:
-            current = claims_of.get(ip)
-            if current is None:
-                claims_of[ip] = pod
+            current = claims_of.setdefault(ip, pod)  # one lookup for the common case: a new IP
+            if current is pod:
                 continue
             key = pod.key
             if isinstance(current, PodRecord):
