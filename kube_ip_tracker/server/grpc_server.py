@@ -62,6 +62,16 @@ def keepalive_options() -> list[tuple[str, int]]:
     ]
 
 
+def admission_options(max_watchers: int) -> list[tuple[str, int]]:
+    """Let a restart storm queue in gRPC until the Watch handler admits or refuses each call.
+
+    gRPC core keeps at most 1,000 calls waiting for the application by default and cancels the others
+    (the client sees CANCELLED, with no log here); the queue is sized so --max-watchers decides instead.
+    """
+    pending = 2 * max_watchers + 1000
+    return [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", 2 * pending)]
+
+
 def server_credentials(cert_chain: bytes, private_key: bytes, client_ca: bytes | None = None) -> grpc.ServerCredentials:
     """TLS credentials; with ``client_ca`` every client must present a certificate signed by it (mTLS)."""
     return grpc.ssl_server_credentials(
@@ -115,7 +125,7 @@ class TrackerServer:
         self.listen_address = listen_address
         self.progress_interval = progress_interval
         self._tls = tls
-        self._options = [*keepalive_options(), *extra_options]
+        self._options = [*keepalive_options(), *admission_options(max_watchers), *extra_options]
         self._limits = (max_watchers, watcher_buffer_messages, watcher_buffer, snapshot_cache_ttl)
         self._server: grpc.aio.Server | None = None
         self._fanout: Fanout | None = None
