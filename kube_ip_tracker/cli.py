@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.gke import flags as gke_flags
 from kube_ip_tracker.gke.reconcile import GkeReconciler
 from kube_ip_tracker.index import Index
@@ -76,21 +77,8 @@ def _optional_address(text: str) -> str:
 
 
 def _seconds(text: str) -> float:
-    """Seconds as a number or a Go-style duration (``30s``, ``2m``, ``1h``)."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    value = text.strip()
-    for suffix in ("ms", "s", "m", "h"):
-        if value.endswith(suffix) and value[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(value[: -len(suffix)]) * units[suffix]
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use e.g. 30s, 2m or a number of seconds"
-        ) from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
-    return seconds
+    """Seconds as a number or a Go-style duration (``30s``, ``2m``, ``1h30m``)."""
+    return parse_duration(text)
 
 
 def _positive_int(text: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from typing import Any
 
 from google.api_core.client_options import ClientOptions
@@ -17,6 +16,7 @@ from google.auth import credentials as ga_credentials
 from google.auth import exceptions as ga_exceptions
 from google.cloud import container_v1
 
+from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.gke.auth import GoogleTokenProvider, default_credentials
 from kube_ip_tracker.gke.discovery import EndpointKind, GkeDiscovery
 from kube_ip_tracker.gke.names import GkeClusterName, parse_cluster_names
@@ -25,31 +25,6 @@ from kube_ip_tracker.gke.reconcile import ClusterSupervisorLike, GkeReconciler
 
 class GkeConfigError(RuntimeError):
     """GKE clusters are configured but discovery cannot be set up (e.g. no application default credentials)."""
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (``5m``, ``1h30m``, ``90s``, ``500ms``) or plain seconds into seconds."""
-    value = text.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        for match in _DURATION.finditer(value):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(value) or not value:
-            raise argparse.ArgumentTypeError(
-                f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m or a number of seconds"
-            ) from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
-    return seconds
 
 
 def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
