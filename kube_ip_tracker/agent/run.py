@@ -60,7 +60,7 @@ from kube_ip_tracker.cli import LOG_LEVELS, _log_level, _optional_address
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
 from kube_ip_tracker.sources.backoff import Backoff
-from kube_ip_tracker.sources.kubeconfig import check_in_cluster, in_cluster_spec, read_kubeconfig
+from kube_ip_tracker.sources.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
 
 log = logging.getLogger("kube_ip_tracker.agent.run")
 
@@ -200,7 +200,12 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         read_kubeconfig(args.kubeconfig)
         spec = ClusterSpec(cluster_id=cluster_id, kubeconfig=os.path.abspath(args.kubeconfig), context=args.context)
     else:
-        check_in_cluster()
+        try:
+            check_in_cluster()
+        except KubeconfigError as exc:  # its message names the tracker's flags
+            raise KubeconfigError(
+                str(exc).replace("no --kubeconfig or --kubeconfig-dir given", "no --kubeconfig given")
+            ) from None
         spec = in_cluster_spec(cluster_id)
     base = config_from_args(args)
     slot = args.mark_slot if args.mark_slot is not None else base.nfqueue_id % MARK_SLOTS

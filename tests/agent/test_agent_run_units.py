@@ -209,6 +209,15 @@ def test_bad_flags_exit_1_naming_the_problem(
     assert "Traceback" not in err
 
 
+def test_without_kubeconfig_outside_a_cluster_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, err = run_main(capsys, "--tracker-address", "127.0.0.1:1", "--cluster-id", "c")
+    assert code == 1
+    assert "no --kubeconfig given and the in-cluster configuration is unusable" in err, err
+
+
 # --- readiness endpoint --------------------------------------------------------------------------
 
 
