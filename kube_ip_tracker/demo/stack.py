@@ -9,6 +9,8 @@ on Ctrl-C and twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import fcntl
 import ipaddress
 import logging
@@ -64,6 +66,14 @@ class DemoSettings:
         return f"{self.prefix}-c{CLUSTERS.index(cluster) + 1}"
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGTERM when the parent goes away."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 @dataclass
 class ChildProcess:
     """A child process with its output in a log file, in its own session (Ctrl-C is ours to handle)."""
@@ -74,8 +84,15 @@ class ChildProcess:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> ChildProcess:
+        """Start it; it gets SIGTERM if the thread that started it dies (a demo killed with SIGKILL)."""
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
+            )
         return self
 
     @property
@@ -212,8 +229,13 @@ class DemoStack:
         self._lock = handle
 
     def _remove_leftovers(self) -> None:
-        """Namespaces, veths and rules of an earlier run with the same prefix that was killed (we hold the lock)."""
+        """Processes, temp dirs, namespaces, veths and rules of a killed earlier run with our prefix (we hold the lock)."""
         s = self.settings
+        if s.workdir is None:
+            _stop_processes_using(os.path.join(tempfile.gettempdir(), f"{s.prefix}-"))
+            for path in Path(tempfile.gettempdir()).glob(f"{s.prefix}-*"):
+                log.warning("removing %s left by an earlier run", path)
+                shutil.rmtree(path, ignore_errors=True)
         for name in namespaces_left(s.prefix):
             log.warning("removing network namespace %s left by an earlier run", name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
@@ -401,6 +423,36 @@ class DemoStack:
             if rules_left(name):
                 log.warning("agent rules %s were still installed; removing them", name)
                 asyncio.run(_remove_rules(name))
+
+
+def _stop_processes_using(marker: str, timeout: float = 10.0) -> None:
+    """SIGTERM (then SIGKILL) every process whose command line contains ``marker`` (an earlier run's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            log.warning("stopping process %d left by an earlier run (signal %s)", pid, sig.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while found and time.monotonic() < deadline:
+            found = [pid for pid in found if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+            time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 async def _remove_rules(name: str) -> None:

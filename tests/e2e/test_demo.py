@@ -14,6 +14,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +113,32 @@ def test_demo_refuses_to_run_without_root() -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "must run as root" in result.stderr
     assert "Starting" not in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_killed_with_sigkill_is_cleaned_up_by_the_next_run() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kube_ip_tracker.demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert demo.stdout is not None
+    seen = ""
+    while "Everything is up" not in seen:
+        line = demo.stdout.readline()
+        assert line, f"demo ended before it was up:\n{seen}"
+        seen += line
+    demo.kill()
+    demo.wait()
+    # The agents got SIGTERM from the kernel (parent death signal) and removed their rules.
+    deadline = time.monotonic() + 20
+    while rules_left("kipdemo-c1") or rules_left("kipdemo-c2"):
+        assert time.monotonic() < deadline, "agent rules still installed after the demo was killed"
+        time.sleep(0.2)
+    assert namespaces_left("kipdemo"), "expected the killed demo's namespaces to be left over"
+    result = subprocess.run(
+        [sys.executable, "-m", "kube_ip_tracker.demo"], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces_left("kipdemo") == []
+    assert list(Path(tempfile.gettempdir()).glob("kipdemo-*")) == []
+    leftovers = subprocess.run(["pgrep", "-f", f"{tempfile.gettempdir()}/kipdemo-"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "processes of the killed demo still run"
