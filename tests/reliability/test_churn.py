@@ -3,7 +3,8 @@
 Faults, in turn, while every cluster keeps changing: an API server restart, an etcd restart, an API
 server frozen (SIGSTOP) for longer than the watch timeout, a partition during which etcd compacts the
 history (the tracker's watch gets 410 and relists), the tracker killed with SIGKILL while agents
-stream, and a cluster removed from --kubeconfig-dir and added back. After the last fault the churn
+and a spoke tracker (hub-and-spoke) stream from it, and a cluster removed from --kubeconfig-dir and
+added back. Mirrors: an agent of the tracker, one with a cluster filter, and an agent of the spoke. After the last fault the churn
 stops and every mirror must equal the truth listed from the API servers, object by object
 (:mod:`kube_ip_tracker.testing.checker`), within a bounded time, which the test reports.
 
@@ -59,9 +60,12 @@ CONVERGE_WITHIN = 60.0
 class Run:
     """Clusters, churn, tracker, proxy and mirrors of one churn run."""
 
-    def __init__(self, clusters: ClusterSet, tracker: TrackerProcess, proxy: TcpProxy, kdir: Path) -> None:
+    def __init__(
+        self, clusters: ClusterSet, tracker: TrackerProcess, spoke: TrackerProcess, proxy: TcpProxy, kdir: Path
+    ) -> None:
         self.clusters = clusters
         self.tracker = tracker
+        self.spoke = spoke
         self.proxy = proxy
         self.kdir = kdir
         self.parked = kdir.with_name("parked")
@@ -70,7 +74,11 @@ class Run:
         self.timeline = Timeline()
         names = [c.name for c in clusters]
         self.mirrors: dict[str, tuple[Mirror, TrackerClient, list[str]]] = {}
-        for label, wanted in (("all", names), ("filtered", [names[0], names[2]])):
+        for label, on, wanted in (
+            ("all", tracker, names),
+            ("filtered", tracker, [names[0], names[2]]),
+            ("spoke agent", spoke, names),
+        ):
             mirror = Mirror()
             opts = ClientOptions(
                 clusters=wanted if label == "filtered" else (),
@@ -78,7 +86,7 @@ class Run:
                 backoff_base=0.1,
                 backoff_cap=1.0,
             )
-            self.mirrors[label] = (mirror, TrackerClient(tracker.target, mirror, opts), wanted)
+            self.mirrors[label] = (mirror, TrackerClient(on.target, mirror, opts), wanted)
 
     @property
     def all(self) -> Mirror:
@@ -131,7 +139,7 @@ class Run:
         raise AssertionError(f"the tracker never relisted {c.name} after a 410\n{self.timeline}")
 
     async def kill_tracker(self) -> None:
-        self.timeline.mark("SIGKILL the tracker; restart it after 1s")
+        self.timeline.mark("SIGKILL the tracker (the spoke's hub); restart it after 1s")
         client = self.mirrors["all"][1]
         epoch = client.epoch
         self.tracker.kill()
@@ -238,10 +246,16 @@ async def churn_run(  # type: ignore[no-untyped-def]
         metrics=True,
         informer_options=INFORMER_OPTIONS,
     )
-    run = Run(clusters, tracker, proxy, kdir)
+    # A spoke tracker: its own cluster-3 (the one frozen) plus the other clusters from the tracker (its hub).
+    spoke = tracker_process(
+        ["--kubeconfig", str(clusters[2].kubeconfig), "--upstream-tracker", tracker.target, "--ready-timeout", "5s"],
+        informer_options=INFORMER_OPTIONS,
+    )
+    run = Run(clusters, tracker, spoke, proxy, kdir)
     try:
         await run.churn.prepare()
         tracker.start()
+        spoke.start()
         for _, client, _ in run.mirrors.values():
             client.start()
         await run.until(lambda: all(run.status(c) and run.status(c).synced for c in clusters), "synced", 60)
