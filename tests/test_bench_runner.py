@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_runner_stores_results_and_rebuilds_the_document_from_all_of_them(tmp_path: Path) -> None:
@@ -40,3 +42,19 @@ def test_runner_refuses_an_unknown_benchmark_naming_the_known_ones(tmp_path: Pat
     assert done.returncode == 2
     assert "unknown benchmark(s) nosuch" in done.stderr and "index" in done.stderr
     assert not (tmp_path / "b.md").exists()
+
+
+@pytest.mark.slow
+def test_grpc_benchmarks_run_at_quick_shapes(tmp_path: Path) -> None:
+    """Snapshot, fan-out and resume: a real server and client worker processes (about a minute on a busy machine)."""
+    results = tmp_path / "results"
+    done = _bench(
+        "--quick", "--results-dir", str(results), "--doc", str(tmp_path / "b.md"), "snapshot", "fanout", "resume"
+    )
+    assert done.returncode == 0, done.stderr
+    snapshot = json.loads((results / "snapshot.json").read_text())["results"]
+    assert 0 < snapshot["gzip_bytes_per_pod"] < snapshot["plain_bytes_per_pod"]
+    fanout = json.loads((results / "fanout.json").read_text())["results"]
+    assert {b["name"] for b in fanout["bursts"]} == {"one batch", "turns of 10"}
+    resume = json.loads((results / "resume.json").read_text())["results"]
+    assert 0 < resume["resume_bytes"]["median"] < resume["full_bytes"]["median"]
