@@ -37,8 +37,14 @@ REJECTED = Counter(
 LOCAL_PODS = Gauge("kube_ip_agent_local_pod_addresses", "Addresses of local pods the dataplane enforces.")
 
 
+def _decision_fields(pod: PodRecord) -> tuple[object, ...]:
+    """What of a pod can change a verdict (labels, addresses, named ports, age for address conflicts)."""
+    return (pod.labels, pod.ips, pod.ports, pod.creation_timestamp)
+
+
 class MirrorFeed:
-    """Applies mirror events to ``engine``; ``on_change()`` after every batch that changed it.
+    """Applies mirror events to ``engine``; ``on_change()`` after every batch that can change a verdict
+    (a pod moving to another node, say, does not).
 
     ``on_local_pods(addresses)`` is called with the new set of local pod addresses whenever it changes.
     """
@@ -92,7 +98,8 @@ class MirrorFeed:
             elif isinstance(event, ev.NamespaceUpserted):
                 engine.set_namespace(event.namespace)
                 APPLIED.labels("namespace", "upsert").inc()
-                changed = True
+                previous_ns = event.previous
+                changed |= previous_ns is None or previous_ns.labels != event.namespace.labels
             elif isinstance(event, ev.NamespaceDeleted):
                 ns = event.namespace
                 engine.delete_namespace(ns.cluster, ns.name)
@@ -120,6 +127,10 @@ class MirrorFeed:
             self._forget_local(pod)
             return previous is not None
         APPLIED.labels("pod", "upsert").inc()
+        self._track_local(pod)
+        return previous is None or _decision_fields(previous) != _decision_fields(pod)
+
+    def _track_local(self, pod: PodRecord) -> None:
         if self._is_local(pod):
             key = (pod.namespace, pod.name)
             if self._local.get(key) != pod.ips:
@@ -127,7 +138,6 @@ class MirrorFeed:
                 self._local_dirty = True
         else:
             self._forget_local(pod)
-        return True
 
     def _is_local(self, pod: PodRecord) -> bool:
         return pod.cluster == self.local_cluster and (self.node is None or pod.node == self.node)

@@ -11,8 +11,9 @@ It ties together
   destination pods of this cluster.
 
 Readiness is "tracker snapshot applied AND policies listed"; until then the dataplane applies
-``--fail-open``. Every change of policies or mirror data requests a revalidation, which cuts the
-connections no longer allowed. SIGTERM/SIGINT stop the agent and remove its rules.
+``--fail-open``. Every policy change requests a revalidation at once, and changes of tracker data
+that can alter a verdict do so at most once a second; a revalidation cuts the connections no longer
+allowed. SIGTERM/SIGINT stop the agent and remove its rules.
 
 Several agents can share a host (the demo runs one per cluster): each needs its own
 ``--nfqueue-id``, its own ``--name`` (default derived from ``--cluster-id``) and its own
@@ -67,6 +68,8 @@ log = logging.getLogger("kube_ip_tracker.agent.run")
 EXIT_CONFIG = 1
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
 MARK_SLOTS = 4
+# Tracker data changes are revalidated at most this often (seconds); policy changes at once.
+MIRROR_REVALIDATE_INTERVAL = 1.0
 
 READY = Gauge("kube_ip_agent_ready", "1 while the tracker snapshot is applied and local NetworkPolicies are listed.")
 POD_SYNC_ERRORS = Counter(
@@ -235,12 +238,13 @@ class Agent:
         self.engine = PolicyEngine()
         self.mirror = Mirror()
         self.enforcement = LocalEnforcement(self.engine, config.cluster_id)
+        self._mirror_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
         self.feed = MirrorFeed(
             self.engine,
             config.cluster_id,
             node=config.node_name,
-            on_change=self.dataplane.request_revalidation,
+            on_change=self._mirror_changed.set,
             on_local_pods=None if config.static_pods else self._local_pods_changed,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
@@ -276,6 +280,18 @@ class Agent:
                 continue
             self.dataplane.request_revalidation()
             await asyncio.sleep(0.1)  # let a burst of pod changes settle into one update
+
+    async def _revalidate_mirror_changes(self) -> None:
+        """Revalidate after tracker data changes, at most once per MIRROR_REVALIDATE_INTERVAL.
+
+        Tracker data of many clusters can change many times a second; policy changes (few, and what
+        a user waits for) request a revalidation at once instead.
+        """
+        while True:
+            await self._mirror_changed.wait()
+            self._mirror_changed.clear()
+            self.dataplane.request_revalidation()
+            await asyncio.sleep(MIRROR_REVALIDATE_INTERVAL)
 
     async def _report_ready(self) -> None:
         await self.client.wait_ready()
@@ -313,6 +329,7 @@ class Agent:
         self.client.start()
         self._spawn(self.informer.run(), "networkpolicy-informer")
         self._spawn(self._report_ready(), "ready")
+        self._spawn(self._revalidate_mirror_changes(), "mirror-revalidation")
         if not self.config.static_pods:
             self._spawn(self._sync_local_pods(), "local-pods")
 

@@ -69,6 +69,16 @@ def test_feed_applies_snapshots_and_deltas_and_keeps_local_pod_addresses() -> No
     # A change that does not touch local pods does not republish them.
     mirror.apply_delta([Upsert(NamespaceRecord(C2, "demo", {"team": "c"}))], 7)
     assert len(local_sets) == 2 and len(changes) == 3
+    # A change no verdict depends on (a pod moved to another node, a namespace relisted as it was)
+    # is applied but asks for no revalidation.
+    mirror.apply_delta([Upsert(pod(C2, "other", "10.2.0.5"))], 8)
+    assert len(changes) == 4
+    mirror.apply_delta([Upsert(pod(C2, "other", "10.2.0.5", node="node-9"))], 9)
+    assert engine.world.pod(C2, "demo", "other").record.node == "node-9"
+    mirror.apply_delta([Upsert(NamespaceRecord(C2, "demo", {"team": "c"}))], 10)  # unchanged: no event at all
+    assert len(changes) == 4
+    mirror.apply_delta([Upsert(pod(C2, "other", "10.2.0.5", node="node-9", app="web"))], 11)
+    assert len(changes) == 5
 
     # A snapshot without cluster-1's web pod deletes it (the mirror diffs snapshots).
     snapshot = mirror.begin_snapshot("e2", reset=True)
