@@ -57,7 +57,7 @@ from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy_sink import MirrorFeed
-from kube_ip_tracker.cli import LOG_LEVELS, _log_level, _optional_address
+from kube_ip_tracker.cli import _optional_address, add_logging_arguments
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
 from kube_ip_tracker.sources.backoff import Backoff
@@ -162,13 +162,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",
     )
-    other.add_argument(
-        "--log-level",
-        type=_log_level,
-        default=logging.INFO,
-        metavar="LEVEL",
-        help=f"one of {', '.join(LOG_LEVELS)} (default info)",
-    )
+    add_logging_arguments(parser)
     parser.set_defaults(handler=cmd_run)
 
 
