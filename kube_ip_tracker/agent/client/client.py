@@ -168,7 +168,7 @@ class TrackerClient:
         self._resync_reason: str | None = None
         self.live = False
         self._live_listeners: list[Callable[[bool], None]] = []
-        self._metric_labels = {"target": target}
+        self._metric_labels = {"target": self.target}
         metrics.CONNECTED.labels(**self._metric_labels).set(0)
         metrics.READY.labels(**self._metric_labels).set(0)
 
