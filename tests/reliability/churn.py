@@ -71,9 +71,11 @@ class Churn:
                 self._tasks.append(asyncio.create_task(self._worker(cc), name=f"churn-{cc.cluster.name}-{w}"))
 
     async def stop(self) -> None:
+        """Stop every worker (after its current request); :meth:`start` may run again."""
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._stop = asyncio.Event()
 
     async def _worker(self, cc: ClusterChurn) -> None:
         async with cc.cluster.api_client() as api:
