@@ -49,6 +49,7 @@ class Churn:
         self.workers = workers
         self.rng = random.Random(seed)
         self.changes = 0
+        self.pod_changes = 0
         self.deletes = 0
         self.failures = 0
         self._stop = asyncio.Event()
@@ -81,27 +82,32 @@ class Churn:
         async with cc.cluster.api_client() as api:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._one(api, cc), 30)
+                    kind = await asyncio.wait_for(self._one(api, cc), 30)
                 except Exception as exc:  # the API server is down, frozen or restarting
                     self.failures += 1
                     log.debug("churn on %s failed: %s", cc.cluster.name, exc)
                     await asyncio.sleep(0.2)
                     continue
                 self.changes += 1
+                self.pod_changes += kind == "pod"
                 await asyncio.sleep(0)
 
-    async def _one(self, api: client.ApiClient, cc: ClusterChurn) -> None:
+    async def _one(self, api: client.ApiClient, cc: ClusterChurn) -> str:
+        """One change; returns the kind of object changed."""
         roll = self.rng.random()
         if roll < 0.40 or len(cc.pods) < 10:
             await self._create_pod(api, cc, self.rng.choice(NAMESPACES))
-        elif roll < 0.75:
+            return "pod"
+        if roll < 0.75:
             ns, name = cc.pods.pop(self.rng.randrange(len(cc.pods)))
             await objects.delete_pod(api, ns, name)
             self.deletes += 1
-        elif roll < 0.87:
+            return "pod"
+        if roll < 0.87:
             ns, name = self.rng.choice(cc.pods)
             await objects.label_pod(api, ns, name, {"v": str(self.rng.randrange(5))})
-        elif roll < 0.92:
+            return "pod"
+        if roll < 0.92:
             ns = self.rng.choice(NAMESPACES)
             await objects.label_namespace(api, ns, {"rev": str(self.rng.randrange(1000))})
         elif roll < 0.96:
@@ -122,6 +128,7 @@ class Churn:
             name = f"node-{cc.serial}"
             cc.nodes.append(name)
             await objects.create_node(api, name, {"zone": "b"}, internal_ip=f"192.1.{cc.index}.{cc.serial % 250 + 1}")
+        return "node" if roll >= 0.96 else "namespace"
 
     async def _create_pod(self, api: client.ApiClient, cc: ClusterChurn, ns: str) -> None:
         name, ip = cc.next_pod()
