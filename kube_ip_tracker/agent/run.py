@@ -22,7 +22,8 @@ Several agents can share a host (the demo runs one per cluster): each needs its 
 ``--fail-open``, the kernel's queue bypass for its dead queue also skips the queue rules after it in
 the security chain, i.e. possibly another agent's; restarting the agent, or a clean stop, ends that.)
 
-Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration or start-up error (named in the log), 2 on bad flags.
+Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration or start-up error (named in the log), 2 on bad
+flags, 3 when a part of the agent died of an internal error (it exits, keeping its rules, to be restarted).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from kube_ip_tracker.sources.kubeconfig import KubeconfigError, check_in_cluster
 log = logging.getLogger("kube_ip_tracker.agent.run")
 
 EXIT_CONFIG = 1
+EXIT_INTERNAL = 3
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
 MARK_SLOTS = 4
 # Tracker data changes are revalidated at most this often (seconds); policy changes at once.
@@ -246,6 +248,8 @@ class Agent:
         self.client = TrackerClient(config.trackers, self.mirror, options)
         self._pods_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+        self.failed = asyncio.Event()  # set when a task of the agent died: exit so the agent is restarted
         READY.set(0)
 
     def is_ready(self) -> bool:
@@ -320,7 +324,7 @@ class Agent:
                 await self.dataplane.set_local_pods(previous)
         await self.dataplane.start()
         self.feed.attach(self.mirror)
-        self.client.start()
+        self.client.start().add_done_callback(self._task_done)
         self._spawn(self.informer.run(), "networkpolicy-informer")
         self._spawn(self._report_ready(), "ready")
         self._spawn(self._revalidate_mirror_changes(), "mirror-revalidation")
@@ -333,11 +337,19 @@ class Agent:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Agent task %s failed", task.get_name(), exc_info=task.exception())
+        """A task of the agent ended by itself: only a bug does that; the agent stops (and is restarted)."""
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("Agent task %s failed", task.get_name(), exc_info=exc)
+        else:
+            log.error("Agent task %s ended unexpectedly", task.get_name())
+        self.failed.set()
 
-    async def stop(self) -> None:
-        """Stop watching, then remove the rules."""
+    async def stop(self, remove_rules: bool = True) -> None:
+        """Stop watching, then remove the rules (kept with ``remove_rules=False``, for a restart)."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -345,7 +357,7 @@ class Agent:
         await self.client.stop()
         self.feed.detach()
         if self.dataplane.running:
-            await self.dataplane.stop()
+            await self.dataplane.stop(remove_rules=remove_rules)
         READY.set(0)
 
 
@@ -389,16 +401,25 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         except DataplaneError as exc:
             log.error("Cannot start the dataplane: %s", exc)
             return EXIT_CONFIG
-        await stop.wait()
-        log.info("Shutting down")
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(agent.failed.wait())
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopped, failed):
+            waiter.cancel()
+        if agent.failed.is_set():
+            log.error("Shutting down after an internal error (see above); the rules stay until the agent restarts")
+            code = EXIT_INTERNAL
+        else:
+            log.info("Shutting down")
+            code = 0
     finally:
-        await agent.stop()
+        await agent.stop(remove_rules=not agent.failed.is_set())
         if metrics is not None:
             metrics.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("Stopped")
-    return 0
+    return code
 
 
 def cmd_run(args: argparse.Namespace, out: Any, err: Any) -> int:

@@ -8,6 +8,7 @@ cuts the open one; deleting it lets traffic through again; SIGTERM removes the a
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import signal
 import subprocess
@@ -254,3 +255,36 @@ async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
             assert iptables_chains(name) == []
     finally:
         await Dataplane(DataplaneConfig(name=name), lambda _: True, lambda: True).remove_rules()
+
+
+async def test_an_internal_error_exits_3_and_keeps_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A part of the agent dying (a bug) ends the process with 3 so it is restarted; the rules stay meanwhile."""
+    from kube_ip_tracker.agent.cli import build_parser
+    from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
+    from kube_ip_tracker.agent.run import agent_config, run_agent
+
+    async def broken(self: NetworkPolicyInformer) -> None:
+        raise RuntimeError("a bug in the informer")
+
+    monkeypatch.setattr(NetworkPolicyInformer, "run", broken)
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text(
+        "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    name = f"kipt-{secrets.token_hex(3)}"
+    argv = ["run", "--tracker-address", f"127.0.0.1:{free_port()}", "--cluster-id", "c"]
+    argv += ["--kubeconfig", str(kubeconfig), "--name", name, "--metrics-address", "", "--pod-cidr", "10.99.0.0/24"]
+    argv += ["--nfqueue-id", str(20000 + secrets.randbelow(40000))]
+    config = agent_config(build_parser().parse_args(argv))
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert await asyncio.wait_for(run_agent(config), 30) == 3
+        assert "Agent task networkpolicy-informer failed" in caplog.text
+        assert "a bug in the informer" in caplog.text
+        assert iptables_chains(name), "the rules stay for the restarted agent"
+    finally:
+        await Dataplane(DataplaneConfig(name=name), lambda _: True, lambda: True).remove_rules()
+    assert iptables_chains(name) == []
