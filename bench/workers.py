@@ -209,10 +209,17 @@ async def agent_mode(target: str) -> None:
             mirror = Mirror()
             mirror.subscribe(on_events)
             client = TrackerClient(target, mirror, options)
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             client.start()
             await client.wait_ready()
-            _reply({"seconds": time.monotonic() - started, "revision": client.revision, "pods": mirror.counts()})
+            _reply(
+                {
+                    "seconds": time.monotonic() - started,
+                    "cpu_seconds": time.process_time() - cpu,
+                    "revision": client.revision,
+                    "pods": mirror.counts(),
+                }
+            )
         elif command == "stop":
             assert client is not None
             await client.stop()
