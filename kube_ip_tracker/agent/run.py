@@ -326,18 +326,18 @@ class Agent:
         self.feed.attach(self.mirror)
         self.client.start().add_done_callback(self._task_done)
         self._spawn(self.informer.run(), "networkpolicy-informer")
-        self._spawn(self._report_ready(), "ready")
+        self._spawn(self._report_ready(), "ready", forever=False)
         self._spawn(self._revalidate_mirror_changes(), "mirror-revalidation")
         if not self.config.static_pods:
             self._spawn(self._sync_local_pods(), "local-pods")
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, forever: bool = True) -> None:
         task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._task_done if forever else self._finite_task_done)
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        """A task of the agent ended by itself: only a bug does that; the agent stops (and is restarted)."""
+        """A task meant to run until the agent stops ended: only a bug does that; the agent exits (to be restarted)."""
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
@@ -346,6 +346,11 @@ class Agent:
         else:
             log.error("Agent task %s ended unexpectedly", task.get_name())
         self.failed.set()
+
+    def _finite_task_done(self, task: asyncio.Task[Any]) -> None:
+        """A task that ends by design: only an exception counts."""
+        if not task.cancelled() and task.exception() is not None:
+            self._task_done(task)
 
     async def stop(self, remove_rules: bool = True) -> None:
         """Stop watching, then remove the rules (kept with ``remove_rules=False``, for a restart)."""
