@@ -186,14 +186,28 @@ def pod_from_proto(msg: pb.Pod) -> PodRecord:
         namespace=_intern(msg.namespace),
         name=msg.name,
         labels=intern_labels(msg.labels),
-        ports=tuple(
-            ContainerPort(_intern(p.name), p.port, _PROTOCOL_FROM_PB.get(p.protocol, "TCP")) for p in msg.ports
-        ),
+        ports=_ports_from_proto(msg.ports) if msg.ports else (),
         node=_intern(msg.node),
         ips=tuple(msg.ips),
         creation_timestamp=msg.creation_timestamp,
         uid=msg.uid,
     )
+
+
+_decoded_ports: dict[tuple[tuple[str, int, int], ...], tuple[ContainerPort, ...]] = {}
+
+
+def _ports_from_proto(ports: Iterable[pb.ContainerPort]) -> tuple[ContainerPort, ...]:
+    """Port tuples shared between decoded pods (most pods repeat a few port lists); bounded cache."""
+    key = tuple((p.name, p.port, p.protocol) for p in ports)
+    shared = _decoded_ports.get(key)
+    if shared is None:
+        if len(_decoded_ports) >= _CACHE_MAX:
+            _decoded_ports.clear()
+        shared = _decoded_ports[key] = tuple(
+            ContainerPort(_intern(name), port, _PROTOCOL_FROM_PB.get(protocol, "TCP")) for name, port, protocol in key
+        )
+    return shared
 
 
 def namespace_from_proto(msg: pb.Namespace) -> NamespaceRecord:

@@ -52,3 +52,11 @@ def test_deleted_pods_and_other_kinds_still_encode_through_protobuf() -> None:
     pod = PodRecord("c", "ns", "p", {"a": "b"}, (), "n", ("10.0.0.1",))
     deleted = pb.Change.FromString(wire.encode_change(pod, deleted=True))
     assert deleted.deleted and deleted.pod.name == "p" and not deleted.pod.labels
+
+
+@given(pods)
+def test_decoding_round_trips_and_shares_port_tuples(pod: PodRecord) -> None:
+    msg = wire.pod_to_proto(pod)
+    first, second = wire.pod_from_proto(msg), wire.pod_from_proto(pb.Pod.FromString(msg.SerializeToString()))
+    assert first == second == pod
+    assert first.ports is second.ports  # equal port lists are one shared tuple
