@@ -37,10 +37,9 @@ ORDER = ("index", "snapshot", "fanout", "propagation", "resume", "evaluator", "t
 log = logging.getLogger("bench")
 
 
-def available() -> dict[str, ModuleType | None]:
-    """Benchmark names found in bench/ (modules are imported lazily by :func:`load`)."""
-    names = sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
-    return dict.fromkeys(sorted(names, key=_order))
+def available() -> list[str]:
+    """Benchmark names found in bench/, in document order (modules are imported lazily by :func:`load`)."""
+    return sorted((p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py")), key=_order)
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.verbose:
         logging.getLogger("kube_ip_tracker").setLevel(logging.WARNING)
-    names = list(available())
+    names = available()
     if args.list:
         print("\n".join(names))
         return 0
