@@ -64,3 +64,47 @@ async def test_watcher_merges_back_to_back_deltas_but_not_across_other_kinds() -
     assert second is not None and second[1] == "PROGRESS"
     assert third is not None and wire.response_header(third[0]) == (WR.DELTA, 4, 4)
     assert w.queued_bytes == 0
+
+
+async def test_the_agent_client_applies_merged_deltas_from_a_real_server() -> None:
+    """Batches committed faster than a watcher is written to arrive merged; the real client applies them all."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
+    from kube_ip_tracker.agent.client.mirror import Mirror
+    from kube_ip_tracker.index import Index
+    from kube_ip_tracker.model import ClusterStatusRecord
+    from kube_ip_tracker.server import TrackerServer
+
+    def delta_messages() -> float:
+        return REGISTRY.get_sample_value("kube_ip_tracker_server_messages_sent_total", {"kind": "DELTA"}) or 0.0
+
+    index = Index()
+    index.set_cluster_status(ClusterStatusRecord("c", connected=True, synced=True))
+    server = TrackerServer(index, "127.0.0.1:0")
+    await server.start()
+    mirror = Mirror()
+    changed = asyncio.Event()
+    mirror.subscribe(lambda _events: changed.set())
+    client = TrackerClient(f"127.0.0.1:{server.bound_port}", mirror, ClientOptions(backoff_base=0.05))
+    client.start()
+    try:
+        async with asyncio.timeout(10):
+            await client.wait_ready()
+        before = delta_messages()
+        for i in range(200):  # 200 batches in one event-loop turn: the pump cannot write between them
+            index.upsert(PodRecord("c", "ns", f"p{i}", {"i": str(i)}, (), "n", (f"10.0.{i >> 8}.{i & 255}",)))
+            index.flush()
+        async with asyncio.timeout(10):
+            while mirror.counts().get("pods", 0) < 200:
+                changed.clear()
+                await changed.wait()
+        assert sorted(p.name for p in mirror.pods()) == sorted(f"p{i}" for i in range(200))
+        assert mirror.pod_by_ip("10.0.0.199") is not None
+        assert delta_messages() - before < 200  # merged: fewer messages than batches
+        assert client.snapshots_applied == 1  # and applied as DELTAs, no resync
+    finally:
+        await client.stop()
+        await server.stop(0)
