@@ -17,7 +17,7 @@ allowed. SIGTERM/SIGINT stop the agent and remove its rules.
 
 Several agents can share a host (the demo runs one per cluster): each needs its own
 ``--nfqueue-id``, its own ``--name`` (default derived from ``--cluster-id``) and its own
-``--mark-slot`` (default ``--nfqueue-id`` mod 4), so their rules, queues and marks never meet.
+``--mark-slot`` (0-7, default ``--nfqueue-id`` mod 4), so their rules, queues and marks never meet.
 (Limitation of the iptables backend: while a crashed agent's rules are still installed with
 ``--fail-open``, the kernel's queue bypass for its dead queue also skips the queue rules after it in
 the security chain, i.e. possibly another agent's; restarting the agent, or a clean stop, ends that.)
@@ -69,7 +69,9 @@ log = logging.getLogger("kube_ip_tracker.agent.run")
 EXIT_CONFIG = 1
 EXIT_INTERNAL = 3
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
-MARK_SLOTS = 4
+MARK_SLOTS = 8
+# Slots the default (--nfqueue-id mod this) picks from: the packet-mark bits of the upper byte.
+DEFAULT_MARK_SLOTS = 4
 # Tracker data changes are revalidated at most this often (seconds); policy changes at once.
 MIRROR_REVALIDATE_INTERVAL = 1.0
 
@@ -94,12 +96,17 @@ def default_name(cluster_id: str) -> str:
 
 
 def marks_for_slot(slot: int) -> dict[str, int]:
-    """The mark bits of one agent on a shared host: two packet-mark bits and one conntrack-mark bit."""
+    """The mark bits of one agent on a shared host: two packet-mark bits and one conntrack-mark bit.
+
+    Slots 0-3 use packet-mark bits 24-31, slots 4-7 bits 16-23; the conntrack-mark bit is 24 + slot.
+    Slot 0 is the dataplane's default marks.
+    """
     if not 0 <= slot < MARK_SLOTS:
         raise ConfigError(f"--mark-slot must be in 0..{MARK_SLOTS - 1}, got {slot}")
+    first = 24 + 2 * slot if slot < 4 else 16 + 2 * (slot - 4)
     return {
-        "queue_mark": 1 << (24 + 2 * slot),
-        "verdict_mark": 1 << (25 + 2 * slot),
+        "queue_mark": 1 << first,
+        "verdict_mark": 1 << (first + 1),
         "accepted_ct_mark": 1 << (24 + slot),
     }
 
@@ -154,7 +161,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help=f"which packet/conntrack mark bits this agent owns, 0..{MARK_SLOTS - 1}; agents sharing a host need "
-        f"distinct slots (default: --nfqueue-id mod {MARK_SLOTS})",
+        f"distinct slots (default: --nfqueue-id mod {DEFAULT_MARK_SLOTS})",
     )
     other = parser.add_argument_group("serving")
     other.add_argument(
@@ -207,7 +214,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             ) from None
         spec = in_cluster_spec(cluster_id)
     base = config_from_args(args)
-    slot = args.mark_slot if args.mark_slot is not None else base.nfqueue_id % MARK_SLOTS
+    slot = args.mark_slot if args.mark_slot is not None else base.nfqueue_id % DEFAULT_MARK_SLOTS
     dataplane = dataclasses.replace(
         base, name=args.name or default_name(cluster_id), revalidate_delay=0.2, **marks_for_slot(slot)
     )

@@ -66,7 +66,7 @@ async def test_each_agent_enforces_its_own_side_of_a_cross_cluster_connection(
             port, name = free_port(), f"kipt-{secrets.token_hex(3)}"
             argv = [*AGENT_CMD, "--tracker-address", f"127.0.0.1:{tracker_port}"]
             argv += ["--kubeconfig", str(cluster.kubeconfig), "--cluster-id", cluster.name, "--node-name", "node-1"]
-            argv += ["--nfqueue-id", str(first_queue + index), "--name", name, "--mark-slot", str(index)]
+            argv += ["--nfqueue-id", str(first_queue + index), "--name", name, "--mark-slot", str(4 + index)]
             argv += ["--metrics-address", f"127.0.0.1:{port}", "--log-level", "debug"]
             agent = Process(argv, tmp_path / f"agent-{cluster.name}.log")
             processes.append(agent)

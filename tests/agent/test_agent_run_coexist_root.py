@@ -19,6 +19,9 @@ from kube_ip_tracker.testing.netns import PodNetwork
 pytestmark = pytest.mark.root
 
 PORT = 7070
+# Mark slots no other test on a shared host uses (dataplane tests: slot 0's default marks; the demo:
+# slots 2 and 3; conformance packets: bits 20-21, slot 6's packet bits).
+TEST_SLOTS = (4, 5)
 
 
 def rules_left(name: str) -> bool:
@@ -40,7 +43,7 @@ async def two_dataplanes() -> AsyncIterator[Callable[..., tuple[Dataplane, Datap
                 nfqueue_id=queue,
                 name=f"kipt-{secrets.token_hex(3)}",
                 local_pods=pods,
-                **marks_for_slot(queue % MARK_SLOTS),
+                **marks_for_slot(TEST_SLOTS[index]),
             )
             made.append(Dataplane(config, decide, lambda: True))
         return made[-2], made[-1]

@@ -132,6 +132,8 @@ def start_agent(
         "node-1",
         "--nfqueue-id",
         str(queue),
+        "--mark-slot",  # one that the dataplane tests (0) and the demo (2, 3) on a shared host do not use
+        "1",
         "--name",
         name,
         "--metrics-address",
@@ -277,7 +279,7 @@ async def test_an_internal_error_exits_3_and_keeps_the_rules(
     name = f"kipt-{secrets.token_hex(3)}"
     argv = ["run", "--tracker-address", f"127.0.0.1:{free_port()}", "--cluster-id", "c"]
     argv += ["--kubeconfig", str(kubeconfig), "--name", name, "--metrics-address", "", "--pod-cidr", "10.99.0.0/24"]
-    argv += ["--nfqueue-id", str(20000 + secrets.randbelow(40000))]
+    argv += ["--nfqueue-id", str(20000 + secrets.randbelow(40000)), "--mark-slot", "1"]
     config = agent_config(build_parser().parse_args(argv))
     try:
         with caplog.at_level(logging.ERROR):

@@ -203,7 +203,7 @@ def write_kubeconfig(path: Path) -> Path:
         (["--tracker-ca-file", "/nonexistent/ca.crt"], "cannot read TLS CA file /nonexistent/ca.crt"),
         (["--kubeconfig", "/nonexistent/kubeconfig"], "kubeconfig /nonexistent/kubeconfig: file does not exist"),
         (["--nfqueue-id", "70000"], "--nfqueue-id must be in 0..65535"),
-        (["--mark-slot", "4"], "--mark-slot must be in 0..3"),
+        (["--mark-slot", "8"], "--mark-slot must be in 0..7"),
         (["--pod-cidr", "10.0.0.0/40"], "pod address or CIDR '10.0.0.0/40' is invalid"),
         (["--name", "Bad_Name"], "dataplane name 'Bad_Name'"),
     ],
