@@ -218,6 +218,9 @@ class NetworkPolicyInformer(Reflector):
         if rv:
             self.resource_version = str(rv)
         if changed:
+            key = _key(obj)
+            enforced = "enforced" if key in self.policies else "no longer enforced"
+            log.info("Cluster %s: NetworkPolicy %s/%s %s (%s)", self.cluster, *key, etype.lower(), enforced)
             self._changed()
 
     # --- engine updates ----------------------------------------------------------------------
