@@ -205,7 +205,9 @@ async def test_verdict_timeout_uses_the_default(net: PodNetwork, make_dataplane:
         return False
 
     await make_dataplane(hangs, fail_open=True, verdict_timeout=0.1).start()
-    assert await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 1.0)
+    # The decision hangs for 30 s: only the 0.1 s verdict timeout can let the SYN through within 5 s
+    # (5 s leaves room for a loaded machine).
+    assert await asyncio.to_thread(a.tcp_probe, b.ip, TCP_PORT, 5.0)
 
 
 async def test_rules_gone_after_shutdown(net: PodNetwork, make_dataplane: DataplaneFactory, dp_name: str) -> None:
