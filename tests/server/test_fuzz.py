@@ -8,7 +8,9 @@ serving, and every stream a client abandoned must be closed (no leaked watchers)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -274,4 +276,34 @@ def test_max_watchers_gives_resource_exhausted_and_frees_slots(srv: ServerThread
     srv.wait_no_watchers()
     got, code = read_some(srv.stub.Watch(pb.WatchRequest(watcher_name="after"), timeout=10), 1)
     assert code == grpc.StatusCode.OK and got
+    srv.wait_no_watchers()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.binary(min_size=1, max_size=4096), http2_preface=st.booleans())
+def test_garbage_on_the_socket_does_not_hurt_the_server(srv: ServerThread, data: bytes, http2_preface: bool) -> None:
+    """Raw bytes instead of HTTP/2 (or after a valid preface): the connection is dropped, the server serves on."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" if http2_preface else b""
+    with socket.create_connection(("127.0.0.1", srv.server.bound_port), timeout=5) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(preface + data)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            while sock.recv(65536):  # the server answers (GOAWAY) or closes; either way it ends
+                pass
+    serving(srv)
+    srv.wait_no_watchers()
+
+
+def test_idle_and_half_open_connections_do_not_block_others(srv: ServerThread) -> None:
+    idle = [socket.create_connection(("127.0.0.1", srv.server.bound_port), timeout=5) for _ in range(50)]
+    try:
+        for sock in idle[:25]:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # a preface, then silence
+        serving(srv)
+        got, code = read_some(srv.stub.Watch(pb.WatchRequest(watcher_name="beside-idle"), timeout=10), 1)
+        assert code == grpc.StatusCode.OK and got
+    finally:
+        for sock in idle:
+            sock.close()
     srv.wait_no_watchers()
