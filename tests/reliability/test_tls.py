@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -124,6 +125,16 @@ async def test_tls_without_client_ca_refuses_plaintext_and_wrong_ca(tmp_path, tr
     await tracker.eventually(lambda: _is_ok(list_clusters(tracker.target, creds(pki.a))), "a TLS client is served")
     assert await list_clusters(tracker.target, None) == grpc.StatusCode.UNAVAILABLE
     assert await list_clusters(tracker.target, creds(pki.rogue)) == grpc.StatusCode.UNAVAILABLE
+    # Stalled and garbage handshakes do not hold up a good client.
+    stalled = [socket.create_connection(("127.0.0.1", tracker.port), timeout=5) for _ in range(20)]
+    try:
+        for i, sock in enumerate(stalled[:10]):
+            sock.sendall(b"\x16\x03\x01\x02\x00" + bytes([i]) * 64)  # a truncated, bogus ClientHello
+        assert await list_clusters(tracker.target, creds(pki.a)) == grpc.StatusCode.OK
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert tracker.alive
 
 
 @pytest.mark.cluster
