@@ -86,6 +86,9 @@ PROGRESS_LOOP_ERRORS = Counter(
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
     ready: Callable[[], bool] | None = None
+    # Seconds a connection may stay silent (before or between requests): idle or slow clients each
+    # hold a thread, so they are dropped instead of accumulating.
+    timeout = 10.0
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
