@@ -269,8 +269,11 @@ def test_max_watchers_gives_resource_exhausted_and_frees_slots(srv: ServerThread
     calls = [srv.stub.Watch(pb.WatchRequest(watcher_name=f"hold-{i}"), timeout=30) for i in range(20)]
     for call in calls:
         next(call)
-    _, code = read_some(srv.stub.Watch(pb.WatchRequest(watcher_name="excess"), timeout=10), 1)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    excess = srv.stub.Watch(pb.WatchRequest(watcher_name="excess"), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        next(excess)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the limit (--max-watchers) is 20" in (err.value.details() or "")
     for call in calls:
         call.cancel()
     srv.wait_no_watchers()
