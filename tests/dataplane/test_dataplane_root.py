@@ -259,11 +259,14 @@ async def test_restart_replaces_rules_without_a_gap(
     for thread in threads:
         thread.start()
     try:
-        for _ in range(4):
+        # At least 4 restarts, and more until enough traffic crossed them (a slow machine probes less often).
+        restarts = 0
+        while restarts < 4 or ((len(attempts) < 10 or sent < 100) and restarts < 100):
             dp = make_dataplane(deny_all([]), fail_open=False)
             await dp.start()
             await asyncio.sleep(0.05)
             await dp.stop(remove_rules=False)
+            restarts += 1
     finally:
         stop.set()
         for thread in threads:
