@@ -8,6 +8,7 @@ the same bytes and different filters only cost a join.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -29,29 +30,71 @@ MAX_BYTES_PER_MESSAGE = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class WatchFilter:
-    """Which clusters a watcher gets: a cluster list (empty: all) and loop exclusion by tracker id."""
+    """Which clusters a watcher gets: a cluster list (empty: all), clusters never sent (``exclude``)
+    and loop exclusion by tracker id."""
 
     clusters: frozenset[str] = frozenset()
     tracker_id: str = ""
+    exclude: frozenset[str] = frozenset()
 
     @property
     def everything(self) -> bool:
         """True when the filter lets every cluster through."""
-        return not self.clusters and not self.tracker_id
+        return not self.clusters and not self.tracker_id and not self.exclude
 
     def admits(self, status: ClusterStatusRecord) -> bool:
         """Whether a cluster with this status is sent to the watcher."""
         if self.clusters and status.cluster not in self.clusters:
             return False
+        if status.cluster in self.exclude:
+            return False
         return not (self.tracker_id and self.tracker_id in status.via)
+
+    def stream_epoch(self, epoch: str) -> str:
+        """The epoch a watcher with this filter sees: the index epoch, plus a fingerprint of the cluster
+        filters when there are any, so a resume point only resumes a stream with the same filters."""
+        if not self.clusters and not self.exclude:
+            return epoch
+        digest = hashlib.sha256()
+        for name in sorted(self.clusters):
+            digest.update(b"+" + name.encode("utf-8", "surrogatepass") + b"\0")
+        for name in sorted(self.exclude):
+            digest.update(b"-" + name.encode("utf-8", "surrogatepass") + b"\0")
+        return f"{epoch}.f{digest.hexdigest()[:16]}"
 
     def describe(self) -> str:
         parts = []
         if self.clusters:
             parts.append("clusters=" + ",".join(sorted(self.clusters)))
+        if self.exclude:
+            shown = sorted(self.exclude)
+            more = f" (+{len(shown) - 20} more)" if len(shown) > 20 else ""
+            parts.append("exclude=" + ",".join(shown[:20]) + more)
         if self.tracker_id:
             parts.append(f"tracker_id={self.tracker_id}")
         return " ".join(parts) or "all clusters"
+
+
+MAX_EXCLUDE_CLUSTERS = 10_000
+MAX_CLUSTER_ID_LENGTH = 253
+
+
+def parse_exclude(names: Sequence[str]) -> frozenset[str]:
+    """``WatchRequest.exclude_clusters`` as a set; ``ValueError`` names what is wrong with it."""
+    if len(names) > MAX_EXCLUDE_CLUSTERS:
+        raise ValueError(f"exclude_clusters has {len(names)} entries, at most {MAX_EXCLUDE_CLUSTERS} are allowed")
+    for i, name in enumerate(names):
+        problem = ""
+        if not name:
+            problem = "is empty"
+        elif len(name) > MAX_CLUSTER_ID_LENGTH:
+            problem = f"has {len(name)} characters, at most {MAX_CLUSTER_ID_LENGTH} are allowed"
+        elif any(c.isspace() or not c.isprintable() for c in name):
+            problem = "contains whitespace or control characters"
+        if problem:
+            shown = name if len(name) <= 64 else f"{name[:64]}..."
+            raise ValueError(f"exclude_clusters[{i}] {shown!r} {problem}")
+    return frozenset(names)
 
 
 class EncodedBatch:
@@ -159,6 +202,7 @@ class FilterGroup:
     def encode(self, enc: EncodedBatch, epoch: str) -> list[bytes]:
         """DELTA messages of a batch for this group (shared by its watchers); updates visibility."""
         batch = enc.batch
+        epoch = self.filter.stream_epoch(epoch)
         if self.filter.everything:
             items = list(zip((c.revision for c in batch.changes), enc.framed, strict=True))
             return chunk_deltas(epoch, items, batch.revision)
@@ -267,7 +311,7 @@ class EncodedSnapshot:
 
     async def messages(self, reset: bool) -> AsyncIterator[tuple[bytes, str]]:
         """Yield ``(message, kind)`` for one watcher (``reset`` marks the first SNAPSHOT)."""
-        epoch, rev = self.snapshot.epoch, self.revision
+        epoch, rev = self.filter.stream_epoch(self.snapshot.epoch), self.revision
         header = wire.encode_response(WR.SNAPSHOT, epoch, rev)
         i = 0
         while True:

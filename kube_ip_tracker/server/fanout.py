@@ -15,11 +15,15 @@ from collections import deque
 
 import grpc
 
+from kube_ip_tracker import wire
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Batch, Index
 from kube_ip_tracker.server import metrics
 from kube_ip_tracker.server.encode import EncodedBatch, FilterGroup, WatchFilter, merge_queued_deltas
 
 log = logging.getLogger(__name__)
+
+WR = pb.WatchResponse
 
 
 class Watcher:
@@ -125,6 +129,17 @@ class Fanout:
         """Queue the same message for every watcher (PROGRESS)."""
         for w in self.watchers:
             self._offer(w, data, kind)
+
+    def broadcast_progress(self, epoch: str, revision: int) -> None:
+        """Queue a PROGRESS at ``revision`` for every watcher, in the epoch of its stream (one encoding per epoch)."""
+        encoded: dict[str, bytes] = {}
+        for flt, members in list(self._members.items()):
+            stream_epoch = flt.stream_epoch(epoch)
+            data = encoded.get(stream_epoch)
+            if data is None:
+                data = encoded[stream_epoch] = wire.encode_response(WR.PROGRESS, stream_epoch, revision)
+            for w in list(members):
+                self._offer(w, data, "PROGRESS")
 
     def close(self) -> None:
         """Detach from the index and close every watcher's queue."""

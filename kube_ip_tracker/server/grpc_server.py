@@ -291,8 +291,7 @@ class TrackerServer:
             try:
                 assert self._fanout is not None
                 self.index.flush()  # queue committed batches before the PROGRESS that covers them
-                data = wire.encode_response(pb.WatchResponse.PROGRESS, self.index.epoch, self.index.committed_revision)
-                self._fanout.broadcast(data, "PROGRESS")
+                self._fanout.broadcast_progress(self.index.epoch, self.index.committed_revision)
                 assert self._watch is not None
                 self._watch.snapshots.expire()
                 failures = 0

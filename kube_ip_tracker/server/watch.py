@@ -4,6 +4,8 @@ Resume rules (see the proto): same epoch and a revision the change log still rea
 at that revision, then only the missed changes. Unknown epoch, or a revision older than the log ->
 a snapshot whose first message has ``reset``. A revision *ahead* of the tracker's in the current
 epoch cannot come from this tracker and is refused with INVALID_ARGUMENT naming both revisions.
+A watcher with cluster filters sees the epoch plus a fingerprint of them (``WatchFilter.stream_epoch``):
+resuming with other filters is an unknown epoch, so it gets a reset snapshot of what the new filters admit.
 
 The handler is registered with ``response_serializer=None``: it writes ready ``bytes`` so a DELTA
 encoded once is shared by all watchers with the same filter, and a snapshot encoded once is shared
@@ -25,7 +27,13 @@ from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Batch, Index
 from kube_ip_tracker.model import ClusterStatusRecord
 from kube_ip_tracker.server import metrics
-from kube_ip_tracker.server.encode import EncodedSnapshot, WatchFilter, chunk_deltas, filter_resume_batches
+from kube_ip_tracker.server.encode import (
+    EncodedSnapshot,
+    WatchFilter,
+    chunk_deltas,
+    filter_resume_batches,
+    parse_exclude,
+)
 from kube_ip_tracker.server.fanout import Fanout, Watcher
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,12 @@ class WatchService:
                 f"tracker has {self.active} watchers open, the limit (--max-watchers) is {self.max_watchers}; "
                 "retry later or use another tracker",
             )
-        flt = WatchFilter(frozenset(c for c in request.clusters if c), request.tracker_id)
+        try:
+            exclude = parse_exclude(request.exclude_clusters)
+        except ValueError as e:
+            metrics.WATCHERS_REJECTED.labels("invalid_filter").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        flt = WatchFilter(frozenset(c for c in request.clusters if c), request.tracker_id, exclude)
         unknown = sorted(c for c in flt.clusters if self.index.cluster_status(c) is None)
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
@@ -120,7 +133,7 @@ class WatchService:
 
         resume_batches = None
         reset = False
-        epoch = self.index.epoch
+        epoch = flt.stream_epoch(self.index.epoch)  # a resume point is only valid with the same cluster filters
         if request.epoch:
             if request.epoch == epoch:
                 current = self.index.revision

@@ -27,6 +27,7 @@ from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord
 from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.server.encode import WatchFilter
 from kube_ip_tracker.server.grpc_server import SERVICE_NAME
 
 from .helpers import pod
@@ -161,7 +162,8 @@ names = st.one_of(st.sampled_from(["", "a", "b", "nope", "a" * 300]), st.text(ma
 def test_watch_requests_get_a_proper_answer(  # type: ignore[no-untyped-def]
     srv: ServerThread, epoch, revision, clusters, tracker_id, watcher_name, read
 ) -> None:
-    current_epoch, rev_before, log_first = srv.revisions()
+    index_epoch, rev_before, log_first = srv.revisions()
+    current_epoch = WatchFilter(frozenset(c for c in clusters if c)).stream_epoch(index_epoch)  # the stream's
     if epoch == "CURRENT":
         epoch = current_epoch
     if revision == -1:  # a resume point just behind, at or ahead of the tracker's revision

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kube_ip_tracker/api/v1/tracker.proto\x12\x10kubeiptracker.v1\"Y\n\rContainerPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12,\n\x08protocol\x18\x03 \x01(\x0e\x32\x1a.kubeiptracker.v1.Protocol\"\x8d\x02\n\x03Pod\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.kubeiptracker.v1.Pod.LabelsEntry\x12.\n\x05ports\x18\x05 \x03(\x0b\x32\x1f.kubeiptracker.v1.ContainerPort\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0b\n\x03ips\x18\x07 \x03(\t\x12\x1a\n\x12\x63reation_timestamp\x18\x08 \x01(\x03\x12\x0b\n\x03uid\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x01\n\tNamespace\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.kubeiptracker.v1.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x04Node\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x32\n\x06labels\x18\x03 \x03(\x0b\x32\".kubeiptracker.v1.Node.LabelsEntry\x12\x14\n\x0cinternal_ips\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\rClusterStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0e\n\x06synced\x18\x03 \x01(\x08\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x17\n\x0fkube_system_uid\x18\x06 \x01(\t\x12\x0b\n\x03via\x18\x07 \x03(\t\"\xd7\x01\n\x06\x43hange\x12$\n\x03pod\x18\x01 \x01(\x0b\x32\x15.kubeiptracker.v1.PodH\x00\x12\x30\n\tnamespace\x18\x02 \x01(\x0b\x32\x1b.kubeiptracker.v1.NamespaceH\x00\x12&\n\x04node\x18\x03 \x01(\x0b\x32\x16.kubeiptracker.v1.NodeH\x00\x12\x32\n\x07\x63luster\x18\x04 \x01(\x0b\x32\x1f.kubeiptracker.v1.ClusterStatusH\x00\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x42\x08\n\x06object\"k\n\x0cWatchRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x10\n\x08\x63lusters\x18\x03 \x03(\t\x12\x12\n\ntracker_id\x18\x04 \x01(\t\x12\x14\n\x0cwatcher_name\x18\x05 \x01(\t\"\xb5\x02\n\rWatchResponse\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kubeiptracker.v1.WatchResponse.Kind\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x16\n\x0e\x66irst_revision\x18\x04 \x01(\x04\x12\r\n\x05reset\x18\x05 \x01(\x08\x12)\n\x07\x63hanges\x18\x06 \x03(\x0b\x32\x18.kubeiptracker.v1.Change\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\"l\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\x12\n\x0e\x43LUSTER_SYNCED\x10\x02\x12\x13\n\x0f\x45ND_OF_SNAPSHOT\x10\x03\x12\t\n\x05\x44\x45LTA\x10\x04\x12\x0c\n\x08PROGRESS\x10\x05\"\x1f\n\x11GetPodByIPRequest\x12\n\n\x02ip\x18\x01 \x01(\t\"\x8e\x01\n\x12GetPodByIPResponse\x12\"\n\x03pod\x18\x01 \x01(\x0b\x32\x15.kubeiptracker.v1.Pod\x12.\n\tnamespace\x18\x02 \x01(\x0b\x32\x1b.kubeiptracker.v1.Namespace\x12$\n\x04node\x18\x03 \x01(\x0b\x32\x16.kubeiptracker.v1.Node\"\x15\n\x13ListClustersRequest\"\x89\x01\n\x0b\x43lusterInfo\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.kubeiptracker.v1.ClusterStatus\x12\x0c\n\x04pods\x18\x02 \x01(\x04\x12\x12\n\nnamespaces\x18\x03 \x01(\x04\x12\r\n\x05nodes\x18\x04 \x01(\x04\x12\x18\n\x10last_change_time\x18\x05 \x01(\x03\"h\n\x14ListClustersResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12/\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x1d.kubeiptracker.v1.ClusterInfo*@\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x07\n\x03UDP\x10\x02\x12\x08\n\x04SCTP\x10\x03\x32\x8d\x02\n\x07Tracker\x12J\n\x05Watch\x12\x1e.kubeiptracker.v1.WatchRequest\x1a\x1f.kubeiptracker.v1.WatchResponse0\x01\x12W\n\nGetPodByIP\x12#.kubeiptracker.v1.GetPodByIPRequest\x1a$.kubeiptracker.v1.GetPodByIPResponse\x12]\n\x0cListClusters\x12%.kubeiptracker.v1.ListClustersRequest\x1a&.kubeiptracker.v1.ListClustersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kube_ip_tracker/api/v1/tracker.proto\x12\x10kubeiptracker.v1\"Y\n\rContainerPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12,\n\x08protocol\x18\x03 \x01(\x0e\x32\x1a.kubeiptracker.v1.Protocol\"\x8d\x02\n\x03Pod\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.kubeiptracker.v1.Pod.LabelsEntry\x12.\n\x05ports\x18\x05 \x03(\x0b\x32\x1f.kubeiptracker.v1.ContainerPort\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0b\n\x03ips\x18\x07 \x03(\t\x12\x1a\n\x12\x63reation_timestamp\x18\x08 \x01(\x03\x12\x0b\n\x03uid\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x01\n\tNamespace\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.kubeiptracker.v1.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x04Node\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x32\n\x06labels\x18\x03 \x03(\x0b\x32\".kubeiptracker.v1.Node.LabelsEntry\x12\x14\n\x0cinternal_ips\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\rClusterStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0e\n\x06synced\x18\x03 \x01(\x08\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x17\n\x0fkube_system_uid\x18\x06 \x01(\t\x12\x0b\n\x03via\x18\x07 \x03(\t\"\xd7\x01\n\x06\x43hange\x12$\n\x03pod\x18\x01 \x01(\x0b\x32\x15.kubeiptracker.v1.PodH\x00\x12\x30\n\tnamespace\x18\x02 \x01(\x0b\x32\x1b.kubeiptracker.v1.NamespaceH\x00\x12&\n\x04node\x18\x03 \x01(\x0b\x32\x16.kubeiptracker.v1.NodeH\x00\x12\x32\n\x07\x63luster\x18\x04 \x01(\x0b\x32\x1f.kubeiptracker.v1.ClusterStatusH\x00\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x42\x08\n\x06object\"\x85\x01\n\x0cWatchRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x10\n\x08\x63lusters\x18\x03 \x03(\t\x12\x12\n\ntracker_id\x18\x04 \x01(\t\x12\x14\n\x0cwatcher_name\x18\x05 \x01(\t\x12\x18\n\x10\x65xclude_clusters\x18\x06 \x03(\t\"\xb5\x02\n\rWatchResponse\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kubeiptracker.v1.WatchResponse.Kind\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x16\n\x0e\x66irst_revision\x18\x04 \x01(\x04\x12\r\n\x05reset\x18\x05 \x01(\x08\x12)\n\x07\x63hanges\x18\x06 \x03(\x0b\x32\x18.kubeiptracker.v1.Change\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\"l\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\x12\n\x0e\x43LUSTER_SYNCED\x10\x02\x12\x13\n\x0f\x45ND_OF_SNAPSHOT\x10\x03\x12\t\n\x05\x44\x45LTA\x10\x04\x12\x0c\n\x08PROGRESS\x10\x05\"\x1f\n\x11GetPodByIPRequest\x12\n\n\x02ip\x18\x01 \x01(\t\"\x8e\x01\n\x12GetPodByIPResponse\x12\"\n\x03pod\x18\x01 \x01(\x0b\x32\x15.kubeiptracker.v1.Pod\x12.\n\tnamespace\x18\x02 \x01(\x0b\x32\x1b.kubeiptracker.v1.Namespace\x12$\n\x04node\x18\x03 \x01(\x0b\x32\x16.kubeiptracker.v1.Node\"\x15\n\x13ListClustersRequest\"\x89\x01\n\x0b\x43lusterInfo\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.kubeiptracker.v1.ClusterStatus\x12\x0c\n\x04pods\x18\x02 \x01(\x04\x12\x12\n\nnamespaces\x18\x03 \x01(\x04\x12\r\n\x05nodes\x18\x04 \x01(\x04\x12\x18\n\x10last_change_time\x18\x05 \x01(\x03\"h\n\x14ListClustersResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12/\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x1d.kubeiptracker.v1.ClusterInfo*@\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x07\n\x03UDP\x10\x02\x12\x08\n\x04SCTP\x10\x03\x32\x8d\x02\n\x07Tracker\x12J\n\x05Watch\x12\x1e.kubeiptracker.v1.WatchRequest\x1a\x1f.kubeiptracker.v1.WatchResponse0\x01\x12W\n\nGetPodByIP\x12#.kubeiptracker.v1.GetPodByIPRequest\x1a$.kubeiptracker.v1.GetPodByIPResponse\x12]\n\x0cListClusters\x12%.kubeiptracker.v1.ListClustersRequest\x1a&.kubeiptracker.v1.ListClustersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NAMESPACE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOL']._serialized_start=1960
-  _globals['_PROTOCOL']._serialized_end=2024
+  _globals['_PROTOCOL']._serialized_start=1987
+  _globals['_PROTOCOL']._serialized_end=2051
   _globals['_CONTAINERPORT']._serialized_start=58
   _globals['_CONTAINERPORT']._serialized_end=147
   _globals['_POD']._serialized_start=150
@@ -57,22 +57,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERSTATUS']._serialized_end=872
   _globals['_CHANGE']._serialized_start=875
   _globals['_CHANGE']._serialized_end=1090
-  _globals['_WATCHREQUEST']._serialized_start=1092
-  _globals['_WATCHREQUEST']._serialized_end=1199
-  _globals['_WATCHRESPONSE']._serialized_start=1202
-  _globals['_WATCHRESPONSE']._serialized_end=1511
-  _globals['_WATCHRESPONSE_KIND']._serialized_start=1403
-  _globals['_WATCHRESPONSE_KIND']._serialized_end=1511
-  _globals['_GETPODBYIPREQUEST']._serialized_start=1513
-  _globals['_GETPODBYIPREQUEST']._serialized_end=1544
-  _globals['_GETPODBYIPRESPONSE']._serialized_start=1547
-  _globals['_GETPODBYIPRESPONSE']._serialized_end=1689
-  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1691
-  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1712
-  _globals['_CLUSTERINFO']._serialized_start=1715
-  _globals['_CLUSTERINFO']._serialized_end=1852
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1854
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1958
-  _globals['_TRACKER']._serialized_start=2027
-  _globals['_TRACKER']._serialized_end=2296
+  _globals['_WATCHREQUEST']._serialized_start=1093
+  _globals['_WATCHREQUEST']._serialized_end=1226
+  _globals['_WATCHRESPONSE']._serialized_start=1229
+  _globals['_WATCHRESPONSE']._serialized_end=1538
+  _globals['_WATCHRESPONSE_KIND']._serialized_start=1430
+  _globals['_WATCHRESPONSE_KIND']._serialized_end=1538
+  _globals['_GETPODBYIPREQUEST']._serialized_start=1540
+  _globals['_GETPODBYIPREQUEST']._serialized_end=1571
+  _globals['_GETPODBYIPRESPONSE']._serialized_start=1574
+  _globals['_GETPODBYIPRESPONSE']._serialized_end=1716
+  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1718
+  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1739
+  _globals['_CLUSTERINFO']._serialized_start=1742
+  _globals['_CLUSTERINFO']._serialized_end=1879
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1881
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1985
+  _globals['_TRACKER']._serialized_start=2054
+  _globals['_TRACKER']._serialized_end=2323
 # @@protoc_insertion_point(module_scope)

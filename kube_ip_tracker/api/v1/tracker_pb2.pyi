@@ -126,18 +126,20 @@ class Change(_message.Message):
     def __init__(self, pod: _Optional[_Union[Pod, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("epoch", "revision", "clusters", "tracker_id", "watcher_name")
+    __slots__ = ("epoch", "revision", "clusters", "tracker_id", "watcher_name", "exclude_clusters")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     TRACKER_ID_FIELD_NUMBER: _ClassVar[int]
     WATCHER_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     epoch: str
     revision: int
     clusters: _containers.RepeatedScalarFieldContainer[str]
     tracker_id: str
     watcher_name: str
-    def __init__(self, epoch: _Optional[str] = ..., revision: _Optional[int] = ..., clusters: _Optional[_Iterable[str]] = ..., tracker_id: _Optional[str] = ..., watcher_name: _Optional[str] = ...) -> None: ...
+    exclude_clusters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, epoch: _Optional[str] = ..., revision: _Optional[int] = ..., clusters: _Optional[_Iterable[str]] = ..., tracker_id: _Optional[str] = ..., watcher_name: _Optional[str] = ..., exclude_clusters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("kind", "epoch", "revision", "first_revision", "reset", "changes", "cluster")
