@@ -31,7 +31,7 @@ proto: install ## regenerate kube_ip_tracker/api/ from protos/
 	$(PYTHON) -m kube_ip_tracker.api.generate
 
 test: setup ## run the test suite (real API servers; root-only tests skip without root)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 test-all: setup ## the test suite including slow tests
 	$(PYTHON) -m pytest -q -m ''
