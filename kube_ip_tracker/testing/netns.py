@@ -1,10 +1,17 @@
 """Pods as network namespaces, for tests and demos of the node agent (needs root).
 
 Each pod is a network namespace with one veth pair into the root namespace (the "host"). The
-host routes each pod address (/32 or /128) to its veth and forwards between them (forwarding is
-enabled per veth only, not globally); a pod reaches the whole test subnet through a link-local
-gateway on its veth, like Calico does. So all pods share one flat network, and pod-to-pod
-traffic crosses the host's netfilter FORWARD hook. Neighbour entries are static: no ARP.
+host routes each pod address (/32 or /128) to its veth and forwards between them; a pod reaches
+the whole test subnet through a link-local gateway on its veth, like Calico does. So all pods share
+one flat network, and pod-to-pod traffic crosses the host's netfilter FORWARD hook. Neighbour
+entries are static: no ARP or neighbour discovery. A pod may be dual-stack (``extra_ips``).
+
+IPv4 forwarding is enabled per veth only. IPv6 forwards only when
+``net.ipv6.conf.all.forwarding`` is 1 (per-interface forwarding is not enough), so while any
+network with an IPv6 subnet exists (in any process on the host: a lock file and one holder file per
+network under ``/run/kube-ip-tracker-testing`` count them) it is set to 1, and the value found
+before the first is restored when the last one closes. Duplicate address detection is off on the
+veths, so no address stays "tentative" (unusable) for a second or two.
 
 Only private addresses inside the configured test subnets are accepted, and pods get no default
 route, so they cannot send traffic anywhere else.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import itertools
 import json
@@ -28,6 +36,7 @@ import secrets
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +47,12 @@ _GATEWAY4 = "169.254.1.1"
 _GATEWAY6 = "fe80::1"
 _libc = ctypes.CDLL(None, use_errno=True)
 _BLOCK_COUNTER = itertools.count(secrets.randbelow(1 << 16))
+_STATE_DIR = "/run/kube-ip-tracker-testing"
+_FORWARDING6 = "/proc/sys/net/ipv6/conf/all/forwarding"
+_HOLDER = "ipv6-forwarding.holder."
+_SAVED = "ipv6-forwarding.saved"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class NetnsError(RuntimeError):
@@ -77,6 +92,97 @@ def _ip(*args: str) -> None:
 def _write(path: str, value: str) -> None:
     with open(path, "w") as handle:
         handle.write(value)
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _forwarding_holders() -> Iterator[list[str]]:
+    """Under the host-wide lock: the holder files of live processes (those of dead ones are removed)."""
+    os.makedirs(_STATE_DIR, exist_ok=True)
+    with open(os.path.join(_STATE_DIR, "ipv6-forwarding.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        holders = []
+        for name in os.listdir(_STATE_DIR):
+            if not name.startswith(_HOLDER):
+                continue
+            pid = name[len(_HOLDER) :].split(".")[0]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                holders.append(name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(_STATE_DIR, name))
+        yield holders
+
+
+def hold_ipv6_forwarding(token: str) -> None:
+    """Set ``net.ipv6.conf.all.forwarding`` to 1 until :func:`release_ipv6_forwarding` of every holder."""
+    with _forwarding_holders() as holders:
+        saved = os.path.join(_STATE_DIR, _SAVED)
+        if not holders and not os.path.exists(saved):  # (a saved value without holders: a holder crashed)
+            _write(saved, _read(_FORWARDING6))
+        _write(os.path.join(_STATE_DIR, f"{_HOLDER}{os.getpid()}.{token}"), "")
+        _write(_FORWARDING6, "1")
+
+
+def release_ipv6_forwarding(token: str) -> None:
+    """Drop one hold; the last one restores the value found before the first."""
+    with _forwarding_holders() as holders:
+        name = f"{_HOLDER}{os.getpid()}.{token}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_STATE_DIR, name))
+        if any(holder != name for holder in holders):
+            return
+        saved = os.path.join(_STATE_DIR, _SAVED)
+        with contextlib.suppress(FileNotFoundError):
+            previous = _read(saved)
+            _write(_FORWARDING6, previous)
+            os.unlink(saved)
+            log.info("net.ipv6.conf.all.forwarding restored to %s", previous)
+
+
+def _no_dad(interface: str, netns_path: str | None = None) -> None:
+    """Turn duplicate address detection off on ``interface`` (before it is up: no tentative addresses)."""
+    path = f"/proc/sys/net/ipv6/conf/{interface}/accept_dad"
+    if netns_path is None:
+        _write(path, "0")
+    else:
+        with inside(netns_path):  # /proc/sys/net belongs to the namespace of the opening thread
+            _write(path, "0")
+
+
+def _wait_not_tentative(interface: str, netns: str | None = None, within: float = 5.0) -> None:
+    """Wait until no IPv6 address of ``interface`` is tentative (DAD still running)."""
+    argv = ["ip", "-j", "-6", *(["-n", netns] if netns else []), "addr", "show", "dev", interface]
+    deadline = time.monotonic() + within
+    while True:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise NetnsError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+        tentative = [
+            a["local"]
+            for link in json.loads(result.stdout or "[]")
+            for a in link.get("addr_info", [])
+            if a.get("tentative")
+        ]
+        if not tentative:
+            return
+        if time.monotonic() > deadline:
+            raise NetnsError(f"addresses {', '.join(tentative)} of {interface} still tentative after {within}s")
+        time.sleep(0.05)
 
 
 # --- servers --------------------------------------------------------------------------------------
@@ -202,13 +308,26 @@ class TcpStream:
 
 @dataclass
 class Pod:
-    """One pod: a namespace with ``eth0`` holding ``ip``, wired to ``host_if`` in the root namespace."""
+    """One pod: a namespace with ``eth0`` holding ``ip`` (and ``extra_ips``), wired to ``host_if`` in the root namespace."""
 
     name: str
     netns: str
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ip: IPAddress
     host_if: str
     _closers: list[TcpEchoServer | UdpEchoServer | TcpStream] = field(default_factory=list, repr=False)
+    extra_ips: tuple[IPAddress, ...] = ()
+
+    @property
+    def ips(self) -> tuple[IPAddress, ...]:
+        """Every address of the pod, ``ip`` first."""
+        return (self.ip, *self.extra_ips)
+
+    def ip_of(self, version: int) -> IPAddress:
+        """The pod's first address of IP ``version`` (4 or 6)."""
+        for address in self.ips:
+            if address.version == version:
+                return address
+        raise ValueError(f"pod {self.name} has no IPv{version} address")
 
     @property
     def netns_path(self) -> str:
@@ -217,12 +336,14 @@ class Pod:
 
     @property
     def family(self) -> socket.AddressFamily:
-        return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
+        return _family(self.ip)
 
-    def socket(self, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
-        """A new socket inside this pod's namespace."""
+    def socket(
+        self, kind: socket.SocketKind = socket.SOCK_STREAM, family: socket.AddressFamily | None = None
+    ) -> socket.socket:
+        """A new socket inside this pod's namespace (of the family of ``ip`` unless given)."""
         with inside(self.netns_path):
-            return socket.socket(self.family, kind)
+            return socket.socket(family or self.family, kind)
 
     def exec(self, *argv: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
         """Run a command inside the pod (``ip netns exec``)."""
@@ -230,27 +351,29 @@ class Pod:
             ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def serve_tcp(self, port: int) -> TcpEchoServer:
-        """Start a TCP echo server on ``ip:port`` (stopped with the network)."""
-        sock = self.socket(socket.SOCK_STREAM)
+    def serve_tcp(self, port: int, ip: object = None) -> TcpEchoServer:
+        """Start a TCP echo server on ``ip:port`` (default: the pod's ``ip``; stopped with the network)."""
+        address = str(ip or self.ip)
+        sock = self.socket(socket.SOCK_STREAM, _family(address))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((str(self.ip), port))
+        sock.bind((address, port))
         sock.listen(64)
         server = TcpEchoServer(sock)
         self._closers.append(server)
         return server
 
-    def serve_udp(self, port: int) -> UdpEchoServer:
-        """Start a UDP echo server on ``ip:port`` (stopped with the network)."""
-        sock = self.socket(socket.SOCK_DGRAM)
-        sock.bind((str(self.ip), port))
+    def serve_udp(self, port: int, ip: object = None) -> UdpEchoServer:
+        """Start a UDP echo server on ``ip:port`` (default: the pod's ``ip``; stopped with the network)."""
+        address = str(ip or self.ip)
+        sock = self.socket(socket.SOCK_DGRAM, _family(address))
+        sock.bind((address, port))
         server = UdpEchoServer(sock)
         self._closers.append(server)
         return server
 
     def tcp_probe(self, ip: object, port: int, timeout: float = 1.0) -> bool:
         """Whether a TCP connection to ``ip:port`` opens and echoes within ``timeout`` seconds."""
-        sock = self.socket(socket.SOCK_STREAM)
+        sock = self.socket(socket.SOCK_STREAM, _family(ip))
         sock.settimeout(timeout)
         try:
             sock.connect((str(ip), port))
@@ -263,7 +386,7 @@ class Pod:
 
     def udp_probe(self, ip: object, port: int, timeout: float = 1.0, payload: bytes = b"probe") -> bool:
         """Whether a datagram to ``ip:port`` is echoed within ``timeout`` seconds (fresh source port each call)."""
-        sock = self.socket(socket.SOCK_DGRAM)
+        sock = self.socket(socket.SOCK_DGRAM, _family(ip))
         sock.settimeout(timeout)
         try:
             sock.sendto(payload, (str(ip), port))
@@ -277,7 +400,7 @@ class Pod:
     def sctp_probe(self, ip: object, port: int, timeout: float = 1.0) -> bool:
         """Whether an SCTP association to ``ip:port`` opens within ``timeout`` (OSError if the kernel lacks SCTP)."""
         with inside(self.netns_path):
-            sock = socket.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+            sock = socket.socket(_family(ip), socket.SOCK_STREAM, socket.IPPROTO_SCTP)
         sock.settimeout(timeout)
         try:
             sock.connect((str(ip), port))
@@ -289,13 +412,13 @@ class Pod:
 
     def udp_socket(self, ip: object, port: int) -> socket.socket:
         """A UDP socket connected to ``ip:port`` (one flow for many datagrams); the caller closes it."""
-        sock = self.socket(socket.SOCK_DGRAM)
+        sock = self.socket(socket.SOCK_DGRAM, _family(ip))
         sock.connect((str(ip), port))
         return sock
 
     def open_stream(self, ip: object, port: int, timeout: float = 1.0) -> TcpStream:
         """A long-lived TCP connection to an echo server (closed with the network)."""
-        sock = self.socket(socket.SOCK_STREAM)
+        sock = self.socket(socket.SOCK_STREAM, _family(ip))
         sock.settimeout(timeout)
         try:
             sock.connect((str(ip), port))
@@ -317,6 +440,9 @@ class PodNetwork:
 
     Use as a context manager (or call :meth:`close`): namespaces, veths and host routes are removed
     even when a test fails. ``subnet`` (and ``extra_subnets``) must be private; pods can reach only them.
+    Automatic addresses come from a block of ``subnet`` and of the first extra subnet of the other IP
+    family, if any (``next_ip(6)``), so ``PodNetwork("10.244.0.0/16", extra_subnets=["fd00:10:244::/64"])``
+    holds dual-stack pods.
     """
 
     def __init__(
@@ -338,30 +464,41 @@ class PodNetwork:
             raise ValueError(f"prefix {self.prefix!r} is longer than 10 characters (interface names)")
         self.pods: list[Pod] = []
         # A random /24 (or /120) inside the subnet keeps parallel networks from colliding.
-        self._auto = self._pick_block()
-        self._next_host = 2
+        self._auto: dict[int, list[IPAddress]] = {net.version: self._pick_block(net)}
+        for each in self.subnets[1:]:
+            if each.version not in self._auto:
+                self._auto[each.version] = self._pick_block(each)
+        self._next_host = {version: 2 for version in self._auto}
         self.host: Pod | None = None
-        if host_address:
-            self._add_host()
+        self._forwarding_token = secrets.token_hex(4) if 6 in self._auto else None
+        if self._forwarding_token is not None:
+            hold_ipv6_forwarding(self._forwarding_token)
+        try:
+            if host_address:
+                self._add_host()
+        except BaseException:
+            self.close()
+            raise
 
-    def _pick_block(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        """A /24 (/120) of the subnet that no live network routes: blocks rotate within a process, so
+    @staticmethod
+    def _pick_block(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[IPAddress]:
+        """A /24 (/120) of ``subnet`` that no live network routes: blocks rotate within a process, so
         tests run one after another get different addresses (and cannot meet old conntrack entries)."""
-        block_len = 24 if self.subnet.version == 4 else 120
-        if self.subnet.prefixlen >= block_len:
-            return list(self.subnet.hosts())
-        blocks = 2 ** (block_len - self.subnet.prefixlen)
-        size = 2 ** (self.subnet.max_prefixlen - block_len)
-        for _ in range(blocks):
+        block_len = 24 if subnet.version == 4 else 120
+        if subnet.prefixlen >= block_len:
+            return list(subnet.hosts())
+        blocks = 2 ** (block_len - subnet.prefixlen)
+        size = 2 ** (subnet.max_prefixlen - block_len)
+        for _ in range(min(blocks, 1 << 16)):
             index = next(_BLOCK_COUNTER) % (blocks - 1) + 1
-            block = ipaddress.ip_network((int(self.subnet.network_address) + index * size, block_len))
+            block = ipaddress.ip_network((int(subnet.network_address) + index * size, block_len))
             if not routed(block):
                 return list(block.hosts())
-        raise NetnsError(f"every block of {self.subnet} is in use")
+        raise NetnsError(f"every block of {subnet} is in use")
 
     def _add_host(self) -> None:
         """Give the host an address of the block on its own veth (peer parked in a namespace)."""
-        address = self._auto[0]
+        address = self._auto[self.subnet.version][0]
         host = Pod(name="host", netns="", ip=address, host_if=f"{self.prefix}hx")
         parking = f"{self.prefix}-hostaddr"
         self._parking = parking
@@ -372,48 +509,67 @@ class PodNetwork:
         _ip("link", "set", host.host_if, "up")
         self.host = host
 
-    def next_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        """An unused address of this network's block."""
-        if self._next_host >= len(self._auto):
-            raise NetnsError("address block exhausted")
-        ip = self._auto[self._next_host]
-        self._next_host += 1
+    def next_ip(self, version: int | None = None) -> IPAddress:
+        """An unused address of this network's block of IP ``version`` (default: that of ``subnet``)."""
+        version = version or self.subnet.version
+        if version not in self._auto:
+            raise ValueError(f"the network has no IPv{version} subnet")
+        block = self._auto[version]
+        if self._next_host[version] >= len(block):
+            raise NetnsError(f"IPv{version} address block exhausted")
+        ip = block[self._next_host[version]]
+        self._next_host[version] += 1
         return ip
 
-    def add_pod(self, name: str, ip: str | None = None) -> Pod:
-        """Create a pod namespace with address ``ip`` (default: the next free one)."""
+    def add_pod(self, name: str, ip: str | None = None, extra_ips: Sequence[object] = ()) -> Pod:
+        """Create a pod namespace with address ``ip`` (default: the next free one) and ``extra_ips``."""
         address = ipaddress.ip_address(ip) if ip is not None else self.next_ip()
-        if not any(address in each for each in self.subnets):
-            subnets = ", ".join(str(each) for each in self.subnets)
-            raise ValueError(f"pod address {address} is outside the test subnets {subnets}")
+        extra = tuple(ipaddress.ip_address(str(each)) for each in extra_ips)
+        for each in (address, *extra):
+            if not any(each in subnet for subnet in self.subnets):
+                subnets = ", ".join(str(subnet) for subnet in self.subnets)
+                raise ValueError(f"pod address {each} is outside the test subnets {subnets}")
         index = len(self.pods)
-        pod = Pod(name=name, netns=f"{self.prefix}-{name}", ip=address, host_if=f"{self.prefix}h{index}")
+        pod = Pod(name, f"{self.prefix}-{name}", address, f"{self.prefix}h{index}", extra_ips=extra)
         self.pods.append(pod)  # before creation, so close() removes half-built pods
         self._create(pod)
-        log.info("pod %s: netns %s ip %s host veth %s", name, pod.netns, address, pod.host_if)
+        log.info("pod %s: netns %s ips %s host veth %s", name, pod.netns, ", ".join(map(str, pod.ips)), pod.host_if)
         return pod
 
     def _create(self, pod: Pod) -> None:
-        v6 = pod.ip.version == 6
+        versions = sorted({each.version for each in pod.ips})
         _ip("netns", "add", pod.netns)
         _ip("link", "add", pod.host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
-        _write(f"/proc/sys/net/{'ipv6' if v6 else 'ipv4'}/conf/{pod.host_if}/forwarding", "1")
+        for version in versions:
+            _write(f"/proc/sys/net/{'ipv6' if version == 6 else 'ipv4'}/conf/{pod.host_if}/forwarding", "1")
+        if 6 in versions:
+            _no_dad(pod.host_if)
+            _no_dad("eth0", pod.netns_path)
         _ip("link", "set", pod.host_if, "up")
         _ip("-n", pod.netns, "link", "set", "lo", "up")
-        plen = "128" if v6 else "32"
-        _ip("-n", pod.netns, "addr", "add", f"{pod.ip}/{plen}", "dev", "eth0", *(["nodad"] if v6 else []))
+        for address in pod.ips:
+            plen = "128" if address.version == 6 else "32"
+            nodad = ["nodad"] if address.version == 6 else []
+            _ip("-n", pod.netns, "addr", "add", f"{address}/{plen}", "dev", "eth0", *nodad)
         _ip("-n", pod.netns, "link", "set", "eth0", "up")
         host_mac = _mac(pod.host_if)
         pod_mac = _mac("eth0", pod.netns)
-        gateway = _GATEWAY6 if v6 else _GATEWAY4
-        _ip("-n", pod.netns, "neigh", "replace", gateway, "lladdr", host_mac, "dev", "eth0", "nud", "permanent")
-        _ip("-n", pod.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
-        for each in self.subnets:
-            if each.version == pod.ip.version:
-                _ip("-n", pod.netns, "route", "add", str(each), "via", gateway, "dev", "eth0", "onlink")
-        source = ["src", str(self.host.ip)] if self.host is not None else []
-        _ip("route", "add", f"{pod.ip}/{plen}", "dev", pod.host_if, *source)
-        _ip("neigh", "replace", str(pod.ip), "lladdr", pod_mac, "dev", pod.host_if, "nud", "permanent")
+        for version in versions:
+            gateway = _GATEWAY6 if version == 6 else _GATEWAY4
+            _ip("-n", pod.netns, "neigh", "replace", gateway, "lladdr", host_mac, "dev", "eth0", "nud", "permanent")
+            _ip("-n", pod.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
+            for each in self.subnets:
+                if each.version == version:
+                    _ip("-n", pod.netns, "route", "add", str(each), "via", gateway, "dev", "eth0", "onlink")
+        for address in pod.ips:
+            plen = "128" if address.version == 6 else "32"
+            host = self.host
+            source = ["src", str(host.ip)] if host is not None and host.ip.version == address.version else []
+            _ip("route", "add", f"{address}/{plen}", "dev", pod.host_if, *source)
+            _ip("neigh", "replace", str(address), "lladdr", pod_mac, "dev", pod.host_if, "nud", "permanent")
+        if 6 in versions:
+            _wait_not_tentative("eth0", pod.netns)
+            _wait_not_tentative(pod.host_if)
 
     def close(self) -> None:
         """Stop servers, delete every pod namespace (their veths and host routes go with them)."""
@@ -423,20 +579,29 @@ class PodNetwork:
             subprocess.run(["ip", "link", "del", pod.host_if], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
             # Forget the pods' connections, so a later network reusing the addresses starts clean.
-            for direction in ("-s", "-d"):
-                subprocess.run(["conntrack", "-D", direction, str(pod.ip)], capture_output=True, check=False)
+            for address in pod.ips:
+                for direction in ("-s", "-d"):
+                    subprocess.run(["conntrack", "-D", direction, str(address)], capture_output=True, check=False)
         self.pods.clear()
         if self.host is not None:
             self.host.close_servers()
             subprocess.run(["ip", "link", "del", self.host.host_if], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", self._parking], capture_output=True, check=False)
             self.host = None
+        if self._forwarding_token is not None:
+            release_ipv6_forwarding(self._forwarding_token)
+            self._forwarding_token = None
 
     def __enter__(self) -> PodNetwork:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _family(ip: object) -> socket.AddressFamily:
+    """The socket family of an address (or its text)."""
+    return socket.AF_INET6 if ipaddress.ip_address(str(ip)).version == 6 else socket.AF_INET
 
 
 def _mac(interface: str, netns: str | None = None) -> str:
