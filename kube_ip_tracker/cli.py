@@ -420,7 +420,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         for spec in specs:
             await supervisor.ensure(spec)
-        upstreams.start()
+        upstreams.start(local=supervisor.specs)  # clusters watched here are excluded from the upstream streams
         configured = static_ids | (watcher.cluster_ids() if watcher else set())
         log.info("Watching %d clusters: %s", len(configured), ", ".join(sorted(configured)) or "(none yet)")
         if watcher is not None:

@@ -4,7 +4,10 @@ Each upstream is watched by a :class:`~kube_ip_tracker.agent.client.client.Track
 failover over the address's IPs, backoff) whose :class:`~kube_ip_tracker.agent.client.index_sink.IndexWriterSink`
 writes through an :class:`~.upstream_merge.UpstreamWriter` into the index. The Watch carries this
 tracker's id, so the upstream never sends back clusters that passed through here; clusters this
-tracker watches directly are skipped (local first).
+tracker watches directly are skipped (local first), and are listed in the Watch's ``exclude_clusters``
+so the upstream does not send them at all. When that set changes (a cluster configured or removed
+here), the upstream is asked again with the new list: a cluster no longer watched here then comes
+from the upstream.
 
 While an upstream is unreachable its clusters keep their last data, reported ``stale`` (ListClusters,
 Watch, ``kube_ip_tracker_upstream_cluster_stale``). When it returns in the same epoch the client
@@ -18,7 +21,7 @@ Usage (the CLI does this)::
 
     upstreams = Upstreams(index, tracker_id, ["hub.example:50051"])
     supervisor = ClusterSupervisor(upstreams.local_writer)   # local informers stamp and claim
-    upstreams.start()
+    upstreams.start(local=supervisor.specs)   # clusters configured here are excluded upstream
     missing = await upstreams.wait_ready(60)
     ...
     await upstreams.stop()
@@ -34,7 +37,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
@@ -125,10 +128,12 @@ class UpstreamSource:
         options: ClientOptions,
         *,
         removal_grace: float = 60.0,
+        local_clusters: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.address = address
         self.tracker_id = tracker_id
         self.options = options
+        self.local_clusters = local_clusters or owners.local_clusters
         self.writer = UpstreamWriter(index, owners, tracker_id, address, self.resync, removal_grace=removal_grace)
         self.sink = _UpstreamSink(self.writer)
         self.client = self._new_client()
@@ -137,8 +142,14 @@ class UpstreamSource:
         self._running = False
         metrics.UPSTREAM_LIVE.labels(address).set(0)
 
+    def _exclusion(self) -> frozenset[str]:
+        return frozenset(self.local_clusters())
+
     def _new_client(self) -> TrackerClient:
-        client = TrackerClient(self.address, self.sink, self.options)
+        exclude = self._exclusion()
+        options = dataclasses.replace(self.options, exclude_clusters=tuple(sorted(exclude)))
+        metrics.UPSTREAM_EXCLUDED.labels(self.address).set(len(exclude))
+        client = TrackerClient(self.address, self.sink, options)
         client.on_live(lambda live: self._on_live(client, live))
         return client
 
@@ -157,7 +168,18 @@ class UpstreamSource:
 
     def start(self) -> None:
         self._running = True
+        if self._exclusion() != frozenset(self.client.options.exclude_clusters):
+            self.client = self._new_client()  # local clusters configured since __init__
         self.client.start()
+
+    def local_changed(self) -> None:
+        """The clusters watched directly changed: reconnect with them as exclude_clusters.
+
+        A cluster that is no longer local must then come from the upstream; one that became local no
+        longer needs to (its data is the local informers' already: local first).
+        """
+        if self._running and self._exclusion() != frozenset(self.client.options.exclude_clusters):
+            self.resync()
 
     async def stop(self) -> None:
         self._running = False
@@ -173,7 +195,8 @@ class UpstreamSource:
                 await asyncio.wait_for(self._ready.wait(), poll)
 
     def resync(self) -> None:
-        """Ask the upstream for a full snapshot (a cluster it has became ours to take)."""
+        """Ask the upstream for a full snapshot (a cluster it has became ours to take, or the clusters
+        watched directly changed); the new stream excludes the clusters watched directly at that time."""
         if not self._running or (self._resync is not None and not self._resync.done()):
             return
         metrics.UPSTREAM_RESYNCS.labels(self.address).inc()
@@ -183,9 +206,16 @@ class UpstreamSource:
         await asyncio.sleep(self.RESYNC_DELAY)  # requests made meanwhile (clusters syncing one by one) share it
         log.info("Upstream %s: reconnecting for a full snapshot", self.address)
         old, self.client = self.client, self._new_client()
+        log.info(
+            "Upstream %s: excluding %d clusters watched directly",
+            self.address,
+            len(self.client.options.exclude_clusters),
+        )
         await old.stop()  # its end is not a loss of the upstream: the clusters stay as they are
         if self._running:
             self.client.start()
+            # The local clusters may have changed while this restart was under way.
+            asyncio.get_running_loop().call_soon(self.local_changed)
 
     def _on_live(self, client: TrackerClient, live: bool) -> None:
         if client is not self.client:
@@ -235,12 +265,34 @@ class Upstreams:
             watcher_name=base.watcher_name or f"tracker/{tracker_id}",
             tls=tls or base.tls,
         )
+        self._configured: Callable[[], Iterable[str]] = tuple
         self.sources = [
-            UpstreamSource(a, index, self.owners, tracker_id, client_options, removal_grace=removal_grace)
+            UpstreamSource(
+                a,
+                index,
+                self.owners,
+                tracker_id,
+                client_options,
+                removal_grace=removal_grace,
+                local_clusters=self.local_clusters,
+            )
             for a in addresses
         ]
+        self.owners.local_listeners.append(self._local_changed)
 
-    def start(self) -> None:
+    def local_clusters(self) -> set[str]:
+        """Clusters watched directly: configured (``start(local=...)``) or written by the local informers."""
+        return set(self._configured()) | self.owners.local_clusters()
+
+    def _local_changed(self) -> None:
+        for source in self.sources:
+            source.local_changed()
+
+    def start(self, local: Callable[[], Iterable[str]] | None = None) -> None:
+        """Start watching; ``local`` gives the clusters configured to be watched directly (the
+        supervisor's), excluded from the upstream streams before their informers first write."""
+        if local is not None:
+            self._configured = local
         for source in self.sources:
             log.info("Watching upstream tracker %s as tracker %s", source.address, self.tracker_id)
             source.start()

@@ -37,10 +37,20 @@ class ClusterOwners:
         self._owner: dict[str, object] = {}
         self._upstreams: list[UpstreamWriter] = []
         self._local_uids: dict[str, str] = {}  # kube-system UID -> id of a cluster watched directly
+        self.local_listeners: list[Callable[[], None]] = []  # called when the set of local clusters may change
 
     def owner(self, cluster: str) -> object | None:
         """``LOCAL``, an :class:`UpstreamWriter`, or ``None`` when nobody writes the cluster."""
         return self._owner.get(cluster)
+
+    def local_clusters(self) -> set[str]:
+        """The clusters the local informers own."""
+        return {c for c, w in self._owner.items() if w == LOCAL}
+
+    def local_changed(self) -> None:
+        """Tell the listeners (the upstream sources, to update their exclude_clusters) to look again."""
+        for listener in list(self.local_listeners):
+            listener()
 
     def register(self, writer: UpstreamWriter) -> None:
         self._upstreams.append(writer)
@@ -54,6 +64,7 @@ class ClusterOwners:
         if isinstance(current, UpstreamWriter):
             log.info("Cluster %s is watched directly now; no longer taken from upstream %s", cluster, current.name)
             current.lost(cluster)
+        self.local_changed()
 
     def note_local_uid(self, cluster: str, uid: str) -> None:
         """A cluster watched directly has this kube-system UID; upstream copies under other ids are dropped."""
@@ -153,6 +164,7 @@ class LocalWriter:
         self._index.remove_cluster(cluster)
         self._owners.release(cluster, LOCAL)
         self._owners.forget_local(cluster)
+        self._owners.local_changed()
 
 
 class UpstreamWriter:

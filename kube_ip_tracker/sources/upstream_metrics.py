@@ -19,9 +19,15 @@ UPSTREAM_SKIPPED = Gauge(
     "Clusters the upstream tracker sends that are taken from elsewhere (watched directly, or another upstream).",
     ["upstream"],
 )
+UPSTREAM_EXCLUDED = Gauge(
+    "kube_ip_tracker_upstream_excluded_clusters",
+    "Clusters this tracker asks the upstream tracker not to send (watched directly here: exclude_clusters).",
+    ["upstream"],
+)
 UPSTREAM_RESYNCS = Counter(
     "kube_ip_tracker_upstream_resyncs_total",
-    "Full resyncs asked of an upstream tracker because a cluster it had was released by its owner.",
+    "Full resyncs asked of an upstream tracker: a cluster it had was released by its owner, or the set of "
+    "clusters watched directly (its exclude_clusters) changed.",
     ["upstream"],
 )
 UPSTREAM_LOOPS = Counter(

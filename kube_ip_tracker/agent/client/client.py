@@ -96,6 +96,9 @@ class ClientOptions:
     """
 
     clusters: Sequence[str] = ()
+    # Clusters the tracker must not send (after ``clusters``). Part of the stream's identity: a resume
+    # point taken with other filters gets a reset snapshot.
+    exclude_clusters: Sequence[str] = ()
     tracker_id: str = ""
     watcher_name: str = ""
     tls: TlsOptions | None = None
@@ -206,7 +209,7 @@ class TrackerClient:
 
     @property
     def _filtered(self) -> bool:
-        return bool(self.options.clusters or self.options.tracker_id)
+        return bool(self.options.clusters or self.options.exclude_clusters or self.options.tracker_id)
 
     async def run(self) -> None:
         """Connect, watch, and reconnect with backoff forever (until cancelled)."""
@@ -289,6 +292,7 @@ class TrackerClient:
             epoch=self.epoch,
             revision=self.revision if self.epoch else 0,
             clusters=list(self.options.clusters),
+            exclude_clusters=sorted(self.options.exclude_clusters),
             tracker_id=self.options.tracker_id,
             watcher_name=self.options.watcher_name,
         )
