@@ -12,6 +12,15 @@ Each policy is parsed with ``strict=False`` (fields of other API versions are ig
 parser rejects is not enforced: the error names the namespace/name and the problem, is counted in
 ``kube_ip_agent_networkpolicies_invalid``, and the agent carries on. ``synced`` turns true after the
 first complete list and stays true across reconnects (the last known policies keep being enforced).
+
+While connected, the tracker's liveness probe (:func:`kube_ip_tracker.sources.kube.liveness_probe`,
+a GET of kube-system every ``probe_interval``) runs beside the watch: a frozen API server keeps the
+watch open and silent, so without it nothing would notice. A failed probe marks the informer
+disconnected (``connected`` false, ``kube_ip_agent_networkpolicies_connected`` 0, ``last_error``, a
+log line) without touching the policies or ``synced``: the agent keeps enforcing what it last saw.
+``probe_failures_to_reconnect`` failures in a row drop the connection and reconnect with backoff;
+the watch resumes from the last resourceVersion, and the first list or watch that opens marks the
+informer connected again.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from kube_ip_tracker.sources.kube import (
     InformerOptions,
     Reflector,
     apply_events,
+    liveness_probe,
     open_response,
     paginated_list,
     watch_request,
@@ -64,6 +74,12 @@ POLICIES = Gauge(
 SYNCED = Gauge(
     "kube_ip_agent_networkpolicies_synced",
     "1 once the local cluster's NetworkPolicies have been listed completely.",
+    ["cluster"],
+)
+CONNECTED = Gauge(
+    "kube_ip_agent_networkpolicies_connected",
+    "1 while the NetworkPolicy informer's API server answers (list/watch open, liveness probe passing); "
+    "0 while the last known policies are enforced without updates.",
     ["cluster"],
 )
 
@@ -104,9 +120,13 @@ class NetworkPolicyInformer(Reflector):
         self.policies: dict[Key, CompiledPolicy] = {}  # what the engine holds, from this informer
         self.invalid: dict[Key, str] = {}  # policies the parser rejected: the problem
         self.synced_event = asyncio.Event()
+        self.connected = False
+        self.last_error = ""
         self._rng = random.Random()
         self._synced_gauge = SYNCED.labels(self.cluster)
         self._synced_gauge.set(0)
+        self._connected_gauge = CONNECTED.labels(self.cluster)
+        self._connected_gauge.set(0)
         self._events = {
             etype: source_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
             for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
@@ -124,24 +144,52 @@ class NetworkPolicyInformer(Reflector):
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect and list/watch until cancelled; a client that cannot be built is retried with backoff."""
+        """Connect and list/watch (with the liveness probe beside it) until cancelled; a client that
+        cannot be built, or a connection the probe gave up on, is retried with backoff."""
         backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
         while True:
             try:
                 async with self.client_factory(self.spec) as api:
                     self.api = api
                     backoff.reset()
-                    await Reflector.run(self)
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(Reflector.run(self), name=f"networkpolicies-{self.cluster}")
+                        probe = liveness_probe(api, self.options, self.cluster, self._disconnected, self._reconnected)
+                        group.create_task(probe, name=f"networkpolicies-probe-{self.cluster}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 label, message = describe_error(exc, "connect")
                 source_metrics.ERRORS.labels(self.cluster, PLURAL, label).inc()
+                self._disconnected(message)
                 delay = backoff.next_delay()
                 log.error(
                     "Cluster %s: cannot read NetworkPolicies: %s; retrying in %.1fs", self.cluster, message, delay
                 )
                 await asyncio.sleep(delay)
+
+    def _disconnected(self, message: str) -> None:
+        """The API server failed to answer (probe, list, watch or connect): report it, keep the policies."""
+        self.last_error = message
+        if self.connected:
+            log.error(
+                "Cluster %s: NetworkPolicy informer disconnected (%s); enforcing the %d last known policies",
+                self.cluster,
+                message,
+                len(self.policies),
+            )
+        self.connected = False
+        self._connected_gauge.set(0)
+
+    def _reconnected(self) -> None:
+        """A list or watch opened, or a probe passed again."""
+        if not self.connected and self.last_error:
+            log.info("Cluster %s: NetworkPolicy informer connected again", self.cluster)
+        self.connected = True
+        self._connected_gauge.set(1)
+
+    def failed(self, message: str) -> None:
+        self._disconnected(message)
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
@@ -181,6 +229,7 @@ class NetworkPolicyInformer(Reflector):
             resource_version,
             reason,
         )
+        self._reconnected()
         if not self.synced:
             self.synced_event.set()
             self._synced_gauge.set(1)
@@ -194,6 +243,7 @@ class NetworkPolicyInformer(Reflector):
         method = client.NetworkingV1Api(self.api).list_network_policy_for_all_namespaces
         resp = await open_response(method, timeout, **params)
         source_metrics.WATCHES.labels(self.cluster, PLURAL).inc()
+        self._reconnected()
         return await apply_events(resp, self.handle_event)
 
     def handle_event(self, event: dict[str, Any]) -> None:

@@ -400,7 +400,7 @@ class ClusterSource:
         while True:
             try:
                 async with self.client_factory(self.spec) as api:
-                    uid = await self._kube_system_uid(api, self.options.request_timeout)
+                    uid = await kube_system_uid(api, self.options, self.options.request_timeout)
                     log.info("Successfully connected to cluster %s (UID: %s). Starting informers...", self.cluster, uid)
                     self.state.connect_ok(uid)
                     backoff.reset()
@@ -409,7 +409,10 @@ class ClusterSource:
                             informer = Informer(self.cluster, kind, api, self.writer, self.state, self.options, reason)
                             self.informers[kind] = informer
                             group.create_task(informer.run(), name=f"informer-{self.cluster}-{informer.plural}")
-                        group.create_task(self._probe(api), name=f"probe-{self.cluster}")
+                        probe = liveness_probe(
+                            api, self.options, self.cluster, self.state.probe_failed, self.state.probe_ok
+                        )
+                        group.create_task(probe, name=f"probe-{self.cluster}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -423,36 +426,48 @@ class ClusterSource:
                     log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
                 await asyncio.sleep(delay)
 
-    async def _probe(self, api: client.ApiClient) -> None:
-        """Read kube-system every probe_interval; report failures, reconnect after several in a row."""
-        failures = 0
-        while True:
-            await asyncio.sleep(self.options.probe_interval)
-            try:
-                await self._kube_system_uid(api, self.options.probe_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                message = f"liveness probe failed: {describe_error(exc, 'get namespace kube-system')[1]}"
-                log.warning("Cluster %s: %s (%d in a row)", self.cluster, message, failures)
-                self.state.probe_failed(message)
-                if failures >= self.options.probe_failures_to_reconnect:
-                    raise ProbeFailed(f"{failures} liveness probes in a row; last {message}") from exc
-            else:
-                if failures:
-                    log.info("Cluster %s: liveness probe succeeded again", self.cluster)
-                    self.state.probe_ok()
-                failures = 0
 
-    async def _kube_system_uid(self, api: client.ApiClient, total: float) -> str:
-        timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.options.connect_timeout))
+async def liveness_probe(
+    api: client.ApiClient,
+    options: InformerOptions,
+    cluster: str,
+    on_failure: Callable[[str], None],
+    on_recovery: Callable[[], None],
+) -> None:
+    """Read kube-system every ``probe_interval`` until cancelled (a frozen API server can keep watches
+    open and silent): each failure is logged and reported with ``on_failure(message)``, the first
+    success after failures with ``on_recovery()``; ``probe_failures_to_reconnect`` failures in a row
+    raise :class:`ProbeFailed`, so the caller reconnects."""
+    failures = 0
+    while True:
+        await asyncio.sleep(options.probe_interval)
         try:
-            ns = await client.CoreV1Api(api).read_namespace("kube-system", _request_timeout=timeout)
-        except ApiException as exc:
-            _, message = describe_error(exc, "get namespace kube-system")
-            raise ConnectError(message) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            _, message = describe_error(exc, f"get namespace kube-system from {api.configuration.host}")
-            raise ConnectError(message) from exc
-        return str(ns.metadata.uid or "")
+            await kube_system_uid(api, options, options.probe_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            message = f"liveness probe failed: {describe_error(exc, 'get namespace kube-system')[1]}"
+            log.warning("Cluster %s: %s (%d in a row)", cluster, message, failures)
+            on_failure(message)
+            if failures >= options.probe_failures_to_reconnect:
+                raise ProbeFailed(f"{failures} liveness probes in a row; last {message}") from exc
+        else:
+            if failures:
+                log.info("Cluster %s: liveness probe succeeded again", cluster)
+                on_recovery()
+            failures = 0
+
+
+async def kube_system_uid(api: client.ApiClient, options: InformerOptions, total: float) -> str:
+    """The UID of the kube-system namespace (within ``total`` seconds); :class:`ConnectError` says why not."""
+    timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, options.connect_timeout))
+    try:
+        ns = await client.CoreV1Api(api).read_namespace("kube-system", _request_timeout=timeout)
+    except ApiException as exc:
+        _, message = describe_error(exc, "get namespace kube-system")
+        raise ConnectError(message) from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        _, message = describe_error(exc, f"get namespace kube-system from {api.configuration.host}")
+        raise ConnectError(message) from exc
+    return str(ns.metadata.uid or "")
