@@ -125,11 +125,6 @@ class Fanout:
             del self._groups[watcher.filter]
         return True
 
-    def broadcast(self, data: bytes, kind: str) -> None:
-        """Queue the same message for every watcher (PROGRESS)."""
-        for w in self.watchers:
-            self._offer(w, data, kind)
-
     def broadcast_progress(self, epoch: str, revision: int) -> None:
         """Queue a PROGRESS at ``revision`` for every watcher, in the epoch of its stream (one encoding per epoch)."""
         encoded: dict[str, bytes] = {}
