@@ -47,7 +47,7 @@ def ip6tables_security() -> str:
     return subprocess.run(["ip6tables-save", "-t", "security"], capture_output=True, text=True, check=True).stdout
 
 
-def test_pod_network_forwards_ipv6_and_restores_the_host_setting() -> None:
+def test_ipv6_pods_reach_each_other_with_no_tentative_address() -> None:
     """Without the dataplane: IPv6 pods reach each other (all.forwarding is on while a network lives)."""
     path = "/proc/sys/net/ipv6/conf/all/forwarding"
     with PodNetwork(SUBNET6) as network:
