@@ -229,10 +229,11 @@ async def agent_mode(target: str) -> None:
             goal = int(arg)
             started = time.monotonic()
             client.start()
-            while client.revision < goal:
+            # The mirror's revision is set before its listeners run: the wakeup is exact, no polling delay.
+            while mirror.revision < goal:
                 revision_changed.clear()
-                await _wait_or(revision_changed, lambda c=client, g=goal: c.revision >= g)
-            _reply({"seconds": time.monotonic() - started, "revision": client.revision})
+                await _wait_or(revision_changed, lambda m=mirror, g=goal: m.revision >= g)
+            _reply({"seconds": time.monotonic() - started, "revision": mirror.revision})
         elif command == "watch_pods":
             report_pods = True
             _reply({"watching": True})
