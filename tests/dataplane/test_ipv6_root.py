@@ -152,3 +152,30 @@ async def test_evaluator_enforces_ipv6_ip_blocks_and_dual_stack_pods(
         for version in (4, 6)
     }
     assert verdicts == {("web", 4): True, ("web", 6): True, ("other", 4): False, ("other", 6): False}
+
+
+async def test_neighbour_discovery_is_never_queued_so_denials_do_not_cut_a_pod_off(
+    net: PodNetwork, make_dataplane: DataplaneFactory
+) -> None:
+    """IPv6 pods resolve their gateway with ICMPv6 neighbour discovery (conntrack leaves it untracked,
+    and its source is the pod's address): the rules let it pass, so a policy that denies a pod's
+    other traffic does not also break the allowed connections."""
+    a, b = net.add_pod("a", ip=str(net.next_ip(6))), net.add_pod("b", ip=str(net.next_ip(6)))
+    b.serve_tcp(PORT)
+    # Pod a resolves its gateway dynamically: the host answers for fe80::1 on a's veth.
+    await asyncio.to_thread(subprocess.run, ["ip", "addr", "add", "fe80::1/64", "dev", a.host_if, "nodad"], check=True)
+    a.exec("ip", "-6", "neigh", "del", "fe80::1", "dev", "eth0")
+    assert await asyncio.to_thread(a.tcp_probe, b.ip, PORT, 3.0), "dynamic resolution works without the dataplane"
+    a.exec("ip", "-6", "neigh", "del", "fe80::1", "dev", "eth0")  # resolve it again, through the rules
+    calls: list[PacketInfo] = []
+
+    def decide(packet: PacketInfo) -> bool:
+        calls.append(packet)
+        return packet.protocol is Protocol.TCP and packet.dst_port == PORT
+
+    dp = make_dataplane(decide, fail_open=False)
+    await dp.start()
+    assert await asyncio.to_thread(a.tcp_probe, b.ip, PORT, 3.0), calls
+    neighbour = a.exec("ip", "-6", "neigh", "show", "fe80::1", "dev", "eth0").stdout
+    assert "lladdr" in neighbour and "PERMANENT" not in neighbour, neighbour
+    assert [c for c in calls if c.protocol is not Protocol.TCP] == [], "neighbour discovery reached the agent"

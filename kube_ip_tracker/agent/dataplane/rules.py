@@ -16,6 +16,11 @@ Packet path on a hook (forward, input, output), for packets to or from a local p
 
 An accepted packet resumes with the next netfilter table, so the host's other tables (filter
 and so on) still see every first packet.
+
+IPv6 neighbour discovery (router/neighbour solicitations and advertisements, redirects) is never
+queued: conntrack leaves it untracked, so no accepted mark would ever spare it, and its source is
+often the pod's own address (Linux solicits with the source of the packet waiting for the
+neighbour). Policies do not govern it (like ARP for IPv4); denying it would cut a pod off entirely.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from dataclasses import dataclass
 from .config import DataplaneConfig, IPNetwork
 
 HOOKS = ("forward", "input", "output")
+# ICMPv6 neighbour discovery: passes our classify chains unqueued (see the module docstring).
+NEIGHBOUR_DISCOVERY = (
+    "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept"
+)
 SETS = (("pods4", "ipv4_addr"), ("pods6", "ipv6_addr"))
 IPTABLES_HOOKS = ("FORWARD", "INPUT", "OUTPUT")
 # The queue rule lives in the (usually empty) security table, which iptables-nft hooks after filter:
@@ -96,6 +105,7 @@ class RuleSet:
                     f"classify_{hook}",
                     f"type filter hook {hook} priority filter - 5; policy accept;",
                     [
+                        NEIGHBOUR_DISCOVERY,
                         "ip saddr @pods4 goto enforce",
                         "ip daddr @pods4 goto enforce",
                         "ip6 saddr @pods6 goto enforce",
