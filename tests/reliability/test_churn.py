@@ -30,13 +30,13 @@ from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.agent.client.mirror import Mirror
 from kube_ip_tracker.testing.checker import Diff, compare, list_truth
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster
+from kube_ip_tracker.testing.proxy import TcpProxy
 
 from .churn import Churn, Timeline
 from .conftest import MakeTracker
 from .tracker import TrackerProcess
 
 # tests/sources/proxy.py (pytest puts tests/ on sys.path): a TCP proxy a test can cut and restore.
-from sources.proxy import TcpProxy  # type: ignore[import-not-found]  # isort: skip
 
 pytestmark = pytest.mark.cluster
 

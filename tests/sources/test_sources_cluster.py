@@ -21,8 +21,8 @@ from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
+from kube_ip_tracker.testing.proxy import TcpProxy
 
-from .proxy import TcpProxy
 from .recording import RecordingWriter, eventually
 
 pytestmark = pytest.mark.cluster
