@@ -201,7 +201,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         if (args.tracker_cert_file is None) != (args.tracker_key_file is None):
             raise ConfigError("--tracker-cert-file and --tracker-key-file must be given together")
         tls = TlsOptions(args.tracker_ca_file, args.tracker_cert_file, args.tracker_key_file, args.tracker_server_name)
-        tls.credentials()  # OSError naming an unreadable file
+        tls.credentials()  # TlsConfigError naming an unreadable or unusable file
     if args.kubeconfig:
         read_kubeconfig(args.kubeconfig)
         spec = ClusterSpec(cluster_id=cluster_id, kubeconfig=os.path.abspath(args.kubeconfig), context=args.context)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +80,19 @@ def _certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
     return certs
 
 
+def read_certificates(path: Path, what: str) -> bytes:
+    """The PEM bytes of ``path``, checked to hold at least one certificate (``TlsConfigError`` naming it)."""
+    data = _read(path, what)
+    _certificates(data, path, what)
+    return data
+
+
 def load(files: TlsFiles) -> _Loaded:
     """Read and check the files: PEM certificates, a PEM key that matches the first certificate."""
     chain = _read(files.cert_file, "certificate file")
     key_pem = _read(files.key_file, "key file")
-    ca = _read(files.client_ca_file, "client CA file") if files.client_ca_file is not None else None
+    ca = read_certificates(files.client_ca_file, "client CA file") if files.client_ca_file is not None else None
     leaf = _certificates(chain, files.cert_file, "certificate file")[0]
-    if ca is not None:
-        _certificates(ca, files.client_ca_file, "client CA file")  # type: ignore[arg-type]
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:
@@ -101,9 +107,16 @@ def load(files: TlsFiles) -> _Loaded:
 
 
 def _fingerprint(files: TlsFiles) -> Fingerprint:
-    """(inode, size, mtime ns) per file, following symlinks (Kubernetes secret volumes swap a symlink)."""
+    return stat_fingerprint((files.cert_file, files.key_file, files.client_ca_file))
+
+
+def stat_fingerprint(paths: Iterable[Path | None]) -> Fingerprint:
+    """(inode, size, mtime ns) per file, following symlinks (Kubernetes secret volumes swap a symlink).
+
+    ``None`` entries are skipped; a file that cannot be stat'ed counts as ``(-1, -1, -1)``.
+    """
     out = []
-    for path in (files.cert_file, files.key_file, files.client_ca_file):
+    for path in paths:
         if path is None:
             continue
         try:

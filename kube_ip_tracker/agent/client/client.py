@@ -12,6 +12,10 @@ network path) is given up on within ``min(keepalive_time + keepalive_timeout, st
 tracker sends every 10 s (see :mod:`.keepalive`). The client then fails over to the next tracker IP at
 once, or backs off once every IP failed, and keeps the sink's state meanwhile; it resumes from its
 revision when a tracker of the same epoch answers again.
+
+With TLS, each new connection re-reads the CA bundle and client certificate/key if their files
+changed (see :mod:`.tls_reload`): rotated files are used from the next reconnect without a restart;
+unusable ones are logged and counted, and the previous material stays in use.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from kube_ip_tracker.agent.client.resolver import (
 )
 from kube_ip_tracker.agent.client.sink import ApplySink
 from kube_ip_tracker.agent.client.stream import ResyncRequired, WatchSession
+from kube_ip_tracker.agent.client.tls_reload import ReloadingClientTls, load_client_tls
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 
@@ -69,21 +74,16 @@ class TlsOptions:
             raise ValueError("TLS client certificate and key must be given together (cert_file and key_file)")
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """Channel credentials; raises ``OSError`` naming an unreadable file."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca_file, "CA file"),
-            private_key=_read(self.key_file, "client key file"),
-            certificate_chain=_read(self.cert_file, "client certificate file"),
-        )
+        """Channel credentials from the files as they are now.
 
+        Raises ``TlsConfigError`` (a ``ValueError``) naming a file that cannot be read or is not usable
+        (no PEM certificate, a key that does not match the client certificate).
+        """
+        return load_client_tls(self.ca_file, self.cert_file, self.key_file).credentials()
 
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise OSError(f"cannot read TLS {what} {path}: {e.strerror}") from e
+    def reloading(self, target: str) -> ReloadingClientTls:
+        """Credentials re-read from the files when they change (for each new connection to ``target``)."""
+        return ReloadingClientTls(self.ca_file, self.cert_file, self.key_file, target)
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ class TrackerClient:
         self.address = addresses[0]
         self.sink = sink
         self.options = options or ClientOptions()
-        self._credentials = self.options.tls.credentials() if self.options.tls else None
+        # Re-read for every new channel when the files changed (rotation without a restart).
+        self._tls = self.options.tls.reloading(self.target) if self.options.tls else None
         self._rotation = AddressRotation(addresses, resolve, self.options.reresolve_interval)
         self._backoff = Backoff(self.options.backoff_base, self.options.backoff_cap, rng)
         self._ready = asyncio.Event()
@@ -280,12 +281,12 @@ class TrackerClient:
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 1000),
         ]
-        if self._credentials is None:
+        if self._tls is None:
             return grpc.aio.insecure_channel(endpoint, options=channel_options)
         # The connection goes to a resolved IP; the certificate is checked against the configured name.
         server_name = (opts.tls.server_name if opts.tls else None) or self.address.host
         channel_options.append(("grpc.ssl_target_name_override", server_name))
-        return grpc.aio.secure_channel(endpoint, self._credentials, options=channel_options)
+        return grpc.aio.secure_channel(endpoint, self._tls.credentials(), options=channel_options)
 
     def _request(self) -> pb.WatchRequest:
         return pb.WatchRequest(

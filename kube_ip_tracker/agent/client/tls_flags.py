@@ -51,8 +51,8 @@ def client_tls_from_args(args: argparse.Namespace, prefix: str = "tracker") -> T
     """TlsOptions from the parsed flags; None when none is set (plaintext).
 
     Any flag enables TLS (without ``--{prefix}-ca-file`` the system's CA bundle verifies the server).
-    Raises ``ValueError`` naming the flags when only one of cert/key is given, and ``OSError`` naming
-    a file that cannot be read.
+    Raises ``ValueError`` naming the flags when only one of cert/key is given, and ``TlsConfigError``
+    (a ``ValueError``) naming a file that cannot be read or used.
     """
     attr = prefix.replace("-", "_")
     values = {f: getattr(args, f"{attr}_{f}", None) or None for f in _FIELDS}
