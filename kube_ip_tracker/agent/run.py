@@ -18,6 +18,7 @@ allowed. SIGTERM/SIGINT stop the agent and remove its rules.
 Several agents can share a host (the demo runs one per cluster): each needs its own
 ``--nfqueue-id``, its own ``--name`` (default derived from ``--cluster-id``) and its own
 ``--mark-slot`` (0-7, default ``--nfqueue-id`` mod 4), so their rules, queues and marks never meet.
+A running agent of another name whose rules use our mark bits stops the start (exit 1, naming it).
 (Limitation of the iptables backend: while a crashed agent's rules are still installed with
 ``--fail-open``, the kernel's queue bypass for its dead queue also skips the queue rules after it in
 the security chain, i.e. possibly another agent's; restarting the agent, or a clean stop, ends that.)
@@ -54,6 +55,7 @@ from kube_ip_tracker.agent.dataplane import (
     config_from_args,
     installed_pods,
 )
+from kube_ip_tracker.agent.dataplane.neighbours import MarkCollision, check_marks_free
 from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
@@ -109,6 +111,22 @@ def marks_for_slot(slot: int) -> dict[str, int]:
         "verdict_mark": 1 << (first + 1),
         "accepted_ct_mark": 1 << (24 + slot),
     }
+
+
+def mark_collision_advice(exc: MarkCollision, dataplane: DataplaneConfig) -> str:
+    """``exc``'s message with the flags that resolve it: a free ``--mark-slot``, or ``--name`` for a restart."""
+    taken = {
+        slot
+        for slot in range(MARK_SLOTS)
+        if any(a.collides(dataclasses.replace(dataplane, **marks_for_slot(slot))) for a in exc.installed)
+    }
+    free = [str(slot) for slot in range(MARK_SLOTS) if slot not in taken]
+    names = ", ".join(repr(a.name) for a in exc.agents)
+    return (
+        f"{exc}. Agents sharing a host need distinct mark slots: start this agent with --mark-slot set to one "
+        f"no other agent uses (free: {', '.join(free) or 'none'}); if {names} is this agent's previous instance, "
+        f"start it with the same --name instead"
+    )
 
 
 def add_run_command(commands: argparse._SubParsersAction) -> None:
@@ -320,7 +338,11 @@ class Agent:
         self.dataplane.request_revalidation()  # re-check what fail-open let through meanwhile
 
     async def start(self) -> None:
-        """Install the rules first (so a restart leaves no gap), then start watching."""
+        """Install the rules first (so a restart leaves no gap), then start watching.
+
+        Refuses (``MarkCollision``) when a running agent of another name uses our mark bits.
+        """
+        await check_marks_free(self.config.dataplane)
         if not self.config.static_pods:
             previous = await installed_pods(self.config.dataplane)
             if previous:
@@ -410,6 +432,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
             )
         try:
             await agent.start()
+        except MarkCollision as exc:
+            log.error("Cannot start the dataplane: %s", mark_collision_advice(exc, dp))
+            return EXIT_CONFIG
         except DataplaneError as exc:
             log.error("Cannot start the dataplane: %s", exc)
             return EXIT_CONFIG
