@@ -33,6 +33,7 @@ from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
 from kube_ip_tracker.server import TrackerServer
 from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
+from kube_ip_tracker.sources.kube import InformerOptions
 from kube_ip_tracker.sources.kubeconfig import (
     KubeconfigError,
     check_in_cluster,
@@ -211,6 +212,62 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_seconds(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return value
+
+
+# (flag, InformerOptions field, help); defaults come from InformerOptions.
+_SOURCE_TIMEOUT_FLAGS = (
+    ("--kube-watch-timeout", "watch_timeout", "server-side timeout of a watch; each uses a random value in [T, 2T)"),
+    ("--kube-watch-read-margin", "watch_read_margin", "silence beyond a watch's timeout after which it is dropped"),
+    ("--kube-connect-timeout", "connect_timeout", "connecting to an API server"),
+    ("--kube-request-timeout", "request_timeout", "one list page or get"),
+    ("--kube-backoff-base", "backoff_base", "first retry delay after a failed list or watch"),
+    ("--kube-backoff-cap", "backoff_cap", "longest retry delay"),
+    ("--kube-probe-interval", "probe_interval", "liveness probe (GET kube-system) period while connected"),
+    ("--kube-probe-timeout", "probe_timeout", "time limit of one liveness probe"),
+)
+
+
+def add_source_timeout_arguments(parser: argparse.ArgumentParser) -> None:
+    """Timeouts of the per-cluster list/watch loops (InformerOptions); see :func:`informer_options`."""
+    group = parser.add_argument_group("cluster sources (API server list/watch)")
+    defaults = InformerOptions()
+    for flag, field, text in _SOURCE_TIMEOUT_FLAGS:
+        default = getattr(defaults, field)
+        group.add_argument(
+            flag,
+            type=_positive_seconds,
+            default=default,
+            metavar="DURATION",
+            help=f"{text} (default {default:g}s)",
+        )
+    group.add_argument(
+        "--kube-probe-failures",
+        type=_positive_int,
+        default=defaults.probe_failures_to_reconnect,
+        metavar="N",
+        help="failed liveness probes in a row after which the cluster's watches reconnect "
+        f"(default {defaults.probe_failures_to_reconnect})",
+    )
+
+
+def informer_options(args: argparse.Namespace) -> InformerOptions:
+    """InformerOptions from the parsed flags; ``ValueError`` names an inconsistent pair."""
+    options = InformerOptions(
+        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _SOURCE_TIMEOUT_FLAGS},
+        probe_failures_to_reconnect=args.kube_probe_failures,
+    )
+    if options.backoff_cap < options.backoff_base:
+        raise ValueError(
+            f"--kube-backoff-cap ({options.backoff_cap:g}s) must not be below --kube-backoff-base ({options.backoff_base:g}s)"
+        )
+    return options
+
+
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     """Log verbosity."""
     parser.add_argument(
@@ -226,6 +283,7 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_server_arguments,
     add_cluster_arguments,
+    add_source_timeout_arguments,
     gke_flags.add_arguments,  # after add_cluster_arguments: reuses its --cluster-removal-grace
     add_upstream_arguments,
     add_logging_arguments,
@@ -252,6 +310,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.kubeconfig_dir_interval <= 0:
         parser.error("--kubeconfig-dir-interval must be positive")
     gke_flags.validate(parser, args)  # a malformed --gcp-cluster-names entry exits 2, named
+    try:
+        informer_options(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -385,7 +447,7 @@ async def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     writer: IndexWriter = upstreams.local_writer  # stamps this tracker's id, local clusters win
-    supervisor = ClusterSupervisor(writer)
+    supervisor = ClusterSupervisor(writer, options=informer_options(args))
     static_ids = {s.cluster_id for s in specs}
     try:
         gke = await gke_flags.create_reconciler(args, supervisor)

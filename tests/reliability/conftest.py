@@ -15,7 +15,7 @@ MakeTracker = Callable[..., TrackerProcess]
 
 @pytest.fixture
 def tracker_process(tmp_path: Path) -> Iterator[MakeTracker]:
-    """``tracker_process(args, metrics=False, informer_options=None)`` makes (does not start) a tracker
+    """``tracker_process(args, metrics=False)`` makes (does not start) a tracker
     process named tracker-N; all are stopped at the end."""
     made: list[TrackerProcess] = []
 

@@ -16,6 +16,8 @@ import yaml
 
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.cli import informer_options, parse_args
+from kube_ip_tracker.sources.kube import InformerOptions
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
 
@@ -60,9 +62,34 @@ def test_bad_flag_values_exit_2_naming_the_flag() -> None:
         (["--max-watchers=-3"], "--max-watchers: invalid count '-3'"),
         (["--kubeconfig-dir-interval", "0"], "--kubeconfig-dir-interval must be positive"),
         (["--shutdown-grace=-1s"], "--shutdown-grace: invalid duration '-1s'"),
+        (["--kube-watch-timeout=0"], "--kube-watch-timeout: invalid duration '0': must be positive"),
+        (["--kube-probe-interval=soon"], "--kube-probe-interval: invalid duration 'soon'"),
+        (["--kube-probe-failures=0"], "--kube-probe-failures: invalid count '0'"),
+        (
+            ["--kube-backoff-base=5s", "--kube-backoff-cap=1s"],
+            "--kube-backoff-cap (1s) must not be below --kube-backoff-base (5s)",
+        ),
     ):
         result = start(*argv)
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
+
+
+def test_source_timeout_flags_default_to_the_informer_defaults_and_reach_the_options() -> None:
+    assert informer_options(parse_args([])) == InformerOptions()
+    argv = ["--kube-watch-timeout=2s", "--kube-watch-read-margin=1s", "--kube-connect-timeout=3s"]
+    argv += ["--kube-request-timeout=4s", "--kube-backoff-base=0.1s", "--kube-backoff-cap=1s"]
+    argv += ["--kube-probe-interval=500ms", "--kube-probe-timeout=0.25s", "--kube-probe-failures=6"]
+    assert informer_options(parse_args(argv)) == InformerOptions(
+        watch_timeout=2,
+        watch_read_margin=1,
+        connect_timeout=3,
+        request_timeout=4,
+        backoff_base=0.1,
+        backoff_cap=1,
+        probe_interval=0.5,
+        probe_timeout=0.25,
+        probe_failures_to_reconnect=6,
+    )
 
 
 def kubeconfig_as(cluster: LocalCluster, cluster_id: str, **cluster_fields: Any) -> dict[str, Any]:

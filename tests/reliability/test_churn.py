@@ -8,7 +8,7 @@ added back. Mirrors: an agent of the tracker, one with a cluster filter, and an 
 stops and every mirror must equal the truth listed from the API servers, object by object
 (:mod:`kube_ip_tracker.testing.checker`), within a bounded time, which the test reports.
 
-The tracker runs with short source timeouts (``tracker_main.py``) so the faults fit in seconds.
+The trackers run with short API server timeouts (``--kube-*`` flags) so the faults fit in seconds.
 The default run is one round of faults (about half a minute); the slow variant adds API server and etcd
 restarts and repeats rounds until at least 20,000 pod changes were made. After every fault the churn
 pauses until every mirror equals the truth, and the time from the end of the fault is reported.
@@ -42,17 +42,18 @@ pytestmark = pytest.mark.cluster
 
 # Watches end every 2-4 s (a silent one is given up on 1 s later); a silent API server is reconnected
 # to after 6 failed probes 0.5 s apart (about 6 s frozen, 3 s refused).
-INFORMER_OPTIONS = {
-    "watch_timeout": 2,
-    "watch_read_margin": 1,
-    "connect_timeout": 2,
-    "request_timeout": 10,
-    "backoff_base": 0.1,
-    "backoff_cap": 1.0,
-    "probe_interval": 0.5,
-    "probe_timeout": 0.5,
-    "probe_failures_to_reconnect": 6,
-}
+# Short API server timeouts (the tracker's --kube-* flags) so the faults fit in seconds.
+SOURCE_FLAGS = [
+    "--kube-watch-timeout=2s",
+    "--kube-watch-read-margin=1s",
+    "--kube-connect-timeout=2s",
+    "--kube-request-timeout=10s",
+    "--kube-backoff-base=0.1s",
+    "--kube-backoff-cap=1s",
+    "--kube-probe-interval=0.5s",
+    "--kube-probe-timeout=0.5s",
+    "--kube-probe-failures=6",
+]
 FREEZE_SECONDS = 7.0  # longer than the longest watch (2 x watch_timeout + margin)
 PARTITION_SECONDS = 1.0  # shorter than the probes take to reconnect: the watches resume from their old versions
 CONVERGE_WITHIN = 60.0
@@ -271,14 +272,16 @@ async def churn_run(  # type: ignore[no-untyped-def]
             "0s",
             "--ready-timeout",
             "5s",
+            *SOURCE_FLAGS,
         ],
         metrics=True,
-        informer_options=INFORMER_OPTIONS,
     )
     # A spoke tracker: its own cluster-3 (the one frozen) plus the other clusters from the tracker (its hub).
     spoke = tracker_process(
-        ["--kubeconfig", str(clusters[2].kubeconfig), "--upstream-tracker", tracker.target, "--ready-timeout", "5s"],
-        informer_options=INFORMER_OPTIONS,
+        [
+            *("--kubeconfig", str(clusters[2].kubeconfig), "--upstream-tracker", tracker.target),
+            *("--ready-timeout", "5s", *SOURCE_FLAGS),
+        ],
     )
     run = Run(clusters, tracker, spoke, proxy, kdir)
     try:

@@ -1,41 +1,22 @@
 """The tracker process of :mod:`kube_ip_tracker.testing.trackers`, with what reliability tests add.
 
-- ``informer_options``: run it through ``tracker_main.py`` with tuned source timeouts;
 - :meth:`TrackerProcess.eventually` fails at once, with the log, when the process has exited;
 - :meth:`TrackerProcess.wait_listening`, :meth:`TrackerProcess.log`.
 """
 
 from __future__ import annotations
 
-import json
 import socket
-import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from kube_ip_tracker.testing import trackers
 from kube_ip_tracker.testing.trackers import TRACKER_CMD
-
-TRACKER_MAIN = Path(__file__).with_name("tracker_main.py")
 
 __all__ = ["TRACKER_CMD", "TrackerProcess"]
 
 
 class TrackerProcess(trackers.TrackerProcess):
     """A tracker child process (``--tracker-id`` is its name); the port stays the same across restarts."""
-
-    def __init__(
-        self,
-        name: str,
-        args: Sequence[str],
-        log_dir: Path,
-        *,
-        metrics: bool = False,
-        informer_options: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(name, args, log_dir, metrics=metrics)
-        if informer_options is not None:
-            self.argv[: len(TRACKER_CMD)] = [sys.executable, str(TRACKER_MAIN), json.dumps(dict(informer_options))]
 
     @property
     def target(self) -> str:
