@@ -250,7 +250,7 @@ def test_tls_options_need_cert_and_key_together(tmp_path) -> None:  # type: igno
 
     with pytest.raises(ValueError, match="cert_file and key_file"):
         TlsOptions(cert_file=tmp_path / "c.pem")
-    with pytest.raises(OSError, match="CA file"):
+    with pytest.raises(ValueError, match="cannot read TLS CA file"):
         TlsOptions(ca_file=tmp_path / "missing.pem").credentials()
 
 
