@@ -387,11 +387,14 @@ def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
     )
 
 
-def start_metrics(address: str) -> MetricsServer | None:
-    """Serve Prometheus metrics over HTTP (in a background thread); None when disabled."""
+def start_metrics(address: str, ready: Callable[[], bool] | None = None) -> MetricsServer | None:
+    """Serve Prometheus metrics over HTTP (in a background thread); None when disabled.
+
+    ``/readyz`` answers 503 while ``ready()`` is False (the tracker passes its health state).
+    """
     if address in ("", "0", "off"):
         return None
-    return start_metrics_server(address)
+    return start_metrics_server(address, ready=ready)
 
 
 async def mark_ready(
@@ -470,7 +473,7 @@ async def run(args: argparse.Namespace) -> int:
     metrics_server: MetricsServer | None = None
     try:
         server = build_server(index, args)
-        metrics_server = start_metrics(args.metrics_address)
+        metrics_server = start_metrics(args.metrics_address, ready=lambda: server.serving)
         await server.start()
     except (OSError, RuntimeError, ValueError) as exc:
         await supervisor.stop()

@@ -124,6 +124,7 @@ class TrackerServer:
         self.index = index
         self.listen_address = listen_address
         self.progress_interval = progress_interval
+        self._serving_reported = False
         self._tls = tls
         self._options = [*keepalive_options(), *admission_options(max_watchers), *extra_options]
         self._limits = (max_watchers, watcher_buffer_messages, watcher_buffer, snapshot_cache_ttl)
@@ -198,6 +199,7 @@ class TrackerServer:
 
     def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING on the health service (overall and for the Tracker service)."""
+        self._serving_reported = serving
         task = asyncio.get_running_loop().create_task(self._set_health(serving))
         self._health_tasks.add(task)
         task.add_done_callback(self._health_tasks.discard)
@@ -207,6 +209,11 @@ class TrackerServer:
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
         metrics.SERVING.set(1 if serving else 0)
+
+    @property
+    def serving(self) -> bool:
+        """What the health service was last told (False until the first ``set_serving(True)``)."""
+        return self._serving_reported
 
     @property
     def watchers(self) -> int:

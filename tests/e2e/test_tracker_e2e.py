@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,6 +134,17 @@ def fetch(url: str) -> str:
         return resp.read().decode()
 
 
+def readyz_status(url: str) -> int:
+    """HTTP status of the metrics endpoint's /readyz; 0 while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 async def pod_name(t: Tracker, ip: str) -> str:
     found = await t.pod(ip)
     return f"{found.pod.cluster}/{found.pod.namespace}/{found.pod.name}" if found else ""
@@ -203,10 +215,13 @@ async def test_ready_timeout_names_unsynced_cluster(cluster_factory, tracker, tm
     dead["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"  # type: ignore[index]
     (tmp_path / "dead.yaml").write_text(yaml.safe_dump(dead))
     t = tracker(
-        "--kubeconfig", str(cluster.kubeconfig), "--kubeconfig", str(tmp_path / "dead.yaml"), "--ready-timeout", "2s"
+        "--kubeconfig", str(cluster.kubeconfig), "--kubeconfig", str(tmp_path / "dead.yaml"), "--ready-timeout", "6s"
     )
+    readyz = f"http://127.0.0.1:{t.metrics_port}/readyz"
+    await t.eventually(lambda: readyz_status(readyz) == 503, "/readyz answering 503 before the timeout")
     await t.eventually(t.serving, "SERVING after the timeout")
     assert "not synced: dead" in t.log()
+    assert readyz_status(readyz) == 200
     info = await t.clusters()
     assert info["cluster-1"].status.synced
     assert not info["dead"].status.connected and "cannot connect" in info["dead"].status.last_error
