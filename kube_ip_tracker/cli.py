@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import os
 import signal
@@ -427,6 +428,9 @@ async def mark_ready(
         log.info("All %d configured clusters synced; serving", len(cluster_ids))
     if upstream_ready is not None:
         await upstream_ready  # logs the upstreams still missing
+    # The initial lists created most objects the tracker will ever hold; moving them out of the cyclic
+    # collector's generations keeps its full passes (~100 ms at 100k pods) from pausing the event loop.
+    gc.freeze()
     server.set_serving(True)
 
 
