@@ -67,17 +67,21 @@ class InformerOptions:
     probe_failures_to_reconnect: int = 3
 
 
-async def _open(
-    api: client.ApiClient, kind: Kind, client_timeout: aiohttp.ClientTimeout, **params: Any
-) -> aiohttp.ClientResponse:
-    """Start a list or watch request for ``kind`` and return the unread response (raises on non-2xx)."""
+def list_method(api: client.ApiClient, kind: Kind) -> Callable[..., Awaitable[Any]]:
+    """The cluster-wide list (and watch) call of ``kind`` on the core/v1 API."""
     core = client.CoreV1Api(api)
-    method = {
+    return {
         Kind.POD: core.list_pod_for_all_namespaces,
         Kind.NAMESPACE: core.list_namespace,
         Kind.NODE: core.list_node,
     }[kind]
-    return await open_response(method, client_timeout, **params)
+
+
+async def _open(
+    api: client.ApiClient, kind: Kind, client_timeout: aiohttp.ClientTimeout, **params: Any
+) -> aiohttp.ClientResponse:
+    """Start a list or watch request for ``kind`` and return the unread response (raises on non-2xx)."""
+    return await open_response(list_method(api, kind), client_timeout, **params)
 
 
 async def open_response(

@@ -27,6 +27,7 @@ from kubernetes_asyncio import client
 
 from kube_ip_tracker.model import Kind, NamespaceRecord, NodeRecord, PodRecord
 from kube_ip_tracker.sources.convert import to_record
+from kube_ip_tracker.sources.kube import list_method
 
 Record = PodRecord | NamespaceRecord | NodeRecord
 
@@ -95,12 +96,7 @@ def key(record: Record) -> tuple[str, ...]:
 
 
 async def _list_raw(api: client.ApiClient, kind: Kind) -> list[dict[str, Any]]:
-    core = client.CoreV1Api(api)
-    method = {
-        Kind.POD: core.list_pod_for_all_namespaces,
-        Kind.NAMESPACE: core.list_namespace,
-        Kind.NODE: core.list_node,
-    }[kind]
+    method = list_method(api, kind)
     items: list[dict[str, Any]] = []
     token = None
     while True:
