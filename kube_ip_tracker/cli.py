@@ -78,11 +78,6 @@ def _optional_address(text: str) -> str:
     return text if text in ("", "0", "off") else _address(text)
 
 
-def _seconds(text: str) -> float:
-    """Seconds as a number or a Go-style duration (``30s``, ``2m``, ``1h30m``)."""
-    return parse_duration(text)
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -128,14 +123,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--ready-timeout",
-        type=_seconds,
+        type=parse_duration,
         default=120.0,
         metavar="DURATION",
         help="report SERVING after this long even if some clusters are not synced yet (default 2m)",
     )
     group.add_argument(
         "--shutdown-grace",
-        type=_seconds,
+        type=parse_duration,
         default=5.0,
         metavar="DURATION",
         help="how long open RPCs may take to finish on SIGTERM (default 5s)",
@@ -194,7 +189,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--kubeconfig-dir-interval",
-        type=_seconds,
+        type=parse_duration,
         default=2.0,
         metavar="DURATION",
         help="how often --kubeconfig-dir is re-read (default 2s)",
@@ -206,7 +201,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--cluster-removal-grace",
-        type=_seconds,
+        type=parse_duration,
         default=60.0,
         metavar="DURATION",
         help="how long a removed cluster's objects stay in the index before they are purged (default 1m)",
