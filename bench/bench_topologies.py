@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kube_ip_tracker.agent.client.events import PodUpserted
+from kube_ip_tracker.agent.events import PodUpserted
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, start_clusters
 from kube_ip_tracker.testing.trackers import Agent, TrackerProcess, eventually

@@ -178,9 +178,9 @@ async def raw_mode(target: str, streams: int) -> None:
 
 
 async def agent_mode(target: str) -> None:
-    from kube_ip_tracker.agent.client import events as ev
-    from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-    from kube_ip_tracker.agent.client.mirror import Mirror
+    from kube_ip_tracker.agent import events as ev
+    from kube_ip_tracker.agent.mirror import Mirror
+    from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 
     logging.getLogger("kube_ip_tracker").setLevel(logging.ERROR)  # retries while the tracker starts are expected
     client: TrackerClient | None = None

@@ -34,7 +34,10 @@ mkdir -p "$srcdir_apt/lists/partial"
 apt_opts=(-o "Dir::Etc::sourceparts=$srcdir_apt/sources.list.d" -o "Dir::Etc::sourcelist=/dev/null"
           -o "Dir::State::Lists=$srcdir_apt/lists" -o "APT::Sandbox::User=root")
 
-if ! command -v go >/dev/null 2>&1 || ! command -v dpkg-source >/dev/null 2>&1; then
+# Debian's Go (golang-go, 1.19 on bookworm), called by its path: the `go` on PATH may be a newer
+# toolchain that no longer builds this GOPATH-mode tree.
+debian_go_bin=/usr/lib/go-1.19/bin
+if [ ! -x "$debian_go_bin/go" ] || ! command -v dpkg-source >/dev/null 2>&1; then
   need_root_apt golang-go dpkg-dev
   log "installing golang-go, dpkg-dev, rsync"
   apt-get update -qq
@@ -71,10 +74,11 @@ gopath="$work/gopath"
 mkdir -p "$gopath/src/k8s.io"
 mv "$work/src" "$gopath/src/k8s.io/kubernetes"
 cd "$gopath/src/k8s.io/kubernetes"
-export GOPATH="$gopath" GO111MODULE=off GOFLAGS= GOCACHE="$cache_root/gocache"
+export PATH="$debian_go_bin:$PATH" GOROOT="$(dirname "$debian_go_bin")" GOTOOLCHAIN=local
+export GOPATH="$gopath" GO111MODULE=off GOFLAGS= GOCACHE="$cache_root/gocache-debian"
 # `make generated_files` writes the generated deepcopy/defaulter/openapi code.
 make generated_files >&2
-go build -o "$out.tmp" ./cmd/kube-apiserver >&2
+"$debian_go_bin/go" build -o "$out.tmp" ./cmd/kube-apiserver >&2
 mv "$out.tmp" "$out"
 rm -rf "$work"
 log "built $out"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import gc
 import logging
 import os
@@ -31,16 +30,18 @@ from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.gke import flags as gke_flags
 from kube_ip_tracker.gke.reconcile import GkeReconciler
 from kube_ip_tracker.index import Index
-from kube_ip_tracker.model import ClusterSpec, IndexWriter
-from kube_ip_tracker.server import TrackerServer
-from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
-from kube_ip_tracker.sources.kube import InformerOptions
-from kube_ip_tracker.sources.kubeconfig import (
+from kube_ip_tracker.kube.kubeconfig import (
     KubeconfigError,
     check_in_cluster,
     in_cluster_spec,
     static_specs,
 )
+from kube_ip_tracker.kube.reflector import InformerOptions
+from kube_ip_tracker.listen import listen_address, optional_listen_address
+from kube_ip_tracker.logs import add_logging_arguments, configure_logging
+from kube_ip_tracker.metrics_http import MetricsServer, start_metrics_server
+from kube_ip_tracker.model import ClusterSpec, IndexWriter
+from kube_ip_tracker.server import TrackerServer
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.sources.upstream import Upstreams, add_upstream_arguments, build_upstreams
@@ -53,29 +54,8 @@ DEFAULT_MAX_WATCHERS = 10_000
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
 
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
 
 # ----------------------------------------------------------------------------- flags
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``[IPv6]:PORT`` to (host, port); host "" means all interfaces."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected HOST:PORT, e.g. 0.0.0.0:50051")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def _address(text: str) -> str:
-    parse_address(text)
-    return text
-
-
-def _optional_address(text: str) -> str:
-    return text if text in ("", "0", "off") else _address(text)
 
 
 def _positive_int(text: str) -> int:
@@ -88,13 +68,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _log_level(text: str) -> int:
-    try:
-        return LOG_LEVELS[text.lower()]
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"invalid log level {text!r}: choose from {', '.join(LOG_LEVELS)}") from None
-
-
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """gRPC serving, readiness and metrics."""
     from kube_ip_tracker.server.grpc_server import DEFAULT_WATCHER_BUFFER_BYTES, DEFAULT_WATCHER_BUFFER_MESSAGES
@@ -102,14 +75,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving")
     group.add_argument(
         "--listen-address",
-        type=_address,
+        type=listen_address,
         default=DEFAULT_LISTEN_ADDRESS,
         metavar="HOST:PORT",
         help=f"gRPC listen address (default {DEFAULT_LISTEN_ADDRESS})",
     )
     group.add_argument(
         "--metrics-address",
-        type=_optional_address,
+        type=optional_listen_address,
         default=DEFAULT_METRICS_ADDRESS,
         metavar="HOST:PORT",
         help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",
@@ -264,17 +237,6 @@ def informer_options(args: argparse.Namespace) -> InformerOptions:
     return options
 
 
-def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    """Log verbosity."""
-    parser.add_argument(
-        "--log-level",
-        type=_log_level,
-        default=logging.INFO,
-        metavar="LEVEL",
-        help=f"one of {', '.join(LOG_LEVELS)} (default info)",
-    )
-
-
 # Each function adds one group of flags; features with their own flags append theirs.
 ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_server_arguments,
@@ -311,37 +273,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     return args
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-class KlogFormatter(logging.Formatter):
-    """``I1124 00:52:39.123456   12345 kube.py:42] sources.kube: message`` (UTC), like Kubernetes components."""
-
-    LETTERS = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "F"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
-        logger = record.name.removeprefix("kube_ip_tracker.")
-        line = (
-            f"{self.LETTERS.get(record.levelname, record.levelname[:1])}{when:%m%d %H:%M:%S.%f} "
-            f"{record.process:7d} {record.filename}:{record.lineno}] {logger}: {record.getMessage()}"
-        )
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-def configure_logging(level: int) -> None:
-    """klog-style lines on stderr; client-library chatter stays at INFO or above."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KlogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("kubernetes_asyncio", "aiohttp", "asyncio", "grpc"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
 
 
 # ----------------------------------------------------------------------------- running

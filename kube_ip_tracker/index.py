@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from kube_ip_tracker import index_metrics as metrics
 from kube_ip_tracker.ipclaims import IPClaims
 from kube_ip_tracker.model import (
     ClusterStatusRecord,
@@ -33,7 +34,6 @@ from kube_ip_tracker.model import (
     PodRecord,
     Record,
 )
-from kube_ip_tracker.server import metrics
 
 log = logging.getLogger(__name__)
 

@@ -72,8 +72,8 @@ async def test_the_agent_client_applies_merged_deltas_from_a_real_server() -> No
 
     from prometheus_client import REGISTRY
 
-    from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-    from kube_ip_tracker.agent.client.mirror import Mirror
+    from kube_ip_tracker.agent.mirror import Mirror
+    from kube_ip_tracker.client.client import ClientOptions, TrackerClient
     from kube_ip_tracker.index import Index
     from kube_ip_tracker.model import ClusterStatusRecord
     from kube_ip_tracker.server import TrackerServer

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube_ip_tracker.cli import KlogFormatter, parse_args
+from kube_ip_tracker.cli import parse_args
+from kube_ip_tracker.logs import KlogFormatter
 
 TRACKER_BIN = Path(sys.executable).with_name("kube-ip-tracker")
 

@@ -24,7 +24,7 @@ from kube_ip_tracker.agent.policy.errors import PolicyError
 from kube_ip_tracker.agent.policy.evaluator import Reason
 from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
 from kube_ip_tracker.agent.run import add_run_command
-from kube_ip_tracker.cli import configure_logging
+from kube_ip_tracker.logs import configure_logging
 
 log = logging.getLogger("kube_ip_tracker.agent.cli")
 

@@ -1,6 +1,6 @@
 """NetworkPolicy informer: the agent's own cluster's NetworkPolicies, compiled into a PolicyEngine.
 
-The tracker's reflector loop (:class:`kube_ip_tracker.sources.kube.Reflector`), reading raw JSON:
+The tracker's reflector loop (:class:`kube_ip_tracker.kube.reflector.Reflector`), reading raw JSON:
 
 1. a paginated list, reconciled with what the engine holds (policies gone from the list are deleted);
 2. a watch from the list's resourceVersion with bookmarks and a server-side timeout, reopened from
@@ -13,7 +13,7 @@ parser rejects is not enforced: the error names the namespace/name and the probl
 ``kube_ip_agent_networkpolicies_invalid``, and the agent carries on. ``synced`` turns true after the
 first complete list and stays true across reconnects (the last known policies keep being enforced).
 
-While connected, the tracker's liveness probe (:func:`kube_ip_tracker.sources.kube.liveness_probe`,
+While connected, the tracker's liveness probe (:func:`kube_ip_tracker.kube.reflector.liveness_probe`,
 a GET of kube-system every ``probe_interval``) runs beside the watch: a frozen API server keeps the
 watch open and silent, so without it nothing would notice. A failed probe marks the informer
 disconnected (``connected`` false, ``kube_ip_agent_networkpolicies_connected`` 0, ``last_error``, a
@@ -36,11 +36,11 @@ from kubernetes_asyncio import client
 from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker.agent.policy import CompiledPolicy, PolicyEngine, PolicyError, parse_network_policy
-from kube_ip_tracker.model import ClusterSpec
-from kube_ip_tracker.sources import metrics as source_metrics
-from kube_ip_tracker.sources.backoff import Backoff
-from kube_ip_tracker.sources.errors import ResourceExpired, WatchError, describe_error
-from kube_ip_tracker.sources.kube import (
+from kube_ip_tracker.backoff import Backoff
+from kube_ip_tracker.kube import metrics as reflector_metrics
+from kube_ip_tracker.kube.errors import ResourceExpired, WatchError, describe_error
+from kube_ip_tracker.kube.kubeconfig import api_client
+from kube_ip_tracker.kube.reflector import (
     ApiClientFactory,
     InformerOptions,
     Reflector,
@@ -50,7 +50,7 @@ from kube_ip_tracker.sources.kube import (
     paginated_list,
     watch_request,
 )
-from kube_ip_tracker.sources.kubeconfig import api_client
+from kube_ip_tracker.model import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class NetworkPolicyInformer(Reflector):
         self._connected_gauge = CONNECTED.labels(self.cluster)
         self._connected_gauge.set(0)
         self._events = {
-            etype: source_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
+            etype: reflector_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
             for etype in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
         }
 
@@ -160,7 +160,7 @@ class NetworkPolicyInformer(Reflector):
                 raise
             except Exception as exc:
                 label, message = describe_error(exc, "connect")
-                source_metrics.ERRORS.labels(self.cluster, PLURAL, label).inc()
+                reflector_metrics.ERRORS.labels(self.cluster, PLURAL, label).inc()
                 self._disconnected(message)
                 delay = backoff.next_delay()
                 log.error(
@@ -216,7 +216,7 @@ class NetworkPolicyInformer(Reflector):
         for obj in items.values():
             changed |= self._apply(obj)
         self.resource_version = resource_version
-        source_metrics.RELISTS.labels(self.cluster, PLURAL, reason).inc()
+        reflector_metrics.RELISTS.labels(self.cluster, PLURAL, reason).inc()
         log.log(
             logging.INFO if reason != "initial" or not self.synced else logging.DEBUG,
             "Cluster %s: listed %d %s (%d enforced, %d invalid, %d stale removed) at resourceVersion %s (%s)",
@@ -242,7 +242,7 @@ class NetworkPolicyInformer(Reflector):
         timeout, params = watch_request(self.options, self._rng, self.resource_version)
         method = client.NetworkingV1Api(self.api).list_network_policy_for_all_namespaces
         resp = await open_response(method, timeout, **params)
-        source_metrics.WATCHES.labels(self.cluster, PLURAL).inc()
+        reflector_metrics.WATCHES.labels(self.cluster, PLURAL).inc()
         self._reconnected()
         return await apply_events(resp, self.handle_event)
 
@@ -250,7 +250,7 @@ class NetworkPolicyInformer(Reflector):
         """Apply one watch event to the engine and advance the resourceVersion."""
         etype = str(event.get("type"))
         obj = event.get("object") or {}
-        counter = self._events.get(etype) or source_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
+        counter = self._events.get(etype) or reflector_metrics.EVENTS.labels(self.cluster, PLURAL, etype)
         counter.inc()
         if etype == "ERROR":
             code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
@@ -320,7 +320,7 @@ class NetworkPolicyInformer(Reflector):
     def _update_gauges(self) -> None:
         INVALID.labels(self.cluster).set(len(self.invalid))
         POLICIES.labels(self.cluster).set(len(self.policies))
-        source_metrics.OBJECTS.labels(self.cluster, PLURAL).set(len(self.policies) + len(self.invalid))
+        reflector_metrics.OBJECTS.labels(self.cluster, PLURAL).set(len(self.policies) + len(self.invalid))
 
     def _changed(self) -> None:
         if self.on_change is None:

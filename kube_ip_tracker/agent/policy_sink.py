@@ -1,7 +1,7 @@
 """Feeds the tracker mirror's pods and namespaces (all clusters) into the agent's PolicyEngine.
 
-:class:`MirrorFeed` is a :class:`~kube_ip_tracker.agent.client.mirror.Mirror` listener: the mirror is
-the :class:`~kube_ip_tracker.agent.client.sink.ApplySink` of the tracker client, turns snapshots into
+:class:`MirrorFeed` is a :class:`~kube_ip_tracker.agent.mirror.Mirror` listener: the mirror is
+the :class:`~kube_ip_tracker.client.sink.ApplySink` of the tracker client, turns snapshots into
 the differences they make, and hands each applied batch over as typed events, which the feed
 applies to the engine. Policies are not touched: they come from the local NetworkPolicy informer,
 so a cluster removed by the tracker loses its pods and namespaces (one deletion event each) but
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge
 
-from kube_ip_tracker.agent.client import events as ev
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent import events as ev
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.model import PodRecord
 

@@ -2,7 +2,7 @@
 
 It ties together
 
-* a :class:`~kube_ip_tracker.agent.client.TrackerClient` whose :class:`Mirror` holds the pods and
+* a :class:`~kube_ip_tracker.client.TrackerClient` whose :class:`Mirror` holds the pods and
   namespaces of every cluster, fed into the :class:`PolicyEngine` by a :class:`MirrorFeed`;
 * a :class:`NetworkPolicyInformer` on the agent's own cluster (``--kubeconfig``, or in-cluster)
   that compiles the local NetworkPolicies into the same engine;
@@ -43,9 +43,6 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
-from kube_ip_tracker.agent.client.resolver import parse_address
 from kube_ip_tracker.agent.dataplane import (
     ConfigError,
     Dataplane,
@@ -57,14 +54,18 @@ from kube_ip_tracker.agent.dataplane import (
 )
 from kube_ip_tracker.agent.dataplane.neighbours import MarkCollision, check_marks_free
 from kube_ip_tracker.agent.enforce import LocalEnforcement
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy_sink import MirrorFeed
-from kube_ip_tracker.cli import _optional_address, add_logging_arguments
+from kube_ip_tracker.backoff import Backoff
+from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
+from kube_ip_tracker.client.resolver import parse_address
+from kube_ip_tracker.kube.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
+from kube_ip_tracker.listen import optional_listen_address
+from kube_ip_tracker.logs import add_logging_arguments
+from kube_ip_tracker.metrics_http import MetricsServer, start_metrics_server
 from kube_ip_tracker.model import ClusterSpec
-from kube_ip_tracker.server.metrics import MetricsServer, start_metrics_server
-from kube_ip_tracker.sources.backoff import Backoff
-from kube_ip_tracker.sources.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
 
 log = logging.getLogger("kube_ip_tracker.agent.run")
 
@@ -184,7 +185,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
     other = parser.add_argument_group("serving")
     other.add_argument(
         "--metrics-address",
-        type=_optional_address,
+        type=optional_listen_address,
         default=DEFAULT_METRICS_ADDRESS,
         metavar="HOST:PORT",
         help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",

@@ -5,7 +5,7 @@ account) is shared by the GKE API client and every discovered cluster. :class:`G
 is the :data:`~kube_ip_tracker.model.TokenProvider` handed to the sources: each call returns a token
 that stays valid for at least ``refresh_margin`` seconds, refreshing it in a worker thread when
 expiry is near. The sources ask for the token before each request
-(:func:`kube_ip_tracker.sources.kubeconfig.install_token_provider`), so they pick up a new token
+(:func:`kube_ip_tracker.kube.kubeconfig.install_token_provider`), so they pick up a new token
 without restarting watches that are already open.
 """
 

@@ -48,7 +48,7 @@ DEFAULT_SNAPSHOT_CACHE_TTL = 5.0
 def keepalive_options() -> list[tuple[str, int]]:
     """Server keepalive: ping idle clients, and accept client pings down to every 10 s (agents ping every 20 s).
 
-    The 10 s floor is ``TRACKER_MIN_PING_INTERVAL`` of the client (agent/client/keepalive.py), which refuses
+    The 10 s floor is ``TRACKER_MIN_PING_INTERVAL`` of the client (client/keepalive.py), which refuses
     shorter keepalive times. ``ping_timeout_ms`` is what gRPC core waits for a ping ack (default 60 s):
     it is set to the keepalive timeout so a frozen client is dropped after 30 + 10 s, not 30 + 60 s.
     """

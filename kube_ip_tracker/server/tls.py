@@ -16,16 +16,14 @@ reloaded like the serving certificate.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter, Gauge
+
+from kube_ip_tracker.tls_files import Fingerprint, LoadedTls, TlsConfigError, TlsFiles, load, stat_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -41,94 +39,7 @@ TLS_CERT_EXPIRY = Gauge(
 )
 
 
-class TlsConfigError(ValueError):
-    """A TLS file is missing, unreadable or not what it should be; the message names it."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """Paths of the serving certificate chain, its private key and the optional client CA bundle."""
-
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
-
-
-Fingerprint = tuple[tuple[int, int, int], ...]
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    cert_chain: bytes
-    private_key: bytes
-    client_ca: bytes | None
-    not_after: float
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TlsConfigError(f"cannot read TLS {what} {path}: {e.strerror}") from e
-
-
-def _certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
-        raise TlsConfigError(f"TLS {what} {path} holds no valid PEM certificate: {e}") from e
-    return certs
-
-
-def read_certificates(path: Path, what: str) -> bytes:
-    """The PEM bytes of ``path``, checked to hold at least one certificate (``TlsConfigError`` naming it)."""
-    data = _read(path, what)
-    _certificates(data, path, what)
-    return data
-
-
-def load(files: TlsFiles) -> _Loaded:
-    """Read and check the files: PEM certificates, a PEM key that matches the first certificate."""
-    chain = _read(files.cert_file, "certificate file")
-    key_pem = _read(files.key_file, "key file")
-    ca = read_certificates(files.client_ca_file, "client CA file") if files.client_ca_file is not None else None
-    leaf = _certificates(chain, files.cert_file, "certificate file")[0]
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise TlsConfigError(f"TLS key file {files.key_file} holds no usable unencrypted PEM private key: {e}") from e
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
-        raise TlsConfigError(
-            f"TLS key file {files.key_file} does not match the certificate in {files.cert_file} (different public keys)"
-        )
-    return _Loaded(chain, key_pem, ca, leaf.not_valid_after_utc.timestamp())
-
-
-def _fingerprint(files: TlsFiles) -> Fingerprint:
-    return stat_fingerprint((files.cert_file, files.key_file, files.client_ca_file))
-
-
-def stat_fingerprint(paths: Iterable[Path | None]) -> Fingerprint:
-    """(inode, size, mtime ns) per file, following symlinks (Kubernetes secret volumes swap a symlink).
-
-    ``None`` entries are skipped; a file that cannot be stat'ed counts as ``(-1, -1, -1)``.
-    """
-    out = []
-    for path in paths:
-        if path is None:
-            continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append((-1, -1, -1))
-        else:
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-def _configuration(loaded: _Loaded) -> grpc.ServerCertificateConfiguration:
+def _configuration(loaded: LoadedTls) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(loaded.private_key, loaded.cert_chain)], root_certificates=loaded.client_ca
     )
@@ -140,7 +51,7 @@ class ReloadingTls:
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
         self._lock = threading.Lock()
-        self._fingerprint = _fingerprint(files)
+        self._fingerprint = stat_fingerprint(files.paths)
         self._loaded = load(files)  # raises TlsConfigError naming the bad file
         self._failed: Fingerprint | None = None
         self.reloads = 0
@@ -159,7 +70,7 @@ class ReloadingTls:
     def check(self) -> bool:
         """Re-read the files if they changed; True if a new configuration was loaded."""
         with self._lock:
-            current = _fingerprint(self.files)
+            current = stat_fingerprint(self.files.paths)
             if current == self._fingerprint or current == self._failed:
                 return False
             try:
@@ -169,7 +80,7 @@ class ReloadingTls:
                 TLS_RELOADS.labels("error").inc()
                 log.error("TLS files changed but cannot be used; new connections keep the previous certificate: %s", e)
                 return False
-            if _fingerprint(self.files) != current:  # rewritten while we read: read again next time
+            if stat_fingerprint(self.files.paths) != current:  # rewritten while we read: read again next time
                 return False
             self._loaded, self._fingerprint, self._failed = loaded, current, None
             self.reloads += 1

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from kube_ip_tracker.backoff import Backoff
+from kube_ip_tracker.kube.kubeconfig import KubeconfigError, spec_from_cluster_file
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.sources import metrics
-from kube_ip_tracker.sources.backoff import Backoff
-from kube_ip_tracker.sources.kubeconfig import KubeconfigError, spec_from_cluster_file
 
 log = logging.getLogger(__name__)
 

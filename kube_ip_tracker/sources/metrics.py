@@ -4,36 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-EVENTS = Counter(
-    "kube_ip_tracker_source_events_total",
-    "Watch events received from API servers.",
-    ["cluster", "kind", "type"],
-)
-RELISTS = Counter(
-    "kube_ip_tracker_source_lists_total",
-    "Full lists applied to the index (reason: initial, expired, error, restart).",
-    ["cluster", "kind", "reason"],
-)
-ERRORS = Counter(
-    "kube_ip_tracker_source_errors_total",
-    "Errors talking to API servers (reason: unauthorized, forbidden, unreachable, timeout, expired, api, other).",
-    ["cluster", "kind", "reason"],
-)
-WATCHES = Counter(
-    "kube_ip_tracker_source_watches_total",
-    "Watch requests opened.",
-    ["cluster", "kind"],
-)
-OBJECTS = Gauge(
-    "kube_ip_tracker_source_objects",
-    "Objects of a kind currently indexed from a cluster.",
-    ["cluster", "kind"],
-)
-BACKOFF = Gauge(
-    "kube_ip_tracker_source_backoff_seconds",
-    "The last backoff delay chosen after an error (0 after a success).",
-    ["cluster", "kind"],
-)
+from kube_ip_tracker.kube.metrics import BACKOFF, ERRORS, EVENTS, OBJECTS, RELISTS, WATCHES
+
 CONNECTED = Gauge(
     "kube_ip_tracker_source_connected",
     "1 while every informer of the cluster holds a working connection.",

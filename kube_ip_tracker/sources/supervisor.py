@@ -21,9 +21,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, IndexWriter
 from kube_ip_tracker.sources import metrics
-from kube_ip_tracker.sources.kube import ClusterSource, InformerOptions
+from kube_ip_tracker.sources.kube import ClusterSource
 
 log = logging.getLogger(__name__)
 

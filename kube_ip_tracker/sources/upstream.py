@@ -1,7 +1,7 @@
 """Upstream trackers as a source (hub-and-spoke): ``--upstream-tracker ADDRESS``, repeatable.
 
-Each upstream is watched by a :class:`~kube_ip_tracker.agent.client.client.TrackerClient` (resume,
-failover over the address's IPs, backoff) whose :class:`~kube_ip_tracker.agent.client.index_sink.IndexWriterSink`
+Each upstream is watched by a :class:`~kube_ip_tracker.client.client.TrackerClient` (resume,
+failover over the address's IPs, backoff) whose :class:`~kube_ip_tracker.client.index_sink.IndexWriterSink`
 writes through an :class:`~.upstream_merge.UpstreamWriter` into the index. The Watch carries this
 tracker's id, so the upstream never sends back clusters that passed through here; clusters this
 tracker watches directly are skipped (local first), and are listed in the Watch's ``exclude_clusters``
@@ -39,10 +39,10 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
-from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
-from kube_ip_tracker.agent.client.resolver import AddressError, parse_address
-from kube_ip_tracker.agent.client.tls_flags import add_client_tls_arguments, client_tls_from_args
+from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
+from kube_ip_tracker.client.index_sink import IndexWriterSink
+from kube_ip_tracker.client.resolver import AddressError, parse_address
+from kube_ip_tracker.client.tls_flags import add_client_tls_arguments, client_tls_from_args
 from kube_ip_tracker.model import IndexWriter
 from kube_ip_tracker.sources import upstream_metrics as metrics
 from kube_ip_tracker.sources.upstream_merge import ClusterOwners, LocalWriter, UpstreamWriter

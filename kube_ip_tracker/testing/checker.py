@@ -33,7 +33,7 @@ Record = PodRecord | NamespaceRecord | NodeRecord
 
 
 class MirrorLike(Protocol):
-    """What the checker reads: the agent's :class:`~kube_ip_tracker.agent.client.mirror.Mirror` has it."""
+    """What the checker reads: the agent's :class:`~kube_ip_tracker.agent.mirror.Mirror` has it."""
 
     def pods(self, cluster: str | None = None) -> Iterator[PodRecord]: ...
 

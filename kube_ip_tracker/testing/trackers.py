@@ -2,8 +2,8 @@
 
 ``TrackerProcess("hub", ["--kubeconfig", path], log_dir)`` runs ``python -m kube_ip_tracker.cli`` with
 this interpreter (so a checkout tests its own code) on a free loopback port, with ``--tracker-id``
-set to its name. :class:`Agent` is a :class:`~kube_ip_tracker.agent.client.mirror.Mirror` kept in
-step by a :class:`~kube_ip_tracker.agent.client.client.TrackerClient`, as a node agent holds it.
+set to its name. :class:`Agent` is a :class:`~kube_ip_tracker.agent.mirror.Mirror` kept in
+step by a :class:`~kube_ip_tracker.client.client.TrackerClient`, as a node agent holds it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.model import ClusterStatusRecord
 from kube_ip_tracker.testing.clusters import free_port
 

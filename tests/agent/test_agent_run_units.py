@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from kube_ip_tracker.agent.cli import main
-from kube_ip_tracker.agent.client.mirror import Mirror
-from kube_ip_tracker.agent.client.resolver import AddressRotation, TrackerAddress
-from kube_ip_tracker.agent.client.sink import ClusterStatusChange, Delete, Upsert
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
 from kube_ip_tracker.agent.enforce import LocalEnforcement
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
 from kube_ip_tracker.agent.policy_sink import MirrorFeed
+from kube_ip_tracker.client.resolver import AddressRotation, TrackerAddress
+from kube_ip_tracker.client.sink import ClusterStatusChange, Delete, Upsert
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, PodRecord
 
 C1, C2 = "cluster-1", "cluster-2"

@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
+from kube_ip_tracker.kube.kubeconfig import static_specs
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
-from kube_ip_tracker.sources.kube import InformerOptions
-from kube_ip_tracker.sources.kubeconfig import static_specs
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
 

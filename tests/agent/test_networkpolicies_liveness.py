@@ -12,7 +12,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
-from kube_ip_tracker.sources.kubeconfig import static_specs
+from kube_ip_tracker.kube.kubeconfig import static_specs
 from kube_ip_tracker.testing import objects
 
 from .test_networkpolicies import FAST, NS, allowed, eventually, metric, policy, running, world

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from kube_ip_tracker.gke.auth import GoogleTokenProvider, TokenError
-from kube_ip_tracker.sources.kubeconfig import install_token_provider
+from kube_ip_tracker.kube.kubeconfig import install_token_provider
 from kube_ip_tracker.testing.fake_gke import SequenceCredentials
 
 

@@ -12,8 +12,8 @@ from kubernetes_asyncio import client
 
 from kube_ip_tracker.gke.auth import GoogleTokenProvider
 from kube_ip_tracker.gke.discovery import CLUSTER_ID_LABEL, EndpointKind, GkeDiscovery
+from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.model import ClusterSpec
-from kube_ip_tracker.sources.kubeconfig import api_client
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster
 

@@ -15,7 +15,7 @@ from kube_ip_tracker.gke.auth import GoogleTokenProvider
 from kube_ip_tracker.gke.discovery import CLUSTER_ID_LABEL, GkeDiscovery
 from kube_ip_tracker.gke.reconcile import GkeReconciler
 from kube_ip_tracker.index import Index
-from kube_ip_tracker.sources.kube import InformerOptions
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.fake_gke import FakeClusterManager, SequenceCredentials, make_cluster

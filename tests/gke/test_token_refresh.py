@@ -8,7 +8,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 
 from kube_ip_tracker.gke.auth import GoogleTokenProvider
-from kube_ip_tracker.sources.kubeconfig import install_token_provider
+from kube_ip_tracker.kube.kubeconfig import install_token_provider
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.fake_gke import SequenceCredentials
 

@@ -10,6 +10,7 @@ import pytest
 import kube_ip_tracker
 from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.agent import cli as agent_cli
+from kube_ip_tracker.listen import parse_listen_address
 from kube_ip_tracker.server import healthcheck
 
 from .manifest import (
@@ -115,8 +116,8 @@ def test_tracker_deployment(objects: list[Obj]) -> None:
         assert set(container["resources"][kind]) == {"cpu", "memory"}
     # Ports agree with the flags; probes use them.
     args = parse_or_fail(tracker_cli.parse_args, expand_args(container), "tracker")
-    assert tracker_cli.parse_address(args.listen_address)[1] == port(container, "grpc")
-    assert tracker_cli.parse_address(args.metrics_address)[1] == port(container, "metrics")
+    assert parse_listen_address(args.listen_address)[1] == port(container, "grpc")
+    assert parse_listen_address(args.metrics_address)[1] == port(container, "metrics")
     probe = container["readinessProbe"]["exec"]["command"]
     assert probe[:3] == ["python", "-m", healthcheck.__name__]
     probe_args = healthcheck.build_parser().parse_args(probe[3:])
@@ -176,7 +177,7 @@ def test_agent_args_parse_with_the_agent_cli(objects: list[Obj]) -> None:
     args = parse_or_fail(agent_cli.build_parser().parse_args, argv, "agent")
     assert args.node_name == "<NODE_NAME>"
     assert args.tracker_address == [f"kube-ip-tracker.{NS}.svc.cluster.local:50051"]
-    assert tracker_cli.parse_address(args.metrics_address)[1] == port(container, "metrics")
+    assert parse_listen_address(args.metrics_address)[1] == port(container, "metrics")
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 

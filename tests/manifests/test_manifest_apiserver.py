@@ -29,10 +29,10 @@ from kubernetes_asyncio.dynamic import DynamicClient
 
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
+from kube_ip_tracker.kube.kubeconfig import api_client
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import healthcheck
-from kube_ip_tracker.sources.kube import InformerOptions
-from kube_ip_tracker.sources.kubeconfig import api_client
 from kube_ip_tracker.testing import objects as kobjects
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, free_port, start_clusters
 from kube_ip_tracker.testing.trackers import TrackerProcess, eventually

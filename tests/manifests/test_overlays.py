@@ -10,6 +10,7 @@ import yaml
 
 from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.agent import cli as agent_cli
+from kube_ip_tracker.listen import parse_listen_address
 
 from .kustomize import OVERLAY_NAMES, OVERLAYS, KustomizeError, build, json_patch
 from .manifest import INSTALL, Obj, containers, expand_args, find, key, parse_or_fail, pod_spec
@@ -77,7 +78,7 @@ def test_hub_serves_the_spokes_and_spokes_watch_only_their_own_cluster_plus_the_
     assert not (tracker.gcp_cluster_names or tracker.kubeconfig or tracker.kubeconfig_dir)
     assert tracker.cluster_id == agent.cluster_id
     [upstream] = tracker.upstream_tracker
-    assert tracker_cli.parse_address(upstream)[1] == hub_port["port"]
+    assert parse_listen_address(upstream)[1] == hub_port["port"]
 
 
 def test_renderer_refuses_what_it_does_not_know(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import yaml
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.cli import informer_options, parse_args
-from kube_ip_tracker.sources.kube import InformerOptions
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
 

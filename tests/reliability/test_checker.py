@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kube_ip_tracker.agent.client.mirror import Mirror
-from kube_ip_tracker.agent.client.sink import Delete, Upsert
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.sink import Delete, Upsert
 from kube_ip_tracker.model import ContainerPort, Kind, NamespaceRecord, NodeRecord, PodRecord
 from kube_ip_tracker.testing.checker import Truth, compare
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing.checker import Diff, compare, list_truth
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster
 from kube_ip_tracker.testing.proxy import TcpProxy

@@ -14,11 +14,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
-from kube_ip_tracker.agent.client.tls_flags import add_client_tls_arguments, client_tls_from_args
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.client.tls_flags import add_client_tls_arguments, client_tls_from_args
 from kube_ip_tracker.server.tls import ReloadingTls, TlsConfigError, TlsFiles
 from kube_ip_tracker.testing import certs, objects
 

@@ -15,9 +15,10 @@ from prometheus_client import REGISTRY
 
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Index
+from kube_ip_tracker.listen import parse_listen_address
+from kube_ip_tracker.metrics_http import start_metrics_server
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord
 from kube_ip_tracker.server import TrackerServer
-from kube_ip_tracker.server.metrics import parse_address, start_metrics_server
 
 from .conftest import Connect, StartServer
 from .helpers import WR, Stream, filled, pod
@@ -159,8 +160,8 @@ async def test_bad_options_and_address_are_named() -> None:
 
 def test_metrics_http_endpoint() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
-        parse_address("9090")
-    assert parse_address("[::]:9090") == ("::", 9090) and parse_address(":9090") == ("0.0.0.0", 9090)
+        parse_listen_address("9090")
+    assert parse_listen_address("[::]:9090") == ("::", 9090) and parse_listen_address(":9090") == ("0.0.0.0", 9090)
     index = Index()
     index.upsert(NamespaceRecord("metrics-http", "default", {}))
     index.flush()

@@ -9,9 +9,10 @@ import aiohttp
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kube_ip_tracker.kube.errors import ConnectError, ResourceExpired, WatchError, describe_error
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import Kind
-from kube_ip_tracker.sources.errors import ConnectError, ResourceExpired, WatchError, describe_error
-from kube_ip_tracker.sources.kube import Informer, InformerOptions
+from kube_ip_tracker.sources.kube import Informer
 from kube_ip_tracker.sources.status import ClusterState
 
 from .recording import RecordingWriter

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from kube_ip_tracker.model import ClusterSpec
-from kube_ip_tracker.sources.kubeconfig import (
+from kube_ip_tracker.kube.kubeconfig import (
     KubeconfigError,
     read_kubeconfig,
     spec_from_cluster_file,
     static_specs,
 )
+from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 
 

@@ -13,10 +13,10 @@ import yaml
 from kubernetes_asyncio import client
 from prometheus_client import REGISTRY
 
+from kube_ip_tracker.kube.kubeconfig import api_client, static_specs
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, Kind
 from kube_ip_tracker.sources import kube
-from kube_ip_tracker.sources.kube import InformerOptions
-from kube_ip_tracker.sources.kubeconfig import api_client, static_specs
 from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec, IndexWriter, Kind
-from kube_ip_tracker.sources.kube import ClusterSource, InformerOptions
+from kube_ip_tracker.sources.kube import ClusterSource
 from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing.clusters import free_port

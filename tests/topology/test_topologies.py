@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_ip_tracker.agent.client.events import PodDeleted
+from kube_ip_tracker.agent.events import PodDeleted
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, start_clusters
 from kube_ip_tracker.testing.trackers import Agent, TrackerProcess, eventually

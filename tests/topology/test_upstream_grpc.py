@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.events import PodDeleted
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.events import PodDeleted
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
 from kube_ip_tracker.server import TrackerServer

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from kube_ip_tracker.agent.client.backoff import Backoff
+from kube_ip_tracker.backoff import Backoff
 
 from . import metrics as m
 from .config import DataplaneConfig, IPNetwork, parse_networks

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kube_ip_tracker.agent.client.backoff import Backoff
+from kube_ip_tracker.backoff import Backoff
 
 from . import commands, conntrack, ctnetlink
 from . import metrics as m

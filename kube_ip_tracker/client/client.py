@@ -31,25 +31,25 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from kube_ip_tracker.agent.client import metrics
-from kube_ip_tracker.agent.client.backoff import Backoff
-from kube_ip_tracker.agent.client.keepalive import (
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.backoff import Backoff
+from kube_ip_tracker.client import metrics
+from kube_ip_tracker.client.keepalive import (
     check_liveness_options,
     keepalive_channel_options,
     liveness_bound,
 )
-from kube_ip_tracker.agent.client.resolver import (
+from kube_ip_tracker.client.resolver import (
     AddressError,
     AddressRotation,
     ResolveFn,
     parse_address,
     resolve_all,
 )
-from kube_ip_tracker.agent.client.sink import ApplySink
-from kube_ip_tracker.agent.client.stream import ResyncRequired, WatchSession
-from kube_ip_tracker.agent.client.tls_reload import ReloadingClientTls, load_client_tls
-from kube_ip_tracker.api.v1 import tracker_pb2 as pb
-from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.client.sink import ApplySink
+from kube_ip_tracker.client.stream import ResyncRequired, WatchSession
+from kube_ip_tracker.client.tls_reload import ReloadingClientTls, load_client_tls
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kube_ip_tracker.agent.client.client import TlsOptions
+from kube_ip_tracker.client.client import TlsOptions
 
 _FIELDS = ("ca_file", "cert_file", "key_file", "server_name")
 

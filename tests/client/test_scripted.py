@@ -15,12 +15,11 @@ import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
-
-from .test_mirror import BASE, EPOCH, delta, end, pod, snapshot
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.testing.messages import BASE, EPOCH, delta, end, pod, snapshot
 
 FAST = ClientOptions(backoff_base=0.05, backoff_cap=0.2, first_message_timeout=2.0)
 
@@ -246,7 +245,7 @@ async def test_silent_tracker_is_abandoned_after_the_first_message_timeout() -> 
 
 
 def test_tls_options_need_cert_and_key_together(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from kube_ip_tracker.agent.client.client import TlsOptions
+    from kube_ip_tracker.client.client import TlsOptions
 
     with pytest.raises(ValueError, match="cert_file and key_file"):
         TlsOptions(cert_file=tmp_path / "c.pem")
@@ -255,7 +254,7 @@ def test_tls_options_need_cert_and_key_together(tmp_path) -> None:  # type: igno
 
 
 async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_ip(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from kube_ip_tracker.agent.client.client import TlsOptions
+    from kube_ip_tracker.client.client import TlsOptions
     from kube_ip_tracker.testing.certs import TestCA
 
     ca = TestCA(tmp_path)

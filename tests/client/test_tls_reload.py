@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TlsOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
-from kube_ip_tracker.agent.client.tls_reload import ReloadingClientTls
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
+from kube_ip_tracker.client.tls_reload import ReloadingClientTls
 from kube_ip_tracker.server.tls import TlsConfigError
 from kube_ip_tracker.testing import certs
 from kube_ip_tracker.testing.trackers import TrackerProcess, eventually

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, free_port
 

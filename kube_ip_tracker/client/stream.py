@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kube_ip_tracker import wire
-from kube_ip_tracker.agent.client.sink import (
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.client.sink import (
     ApplySink,
     ClusterStatusChange,
     Delete,
@@ -24,7 +25,6 @@ from kube_ip_tracker.agent.client.sink import (
     SnapshotBuilder,
     Upsert,
 )
-from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.model import Kind
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The stream side (:mod:`.stream`, :mod:`.client`) speaks the wire protocol: messa
 revisions, resume, gaps. It hands decoded record changes to an :class:`ApplySink` and nothing else,
 so the same client can feed
 
-* the agent's :class:`~kube_ip_tracker.agent.client.mirror.Mirror` (a read-optimised local copy), or
+* the agent's :class:`~kube_ip_tracker.agent.mirror.Mirror` (a read-optimised local copy), or
 * a tracker's index when it watches an upstream hub tracker: an implementation stages the snapshot
   per (cluster, kind) and, on commit, calls ``IndexWriter.replace`` for each of them,
   ``set_cluster_status`` for every status, and ``remove_cluster`` for the clusters it fed before

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.client.index_sink import IndexWriterSink
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import (
     ClusterStatusRecord,

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter
 
-from kube_ip_tracker.server.tls import TlsConfigError, TlsFiles, load, read_certificates, stat_fingerprint
+from kube_ip_tracker.tls_files import TlsConfigError, TlsFiles, load, read_certificates, stat_fingerprint
 
 log = logging.getLogger(__name__)
 

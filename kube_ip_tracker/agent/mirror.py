@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from kube_ip_tracker.agent.client import events as ev
-from kube_ip_tracker.agent.client.sink import Delete, RecordChange, Upsert
+from kube_ip_tracker.agent import events as ev
+from kube_ip_tracker.client.sink import Delete, RecordChange, Upsert
 from kube_ip_tracker.ipclaims import IPClaims
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, NodeRecord, PodRecord
 

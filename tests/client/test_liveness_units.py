@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 
-from kube_ip_tracker.agent.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.agent.client.keepalive import TRACKER_MIN_PING_INTERVAL, keepalive_channel_options
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.client.client import ClientOptions, TrackerClient
+from kube_ip_tracker.client.keepalive import TRACKER_MIN_PING_INTERVAL, keepalive_channel_options
 from kube_ip_tracker.server.grpc_server import keepalive_options
+from kube_ip_tracker.testing.messages import BASE, EPOCH, delta, end, pod, progress, snapshot
 
-from .test_client_scripted import ScriptedTracker, metric, serve, wait_for
-from .test_mirror import BASE, EPOCH, delta, end, pod, progress, snapshot
+from .test_scripted import ScriptedTracker, metric, serve, wait_for
 
 
 def test_options_refuse_settings_that_cannot_work() -> None:

@@ -19,8 +19,8 @@ from kube_ip_tracker.server.grpc_server import keepalive_options
 # A client process holding one Watch stream (the default options of an agent).
 CLIENT = """
 import asyncio, sys
-from kube_ip_tracker.agent.client.client import TrackerClient
-from kube_ip_tracker.agent.client.mirror import Mirror
+from kube_ip_tracker.client.client import TrackerClient
+from kube_ip_tracker.agent.mirror import Mirror
 
 async def main():
     TrackerClient(sys.argv[1], Mirror()).start()

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kube_ip_tracker.agent.client.sink import ClusterStatusChange, Delete, RecordChange, Upsert
+from kube_ip_tracker.client.sink import ClusterStatusChange, Delete, RecordChange, Upsert
 from kube_ip_tracker.model import ClusterStatusRecord, IndexWriter, Kind, Record
 from kube_ip_tracker.wire import record_kind
 

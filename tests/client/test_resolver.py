@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from kube_ip_tracker.agent.client.backoff import Backoff
-from kube_ip_tracker.agent.client.resolver import (
+from kube_ip_tracker.backoff import Backoff
+from kube_ip_tracker.client.resolver import (
     AddressError,
     AddressRotation,
     TrackerAddress,

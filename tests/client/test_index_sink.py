@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kube_ip_tracker.agent.client.index_sink import IndexWriterSink
-from kube_ip_tracker.agent.client.stream import WatchSession
+from kube_ip_tracker.client.index_sink import IndexWriterSink
+from kube_ip_tracker.client.stream import WatchSession
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, Record
+from kube_ip_tracker.testing.messages import (
+    BASE,
+    EPOCH,
+    delta,
+    end,
+    namespace,
+    pod,
+    pod_deleted,
+    snapshot,
+    status,
+    synced,
+)
 from kube_ip_tracker.wire import record_kind
-
-from .test_mirror import BASE, EPOCH, delta, end, namespace, pod, pod_deleted, snapshot, status, synced
 
 
 class DictIndex:

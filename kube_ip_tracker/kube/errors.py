@@ -7,7 +7,7 @@ import json
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kube_ip_tracker.sources.kubeconfig import KubeconfigError
+from kube_ip_tracker.kube.kubeconfig import KubeconfigError
 
 # Message of an API server asked for a resourceVersion newer than it has (HTTP 504 or a watch ERROR).
 TOO_LARGE = "Too large resource version"

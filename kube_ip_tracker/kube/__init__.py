@@ -1,0 +1,7 @@
+"""What both programs need from Kubernetes API servers.
+
+- :mod:`.kubeconfig` reads kubeconfig files and in-cluster config and builds API clients from
+  :class:`~kube_ip_tracker.model.ClusterSpec`.
+- :mod:`.reflector` is the list/watch loop (relist on 410, backoff) and the liveness probe.
+- :mod:`.errors` names API errors; :mod:`.metrics` counts the reflector loops.
+"""

@@ -1,0 +1,105 @@
+"""PEM files for TLS, shared by the tracker's server and the tracker client: read, check, fingerprint.
+
+Errors name the file and what is wrong (:class:`TlsConfigError`); :func:`stat_fingerprint` tells
+when a rotated file must be read again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+class TlsConfigError(ValueError):
+    """A TLS file is missing, unreadable or not what it should be; the message names it."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of the serving certificate chain, its private key and the optional client CA bundle."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def paths(self) -> tuple[Path | None, ...]:
+        """The files, for :func:`stat_fingerprint`."""
+        return (self.cert_file, self.key_file, self.client_ca_file)
+
+
+Fingerprint = tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class LoadedTls:
+    """Checked PEM material of a :class:`TlsFiles` and the serving certificate's expiry (Unix time)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None
+    not_after: float
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TlsConfigError(f"cannot read TLS {what} {path}: {e.strerror}") from e
+
+
+def _certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise TlsConfigError(f"TLS {what} {path} holds no valid PEM certificate: {e}") from e
+    return certs
+
+
+def read_certificates(path: Path, what: str) -> bytes:
+    """The PEM bytes of ``path``, checked to hold at least one certificate (``TlsConfigError`` naming it)."""
+    data = _read(path, what)
+    _certificates(data, path, what)
+    return data
+
+
+def load(files: TlsFiles) -> LoadedTls:
+    """Read and check the files: PEM certificates, a PEM key that matches the first certificate."""
+    chain = _read(files.cert_file, "certificate file")
+    key_pem = _read(files.key_file, "key file")
+    ca = read_certificates(files.client_ca_file, "client CA file") if files.client_ca_file is not None else None
+    leaf = _certificates(chain, files.cert_file, "certificate file")[0]
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise TlsConfigError(f"TLS key file {files.key_file} holds no usable unencrypted PEM private key: {e}") from e
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
+        raise TlsConfigError(
+            f"TLS key file {files.key_file} does not match the certificate in {files.cert_file} (different public keys)"
+        )
+    return LoadedTls(chain, key_pem, ca, leaf.not_valid_after_utc.timestamp())
+
+
+def stat_fingerprint(paths: Iterable[Path | None]) -> Fingerprint:
+    """(inode, size, mtime ns) per file, following symlinks (Kubernetes secret volumes swap a symlink).
+
+    ``None`` entries are skipped; a file that cannot be stat'ed counts as ``(-1, -1, -1)``.
+    """
+    out = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((-1, -1, -1))
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
