@@ -9,6 +9,9 @@ configured cluster has been listed completely, or after ``--ready-timeout``.
 Exit codes: 0 after SIGTERM/SIGINT, 1 on a configuration error at start (named in the message),
 2 on bad flags.
 
+``kube-ip-tracker status`` and ``kube-ip-tracker get IP`` (first argument) are operator commands
+against a running tracker instead (:mod:`kube_ip_tracker.ctl`).
+
 The parser is assembled from ``add_*_arguments`` functions listed in :data:`ARGUMENT_GROUPS`; a
 feature with its own flags adds its function there and reads its values from the parsed namespace.
 """
@@ -26,6 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker.ctl import main as ctl_main
 from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.gke import flags as gke_flags
 from kube_ip_tracker.gke.reconcile import GkeReconciler
@@ -253,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kube-ip-tracker",
         description="Multi-cluster pod metadata cache served over a gRPC watch API.",
+        epilog="Operator commands against a running tracker: 'kube-ip-tracker status --address HOST:PORT' "
+        "(clusters, watchers, health) and 'kube-ip-tracker get IP' (the pod behind an address); "
+        "'kube-ip-tracker status --help' for their flags.",
     )
     for add in ARGUMENT_GROUPS:
         add(parser)
@@ -447,7 +454,10 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point."""
+    """Console-script entry point: the tracker, or an operator command (``status``, ``get``) given first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ctl_main.COMMANDS:
+        return ctl_main.main(argv)
     args = parse_args(argv)
     configure_logging(args.log_level)
     log.info("Starting kube-ip-tracker (pid %d)", os.getpid())

@@ -2,7 +2,7 @@
 
 - Shared core (records, wire, tracker client, Kubernetes access, small shared pieces) imports
   neither program.
-- The tracker (``sources``, ``gke``, ``server``, ``index``, ``cli``) never imports the agent.
+- The tracker (``sources``, ``gke``, ``server``, ``index``, ``cli``, ``ctl``) never imports the agent.
 - The agent never imports the tracker's program code.
 - ``index`` imports nothing from ``server``.
 """
@@ -19,6 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kube_ip_tracker"
 AGENT = ("kube_ip_tracker.agent",)
 TRACKER = (
     "kube_ip_tracker.cli",
+    "kube_ip_tracker.ctl",
+    "kube_ip_tracker.tracker_entry",
     "kube_ip_tracker.server",
     "kube_ip_tracker.sources",
     "kube_ip_tracker.gke",

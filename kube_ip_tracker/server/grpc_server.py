@@ -283,6 +283,7 @@ class TrackerServer:
                 )
                 for i in infos
             ],
+            watchers=self.watchers,
         )
 
     # -- progress -------------------------------------------------------------------------------

@@ -208,11 +208,13 @@ class ClusterInfo(_message.Message):
     def __init__(self, status: _Optional[_Union[ClusterStatus, _Mapping]] = ..., pods: _Optional[int] = ..., namespaces: _Optional[int] = ..., nodes: _Optional[int] = ..., last_change_time: _Optional[int] = ...) -> None: ...
 
 class ListClustersResponse(_message.Message):
-    __slots__ = ("epoch", "revision", "clusters")
+    __slots__ = ("epoch", "revision", "clusters", "watchers")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    WATCHERS_FIELD_NUMBER: _ClassVar[int]
     epoch: str
     revision: int
     clusters: _containers.RepeatedCompositeFieldContainer[ClusterInfo]
-    def __init__(self, epoch: _Optional[str] = ..., revision: _Optional[int] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ...) -> None: ...
+    watchers: int
+    def __init__(self, epoch: _Optional[str] = ..., revision: _Optional[int] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., watchers: _Optional[int] = ...) -> None: ...
