@@ -29,10 +29,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker.cloud import flags as cloud_flags
+from kube_ip_tracker.cloud.reconcile import Reconciler
 from kube_ip_tracker.ctl import main as ctl_main
 from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.gke import flags as gke_flags
-from kube_ip_tracker.gke.reconcile import GkeReconciler
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.kube.kubeconfig import (
     KubeconfigError,
@@ -176,13 +177,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="cluster id of the in-cluster configuration, used without --kubeconfig/--kubeconfig-dir (default local)",
     )
-    group.add_argument(
-        "--cluster-removal-grace",
-        type=parse_duration,
-        default=60.0,
-        metavar="DURATION",
-        help="how long a removed cluster's objects stay in the index before they are purged (default 1m)",
-    )
+    cloud_flags.add_removal_grace_argument(group)
 
 
 def _positive_seconds(text: str) -> float:
@@ -337,19 +332,21 @@ async def mark_ready(
     upstreams: Upstreams | None,
     cluster_ids: set[str],
     within: float,
-    gke: GkeReconciler | None = None,
+    discovered: Sequence[Reconciler[Any]] = (),
 ) -> None:
     """Report SERVING once every configured cluster synced, or after ``within`` seconds.
 
-    With GKE clusters, first wait (within the same ``within``) for a reconcile pass that found them all.
+    With GKE or EKS clusters, first wait (within the same ``within``) for a reconcile pass of each
+    provider that found them all.
     """
     upstream_ready = asyncio.create_task(upstreams.wait_ready(within)) if upstreams is not None else None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     undiscovered: set[str] = set()
-    if gke is not None:
-        undiscovered = {str(name) for name in await gke.wait_discovered(within)}
-        cluster_ids = cluster_ids | gke.cluster_ids()
+    if discovered:
+        unanswered = await asyncio.gather(*(r.wait_discovered(within) for r in discovered))
+        undiscovered = {str(name) for names in unanswered for name in names}
+        cluster_ids = cluster_ids.union(*(r.cluster_ids() for r in discovered))
     missing = await supervisor.wait_synced(cluster_ids, max(0.0, deadline - loop.time())) | undiscovered
     if missing:
         log.warning(
@@ -365,6 +362,28 @@ async def mark_ready(
     # collector's generations keeps its full passes (~100 ms at 100k pods) from pausing the event loop.
     gc.freeze()
     server.set_serving(True)
+
+
+DiscoveryConfigError = gke_flags.GkeConfigError
+
+
+async def create_reconcilers(args: argparse.Namespace, supervisor: ClusterSupervisor) -> list[Reconciler[Any]]:
+    """The reconcilers of the providers with configured clusters; DiscoveryConfigError when one cannot be set up."""
+    reconcilers: list[Reconciler[Any]] = []
+    try:
+        gke = await gke_flags.create_reconciler(args, supervisor)
+        if gke is not None:
+            reconcilers.append(gke)
+    except BaseException:
+        await close_reconcilers(reconcilers)
+        raise
+    return reconcilers
+
+
+async def close_reconcilers(reconcilers: Sequence[Reconciler[Any]]) -> None:
+    """Release the providers' API clients (after their ``run()`` ended)."""
+    for reconciler in reconcilers:
+        await reconciler.close()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -390,8 +409,8 @@ async def run(args: argparse.Namespace) -> int:
     supervisor = ClusterSupervisor(writer, options=informer_options(args))
     static_ids = {s.cluster_id for s in specs}
     try:
-        gke = await gke_flags.create_reconciler(args, supervisor)
-    except gke_flags.GkeConfigError as exc:
+        discovered = await create_reconcilers(args, supervisor)
+    except DiscoveryConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     watcher: KubeconfigDirWatcher | None = None
@@ -404,6 +423,7 @@ async def run(args: argparse.Namespace) -> int:
             await watcher.start()
     except KubeconfigError as exc:
         await supervisor.stop()
+        await close_reconcilers(discovered)
         log.error("%s", exc)
         return EXIT_CONFIG
 
@@ -414,6 +434,7 @@ async def run(args: argparse.Namespace) -> int:
         await server.start()
     except (OSError, RuntimeError, ValueError) as exc:
         await supervisor.stop()
+        await close_reconcilers(discovered)
         if metrics_server is not None:
             metrics_server.stop()
         log.error("Cannot start serving: %s", exc)
@@ -427,10 +448,10 @@ async def run(args: argparse.Namespace) -> int:
         log.info("Watching %d clusters: %s", len(configured), ", ".join(sorted(configured)) or "(none yet)")
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.run(), name="kubeconfig-dir"))
-        if gke is not None:
-            tasks.append(asyncio.create_task(gke.run(), name="gke-reconciler"))
+        for reconciler in discovered:
+            tasks.append(asyncio.create_task(reconciler.run(), name=f"{reconciler.provider.name}-reconciler"))
         tasks.append(
-            asyncio.create_task(mark_ready(supervisor, server, upstreams, configured, args.ready_timeout, gke))
+            asyncio.create_task(mark_ready(supervisor, server, upstreams, configured, args.ready_timeout, discovered))
         )
         await stop.wait()
         log.info("Shutting down")
@@ -438,8 +459,7 @@ async def run(args: argparse.Namespace) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if gke is not None:
-            await gke.close()
+        await close_reconcilers(discovered)
         with contextlib.suppress(Exception):
             server.set_serving(False)
         await server.stop(args.shutdown_grace)

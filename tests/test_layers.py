@@ -2,7 +2,7 @@
 
 - Shared core (records, wire, tracker client, Kubernetes access, small shared pieces) imports
   neither program.
-- The tracker (``sources``, ``gke``, ``server``, ``index``, ``cli``, ``ctl``) never imports the agent.
+- The tracker (``sources``, ``cloud``, ``gke``, ``eks``, ``server``, ``index``, ``cli``, ``ctl``) never imports the agent.
 - The agent never imports the tracker's program code.
 - ``index`` imports nothing from ``server``.
 """
@@ -23,7 +23,9 @@ TRACKER = (
     "kube_ip_tracker.tracker_entry",
     "kube_ip_tracker.server",
     "kube_ip_tracker.sources",
+    "kube_ip_tracker.cloud",
     "kube_ip_tracker.gke",
+    "kube_ip_tracker.eks",
     "kube_ip_tracker.index",
 )
 SHARED = (

@@ -17,19 +17,14 @@ from typing import TextIO
 from google.auth import credentials as ga_credentials
 from google.cloud import container_v1
 
+from kube_ip_tracker.cloud import check as cloud_check
 from kube_ip_tracker.gke import flags
 from kube_ip_tracker.gke.discovery import FetchResult
 
 
 def format_result(result: FetchResult, out: TextIO) -> None:
     """One line per cluster: ``OK``/``NOT RUNNING``/``ERROR``, the GKE name, then id and endpoint or the reason."""
-    for name, spec in sorted(result.specs.items()):
-        ca = "cluster CA" if spec.ca_pem else "system trust store"
-        print(f"OK           {name}  id={spec.cluster_id}  server={spec.server}  verified-with={ca}", file=out)
-    for name, status in sorted(result.not_running.items()):
-        print(f"NOT RUNNING  {name}  status={status}", file=out)
-    for name, exc in sorted(result.errors.items()):
-        print(f"ERROR        {name}  {type(exc).__name__}: {exc}", file=out)
+    cloud_check.format_result(result, out, "RUNNING")
 
 
 async def run_check(
@@ -43,12 +38,12 @@ async def run_check(
     out = out or sys.stdout
     if credentials is None and client is None:
         try:
-            reconciler = await flags.create_reconciler(args, _NoSupervisor())
+            reconciler = await flags.create_reconciler(args, cloud_check.NoSupervisor())
         except flags.GkeConfigError as exc:
             print(f"ERROR        {exc}", file=out)
             return 1
     else:
-        reconciler = flags.build_reconciler(args, _NoSupervisor(), credentials=credentials, client=client)
+        reconciler = flags.build_reconciler(args, cloud_check.NoSupervisor(), credentials=credentials, client=client)
     if reconciler is None:
         print("no GKE clusters configured (--gcp-cluster-names)", file=out)
         return 2
@@ -58,19 +53,6 @@ async def run_check(
         await reconciler.close()
     format_result(result, out)
     return 0 if result.complete else 1
-
-
-class _NoSupervisor:
-    """The check never starts watchers."""
-
-    async def ensure(self, spec: object) -> None:  # pragma: no cover - never called
-        raise RuntimeError("the GKE check does not start watchers")
-
-    async def remove(self, cluster_id: str, grace_seconds: float) -> None:  # pragma: no cover
-        raise RuntimeError("the GKE check does not stop watchers")
-
-    def specs(self) -> dict[str, object]:
-        return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,23 +16,20 @@ from google.auth import credentials as ga_credentials
 from google.auth import exceptions as ga_exceptions
 from google.cloud import container_v1
 
-from kube_ip_tracker.durations import parse_duration
+from kube_ip_tracker.cloud import flags as cloud_flags
+from kube_ip_tracker.cloud.reconcile import ClusterSupervisorLike
 from kube_ip_tracker.gke.auth import GoogleTokenProvider, default_credentials
 from kube_ip_tracker.gke.discovery import EndpointKind, GkeDiscovery
 from kube_ip_tracker.gke.names import GkeClusterName, parse_cluster_names
-from kube_ip_tracker.gke.reconcile import ClusterSupervisorLike, GkeReconciler
+from kube_ip_tracker.gke.reconcile import GkeReconciler
 
 
 class GkeConfigError(RuntimeError):
     """GKE clusters are configured but discovery cannot be set up (e.g. no application default credentials)."""
 
 
-def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
-    return option in parser._option_string_actions
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the GKE flags. ``--cluster-removal-grace`` is added only if the parser lacks it."""
+    """Add the GKE flags and the shared ``--reconcile-interval`` / ``--cluster-removal-grace``."""
     group = parser.add_argument_group("GKE discovery (Workload Identity / application default credentials)")
     group.add_argument(
         "--gcp-cluster-names",
@@ -52,26 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "private (the private endpoint), dns (the DNS-based endpoint, publicly trusted certificate)",
     )
     group.add_argument(
-        "--reconcile-interval",
-        type=parse_duration,
-        default=300.0,
-        metavar="DURATION",
-        help="how often to re-read the GKE clusters (default 5m); failed passes are retried sooner",
-    )
-    group.add_argument(
         "--gke-api-endpoint",
         default=None,
         metavar="HOST[:PORT]",
         help="GKE API endpoint (default container.googleapis.com)",
     )
-    if not _has_option(parser, "--cluster-removal-grace"):
-        group.add_argument(
-            "--cluster-removal-grace",
-            type=parse_duration,
-            default=60.0,
-            metavar="DURATION",
-            help="how long a removed cluster's objects stay in the index before they are purged (default 1m)",
-        )
+    cloud_flags.add_arguments(parser)
 
 
 def cluster_names(args: argparse.Namespace) -> list[GkeClusterName]:
@@ -85,8 +68,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         cluster_names(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.reconcile_interval <= 0:
-        parser.error(f"--reconcile-interval must be positive, got {args.reconcile_interval}s")
+    cloud_flags.validate(parser, args)
 
 
 def build_reconciler(

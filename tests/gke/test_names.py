@@ -65,17 +65,6 @@ def test_bad_default_project_is_rejected() -> None:
         parse_cluster_names(["a"], default_project="X", default_location="us-west1")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("1h30m", 5400), ("90s", 90), ("500ms", 0.5), ("12", 12)])
-def test_durations(text: str, seconds: float) -> None:
-    assert flags.parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "5x", "m5", "5m3", "-1"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="duration"):
-        flags.parse_duration(text)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-ip-tracker")
     flags.add_arguments(parser)
