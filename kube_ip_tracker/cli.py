@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ctl_main.COMMANDS:
         return ctl_main.main(argv)
     args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.logging_format)
     log.info("Starting kube-ip-tracker (pid %d)", os.getpid())
     return asyncio.run(run(args))
 

@@ -147,7 +147,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     """Entry point of the ``kube-ip-agent`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else getattr(args, "log_level", logging.INFO))
+    configure_logging(
+        logging.DEBUG if args.verbose else getattr(args, "log_level", logging.INFO),
+        getattr(args, "logging_format", "text"),
+    )
     return int(args.handler(args, out or sys.stdout, err or sys.stderr))
 
 

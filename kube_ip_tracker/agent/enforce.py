@@ -5,20 +5,23 @@ ingress at the destination's. So an agent of cluster C applies the egress decisi
 source is a pod of C, and the ingress decision only when the destination is a pod of C. A connection
 between two clusters is therefore checked by both agents (each for its own side); a connection where
 neither end is a pod of C passes this agent untouched.
+
+Each decision is counted (by result and direction; per enforced direction by tier; optionally per
+policy) and offered to the verdict log (:mod:`kube_ip_tracker.agent.verdict_log`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
+from kube_ip_tracker.agent.outcomes import deciding, direction_outcomes, tier_of
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
-
-log = logging.getLogger(__name__)
+from kube_ip_tracker.agent.verdict_log import VerdictLog
 
 DECISIONS = Counter(
     "kube_ip_agent_decisions_total",
@@ -27,6 +30,25 @@ DECISIONS = Counter(
 )
 _ALLOWED = DECISIONS.labels("allow", "none")
 _DENIED = {d: DECISIONS.labels("deny", d) for d in ("egress", "ingress", "both")}
+TIER_DECISIONS = Counter(
+    "kube_ip_agent_policy_decisions_total",
+    "Directions this agent enforced, by direction, result and the tier that decided (none: no policy applied).",
+    ["direction", "result", "tier"],
+)
+_TIER_CHILDREN = {
+    (direction, reason): TIER_DECISIONS.labels(
+        direction, "deny" if reason is Reason.DENIED else "allow", tier_of(reason)
+    )
+    for direction in ("egress", "ingress")
+    for reason in Reason
+}
+POLICY_DECISIONS = Counter(
+    "kube_ip_agent_policy_verdicts_total",
+    "With --metrics-per-policy: directions decided per policy (allow: the policy whose rule matched; deny: "
+    'each policy isolating the pod). Policies beyond --metrics-per-policy-limit count as policy="(other)".',
+    ["direction", "result", "tier", "policy"],
+)
+OTHER_POLICIES = "(other)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +61,33 @@ class LocalVerdict:
     ingress_enforced: bool
 
 
-class LocalEnforcement:
-    """``decide(packet)`` for the dataplane: the evaluator's verdict, restricted to ``cluster``'s side."""
+def endpoint_name(endpoint: Endpoint) -> str:
+    """``cluster/namespace/pod``, or the address of an endpoint that is no known pod."""
+    if endpoint.pod is not None:
+        r = endpoint.pod.record
+        return f"{r.cluster}/{r.namespace}/{r.name}"
+    return str(endpoint.ip)
 
-    def __init__(self, engine: PolicyEngine, cluster: str) -> None:
+
+class LocalEnforcement:
+    """``decide(packet)`` for the dataplane: the evaluator's verdict, restricted to ``cluster``'s side.
+
+    ``verdict_log`` writes the log lines; ``per_policy_limit`` > 0 counts decisions per policy for at
+    most that many policies (bounded series).
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        cluster: str,
+        verdict_log: VerdictLog | None = None,
+        per_policy_limit: int = 0,
+    ) -> None:
         self.engine = engine
         self.cluster = cluster
+        self.verdict_log = verdict_log
+        self.per_policy_limit = per_policy_limit
+        self._policy_series: set[str] = set()
 
     def _own(self, endpoint: Endpoint) -> bool:
         return endpoint.pod is not None and endpoint.pod.record.cluster == self.cluster
@@ -65,11 +108,51 @@ class LocalEnforcement:
             _ALLOWED.inc()
         else:
             _DENIED["both" if egress_denied and ingress_denied else "egress" if egress_denied else "ingress"].inc()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "deny %s (egress %s, ingress %s)",
-                    packet,
-                    verdict.egress.value if egress else "not enforced here",
-                    verdict.ingress.value if ingress else "not enforced here",
-                )
-        return LocalVerdict(allowed, verdict, egress, ingress)
+        if egress:
+            _TIER_CHILDREN["egress", verdict.egress].inc()
+        if ingress:
+            _TIER_CHILDREN["ingress", verdict.ingress].inc()
+        local = LocalVerdict(allowed, verdict, egress, ingress)
+        if self.per_policy_limit:
+            self._count_per_policy(local, src, dst)
+        if self.verdict_log is not None and self.verdict_log.wants(allowed):
+            key = (packet.src_ip, packet.dst_ip, packet.protocol, packet.protocol_number, packet.dst_port)
+            self.verdict_log.record(allowed, key, lambda: self.describe(packet, local, src, dst))
+        return local
+
+    def describe(self, packet: PacketInfo, local: LocalVerdict, src: Endpoint, dst: Endpoint) -> dict[str, Any]:
+        """The verdict log fields of one decision."""
+        egress, ingress = direction_outcomes(
+            self.engine, local.verdict, src, dst, local.egress_enforced, local.ingress_enforced
+        )
+        direction, decided = deciding(egress, ingress)
+        protocol = packet.protocol.value if packet.protocol is not Protocol.OTHER else str(packet.protocol_number)
+        return {
+            "verdict": "allow" if local.allowed else "deny",
+            "direction": direction,
+            "tier": decided.tier,
+            "policy": ",".join(decided.policies),
+            "rule": decided.rule if decided.rule is not None else "",
+            "reason": decided.reason,
+            "src": endpoint_name(src),
+            "dst": endpoint_name(dst),
+            "protocol": protocol,
+            "port": packet.dst_port if packet.dst_port is not None else "",
+            "egress": str(egress),
+            "ingress": str(ingress),
+        }
+
+    def _count_per_policy(self, local: LocalVerdict, src: Endpoint, dst: Endpoint) -> None:
+        for outcome in direction_outcomes(
+            self.engine, local.verdict, src, dst, local.egress_enforced, local.ingress_enforced
+        ):
+            if not outcome.enforced:
+                continue
+            result = "allow" if outcome.allowed else "deny"
+            for name in outcome.policies:
+                if name not in self._policy_series:
+                    if len(self._policy_series) >= self.per_policy_limit:
+                        name = OTHER_POLICIES
+                    else:
+                        self._policy_series.add(name)
+                POLICY_DECISIONS.labels(outcome.direction, result, outcome.tier, name).inc()

@@ -58,6 +58,13 @@ from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy_sink import MirrorFeed
+from kube_ip_tracker.agent.verdict_log import (
+    VerdictLog,
+    VerdictLogMode,
+    VerdictLogOptions,
+    add_verdict_log_arguments,
+    verdict_log_options,
+)
 from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.client.resolver import parse_address
@@ -72,6 +79,7 @@ log = logging.getLogger("kube_ip_tracker.agent.run")
 EXIT_CONFIG = 1
 EXIT_INTERNAL = 3
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9091"
+DEFAULT_PER_POLICY_LIMIT = 500
 MARK_SLOTS = 8
 # Slots the default (--nfqueue-id mod this) picks from: the packet-mark bits of the upper byte.
 DEFAULT_MARK_SLOTS = 4
@@ -190,6 +198,20 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help=f"Prometheus /metrics listen address, '' to disable (default {DEFAULT_METRICS_ADDRESS})",
     )
+    other.add_argument(
+        "--metrics-per-policy",
+        action="store_true",
+        help="also count decisions per policy (kube_ip_agent_policy_verdicts_total; one series per policy)",
+    )
+    other.add_argument(
+        "--metrics-per-policy-limit",
+        type=int,
+        default=DEFAULT_PER_POLICY_LIMIT,
+        metavar="N",
+        help="with --metrics-per-policy, at most N policies get their own series; the others count as "
+        f'policy="(other)" (default {DEFAULT_PER_POLICY_LIMIT})',
+    )
+    add_verdict_log_arguments(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=cmd_run)
 
@@ -206,6 +228,8 @@ class AgentConfig:
     dataplane: DataplaneConfig
     static_pods: bool
     metrics_address: str
+    verdict_log: VerdictLogOptions = dataclasses.field(default_factory=VerdictLogOptions)
+    per_policy_limit: int = 0
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -232,6 +256,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                 str(exc).replace("no --kubeconfig or --kubeconfig-dir given", "no --kubeconfig given")
             ) from None
         spec = in_cluster_spec(cluster_id)
+    if args.metrics_per_policy_limit < 1:
+        raise ConfigError(f"--metrics-per-policy-limit must be at least 1, got {args.metrics_per_policy_limit}")
     base = config_from_args(args)
     slot = args.mark_slot if args.mark_slot is not None else base.nfqueue_id % DEFAULT_MARK_SLOTS
     dataplane = dataclasses.replace(
@@ -246,6 +272,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         dataplane=dataplane,
         static_pods=bool(dataplane.local_pods),
         metrics_address=args.metrics_address,
+        verdict_log=verdict_log_options(args),
+        per_policy_limit=args.metrics_per_policy_limit if args.metrics_per_policy else 0,
     )
 
 
@@ -259,7 +287,8 @@ class Agent:
         self.config = config
         self.engine = PolicyEngine()
         self.mirror = Mirror()
-        self.enforcement = LocalEnforcement(self.engine, config.cluster_id)
+        verdicts = VerdictLog(config.verdict_log) if config.verdict_log.mode is not VerdictLogMode.OFF else None
+        self.enforcement = LocalEnforcement(self.engine, config.cluster_id, verdicts, config.per_policy_limit)
         self._mirror_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
         self.feed = MirrorFeed(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -206,6 +207,7 @@ class Dataplane:
         ``packet`` is a netfilterqueue Packet (get_payload, get_mark, set_mark, accept, drop).
         Never raises; always leads to exactly one verdict, now or after an awaitable decision.
         """
+        started = time.perf_counter()
         m.PACKETS_QUEUED.labels(self._label).inc()
         try:
             info = parse_packet(packet.get_payload())
@@ -239,6 +241,7 @@ class Dataplane:
             self._default_verdict(packet, info, "error")
             return
         self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
+        m.DECISION_SECONDS.labels(self._label).observe(time.perf_counter() - started)
 
     async def _finish(self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision]) -> None:
         try:

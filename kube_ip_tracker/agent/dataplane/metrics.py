@@ -32,6 +32,13 @@ PENDING = Gauge(
     "Queued packets waiting for an asynchronous decision.",
     ["queue"],
 )
+DECISION_SECONDS = Histogram(
+    "kube_ip_agent_dataplane_decision_seconds",
+    "From a queued packet's arrival in the agent to its verdict, for packets decided at once (the agent's "
+    "decisions are): parse, policy decision, verdict log, verdict.",
+    ["queue"],
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25),
+)
 CONNTRACK_CLEARED = Counter(
     "kube_ip_agent_dataplane_conntrack_cleared_total",
     "Accepted conntrack entries deleted by revalidation because their connection is no longer allowed.",
