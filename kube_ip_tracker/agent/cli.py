@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from kube_ip_tracker.agent.policy.cluster_compiled import RuleRef
 from kube_ip_tracker.agent.policy.errors import PolicyError
 from kube_ip_tracker.agent.policy.evaluator import Reason
 from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
@@ -98,6 +99,8 @@ def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: Text
             if probe.expect is None:
                 print(f"{path}: probes[{index}].expect: required with --check", file=err)
                 return EXIT_INVALID
+    for warning in world.warnings():
+        print(f"{path}: warning: {warning}", file=err)
     engine = world.engine()
     verdicts = [decide_probe(engine, probe) for probe in world.probes]
     print(json.dumps({"file": path, "verdicts": [str(v) for v in verdicts]}), file=out)
@@ -113,14 +116,16 @@ def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: Text
         print(
             f"{path}: probes[{index}] {_describe_end(probe.src)} -> {_describe_end(probe.dst)} "
             f"{probe.protocol}/{probe.port}: expected {probe.expect}, got {verdict} "
-            f"(egress {_explain(verdict.egress, verdict.egress_policy)}, "
-            f"ingress {_explain(verdict.ingress, verdict.ingress_policy)})",
+            f"(egress {_explain(verdict.egress, verdict.egress_policy, verdict.egress_rule)}, "
+            f"ingress {_explain(verdict.ingress, verdict.ingress_policy, verdict.ingress_rule)})",
             file=err,
         )
     return status
 
 
-def _explain(reason: Reason, policy: tuple[str, str, str] | None) -> str:
+def _explain(reason: Reason, policy: tuple[str, str, str] | None, rule: RuleRef | None) -> str:
+    if rule is not None:
+        return f"{reason.value} by {rule}"
     if policy is None:
         return reason.value
     return f"{reason.value} by {'/'.join(policy)}"

@@ -1,4 +1,5 @@
-"""The shared NetworkPolicy conformance cases, through ``kube-ip-agent evaluate --check``."""
+"""The shared conformance cases (NetworkPolicy in ``cases/``, ClusterNetworkPolicy and
+AdminNetworkPolicy/BaselineAdminNetworkPolicy in ``cnp/``), through ``kube-ip-agent evaluate --check``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import pytest
 
 from kube_ip_tracker.agent.cli import main
 
-CASES_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "cases"
-CASES = sorted(CASES_DIR.glob("*.json")) if CASES_DIR.is_dir() else []
-needs_cases = pytest.mark.skipif(not CASES, reason=f"conformance cases not found in {CASES_DIR}")
+CONFORMANCE_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance"
+CASES_DIR = CONFORMANCE_DIR / "cases"
+CNP_DIR = CONFORMANCE_DIR / "cnp"
+CASES = [case for folder in (CASES_DIR, CNP_DIR) for case in sorted(folder.glob("*.json"))]
+needs_cases = pytest.mark.skipif(
+    not CASES or not any(CNP_DIR.glob("*.json")), reason=f"conformance cases not found in {CASES_DIR} and {CNP_DIR}"
+)
 
 
 def run(*argv: str) -> tuple[int, list[str], list[str]]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kube_ip_tracker.agent.policy import PolicyEngine, PolicyError, parse_network_policy
+from kube_ip_tracker.agent.policy.cluster_compiled import Action, ClusterPolicy, PeerKind, Tier
+from kube_ip_tracker.agent.policy.cluster_parse import parse_cluster_network_policy
 from kube_ip_tracker.agent.policy.worldfile import load_world
-from kube_ip_tracker.model import ContainerPort, NamespaceRecord, PodRecord
+from kube_ip_tracker.model import ContainerPort, NamespaceRecord, NodeRecord, PodRecord
 
 CLUSTERS = ("c1", "c2")
 NAMESPACES = ("x", "y")
@@ -355,8 +358,11 @@ def oracle(
     pods: list[PodRecord],
     policies_list: list[Any],
     probe: tuple[str, str, str, int],
+    cluster_policies: Sequence[ClusterPolicy] = (),
+    nodes: Sequence[NodeRecord] = (),
 ) -> bool:
-    """Whether the probe is allowed, checking every policy of every cluster (no indexes)."""
+    """Whether the probe is allowed, checking every policy of every cluster (no indexes): per
+    direction the Admin tier, then NetworkPolicy, then the Baseline tier, then allow."""
     src_ip, dst_ip, protocol, port = probe
     src = next((record for record in pods if src_ip in record.ips), None)
     dst = next((record for record in pods if dst_ip in record.ips), None)
@@ -390,9 +396,53 @@ def oracle(
         top = spec.end_port if spec.end_port is not None else spec.port
         return spec.port <= port <= top
 
+    def ns_of(record: PodRecord) -> dict[str, str]:
+        return ns_labels.get((record.cluster, record.namespace), {"kubernetes.io/metadata.name": record.namespace})
+
+    def tier_peer_ok(peer: Any, pod_rec: PodRecord | None, ip: str) -> bool:
+        if peer.kind is PeerKind.NETWORKS:
+            return any(ipaddress.ip_address(ip) in network for network in peer.networks)
+        if peer.kind is PeerKind.NODES:
+            return any(ip in node.internal_ips and peer.node_selector.matches(node.labels) for node in nodes)
+        if pod_rec is None:
+            return False
+        ns_ok = peer.namespace_selector is None or peer.namespace_selector.matches(ns_of(pod_rec))
+        return ns_ok and (peer.pod_selector is None or peer.pod_selector.matches(pod_rec.labels))
+
+    def tier_port_ok(match: Any) -> bool:
+        if match.name is not None:
+            return dst is not None and any(
+                cp.name == match.name and cp.protocol == protocol and cp.port == port for cp in dst.ports
+            )
+        return match.protocol == protocol and (match.start is None or match.start <= port <= match.end)
+
+    def tier(target: PodRecord, direction: str, tier_: Tier, peer_rec: PodRecord | None, peer_ip: str) -> bool | None:
+        """True/False when a rule of the tier accepts/denies; None when none matches or one passes."""
+        subjects = sorted(
+            (
+                p
+                for p in cluster_policies
+                if p.tier is tier_
+                and p.cluster == target.cluster
+                and p.subject.namespace_selector.matches(ns_of(target))
+                and (p.subject.pod_selector is None or p.subject.pod_selector.matches(target.labels))
+            ),
+            key=lambda p: p.order,
+        )
+        for policy in subjects:
+            for rule in getattr(policy, direction):
+                if rule.ports and not any(tier_port_ok(m) for m in rule.ports):
+                    continue
+                if rule.all_peers or any(tier_peer_ok(peer, peer_rec, peer_ip) for peer in rule.peers):
+                    return None if rule.action is Action.PASS else rule.action is Action.ACCEPT
+        return None
+
     def allowed(target: PodRecord | None, direction: str, peer_rec: PodRecord | None, peer_ip: str) -> bool:
         if target is None:
             return True
+        admin = tier(target, direction, Tier.ADMIN, peer_rec, peer_ip)
+        if admin is not None:
+            return admin
         selecting = [
             p
             for p in policies_list
@@ -401,7 +451,7 @@ def oracle(
             and p.pod_selector.matches(target.labels)
         ]
         if not selecting:
-            return True
+            return tier(target, direction, Tier.BASELINE, peer_rec, peer_ip) is not False
         return any(
             (not rule.ports or any(port_ok(spec) for spec in rule.ports))
             and (not rule.peers or any(peer_ok(peer, p, peer_rec, peer_ip) for peer in rule.peers))
@@ -432,3 +482,209 @@ def test_engine_agrees_with_brute_force_oracle(
             for protocol, port in (("TCP", 80), ("TCP", 81), ("UDP", 53)):
                 probe = (src, dst, protocol, port)
                 assert engine.decide(*probe).allowed == oracle(namespaces, pods, compiled, probe), probe
+
+
+# ---- the Admin and Baseline tiers ---------------------------------------------------------------
+
+NODES = (
+    NodeRecord("c1", "n1", {"app": "a"}, ("172.18.0.1",)),
+    NodeRecord("c2", "n2", {"app": "b"}, ("172.18.0.2",)),
+)
+
+
+@st.composite
+def tier_peers(draw: st.DrawFn, egress: bool) -> dict[str, Any]:
+    kind = draw(st.sampled_from(("namespaces", "pods", "networks", "nodes") if egress else ("namespaces", "pods")))
+    if kind == "namespaces":
+        return {"namespaces": draw(selectors())}
+    if kind == "pods":
+        pods: dict[str, Any] = {"podSelector": draw(selectors())}
+        if draw(st.booleans()):
+            pods["namespaceSelector"] = draw(selectors())
+        return {"pods": pods}
+    if kind == "networks":
+        return {"networks": draw(st.lists(st.sampled_from(sorted(CIDRS)), min_size=1, max_size=2, unique=True))}
+    return {"nodes": draw(selectors())}
+
+
+@st.composite
+def tier_protocols(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(("tcp", "udp", "sctp", "named")))
+    if kind == "named":
+        return {"destinationNamedPort": draw(st.sampled_from(("http", "dns")))}
+    if draw(st.booleans()):
+        return {kind: {"destinationPort": {"number": draw(st.sampled_from(PORTS))}}}
+    low = draw(st.sampled_from(PORTS))
+    return {kind: {"destinationPort": {"range": {"start": low, "end": low + draw(st.integers(1, 400))}}}}
+
+
+@st.composite
+def tier_rules(draw: st.DrawFn, egress: bool, baseline_v1: bool = False) -> dict[str, Any]:
+    rule: dict[str, Any] = {
+        "action": draw(st.sampled_from(("Accept", "Deny") if baseline_v1 else ("Accept", "Deny", "Pass"))),
+        "to" if egress else "from": draw(st.lists(tier_peers(egress), min_size=1, max_size=2)),
+    }
+    if draw(st.booleans()):
+        protocols = draw(st.lists(tier_protocols(), min_size=1, max_size=2))
+        peers = rule.get("to", [])
+        if any("networks" in p or "nodes" in p for p in peers):
+            protocols = [p for p in protocols if "destinationNamedPort" not in p]  # the API refuses that mix
+        if protocols:
+            rule["protocols"] = protocols
+    return rule
+
+
+@st.composite
+def cluster_policies(draw: st.DrawFn, name: str) -> tuple[str, dict[str, Any]]:
+    if draw(st.booleans()):
+        subject: dict[str, Any] = {"namespaces": draw(selectors())}
+    else:
+        subject = {"pods": {"namespaceSelector": draw(selectors()), "podSelector": draw(selectors())}}
+    spec: dict[str, Any] = {
+        "tier": draw(st.sampled_from(("Admin", "Baseline"))),
+        "priority": draw(st.integers(0, 3)) * 10 + int(name[1:]),  # distinct: the API leaves ties open
+        "subject": subject,
+    }
+    if draw(st.booleans()):
+        spec["ingress"] = draw(st.lists(tier_rules(egress=False), max_size=3))
+    if draw(st.booleans()):
+        spec["egress"] = draw(st.lists(tier_rules(egress=True), max_size=3))
+    return draw(st.sampled_from(CLUSTERS)), {"metadata": {"name": name}, "spec": spec}
+
+
+@st.composite
+def cluster_policy_sets(draw: st.DrawFn) -> list[ClusterPolicy]:
+    specs = [draw(cluster_policies(f"t{i}")) for i in range(draw(st.integers(1, 4)))]
+    return [parse_cluster_network_policy(obj, cluster) for cluster, obj in specs]
+
+
+@settings(FUZZ, max_examples=200)
+@given(records=world_records(), specs=policy_sets(), tiered=cluster_policy_sets())
+def test_tiers_agree_with_brute_force_oracle(
+    records: tuple[list[NamespaceRecord], list[PodRecord]], specs: list[tuple[str, Any]], tiered: list[ClusterPolicy]
+) -> None:
+    namespaces, pods = records
+    compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
+    engine = PolicyEngine()
+    for namespace in namespaces:
+        engine.set_namespace(namespace)
+    for record in pods:
+        engine.set_pod(record)
+    for node in NODES:
+        engine.set_node(node)
+    for policy in compiled:
+        engine.set_policy(policy)
+    for cluster_policy in tiered:
+        engine.set_cluster_policy(cluster_policy)
+    ips = [ip for record in pods for ip in record.ips] + ["192.0.2.9", "172.18.0.2"]
+    for src in ips:
+        for dst in ips:
+            for protocol, port in (("TCP", 80), ("TCP", 81), ("UDP", 53)):
+                probe = (src, dst, protocol, port)
+                expected = oracle(namespaces, pods, compiled, probe, tiered, NODES)
+                assert engine.decide(*probe).allowed == expected, probe
+
+
+@st.composite
+def tier_operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    ops: list[tuple[str, Any]] = []
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(("cnp", "delete-cnp", "namespace", "node", "delete-node", "policy")))
+        index = draw(st.integers(0, 2))
+        if kind == "cnp":
+            cluster, obj = draw(cluster_policies(f"t{index}"))
+            ops.append((kind, parse_cluster_network_policy(obj, cluster)))
+        elif kind == "delete-cnp":
+            ops.append((kind, (draw(st.sampled_from(CLUSTERS)), "ClusterNetworkPolicy", f"t{index}")))
+        elif kind == "namespace":
+            cluster, namespace = draw(st.sampled_from(CLUSTERS)), draw(st.sampled_from(NAMESPACES))
+            ops.append((kind, NamespaceRecord(cluster, namespace, draw(labels_st))))
+        elif kind == "node":
+            ip = draw(st.sampled_from(("172.18.0.1", "172.18.0.2", "10.1.0.1")))
+            ops.append((kind, NodeRecord(draw(st.sampled_from(CLUSTERS)), f"n{index}", draw(labels_st), (ip,))))
+        elif kind == "delete-node":
+            ops.append((kind, (draw(st.sampled_from(CLUSTERS)), f"n{index}")))
+        else:
+            policy_cluster, obj = draw(policies(f"q{index}"))
+            ops.append((kind, parse_network_policy(obj, policy_cluster)))
+    return ops
+
+
+def tier_probes(engine: PolicyEngine) -> dict[tuple[str, str, str, int], bool]:
+    ips = [str(entry.ips[0]) for entry in engine.world.pods()] + ["192.0.2.9", "172.18.0.1", "172.18.0.2"]
+    return {
+        (src, dst, proto, port): engine.decide(src, dst, proto, port).allowed
+        for src in ips
+        for dst in ips
+        for proto, port in (("TCP", 80), ("UDP", 53))
+    }
+
+
+@FUZZ
+@given(engine=worlds(), ops=tier_operations())
+def test_tier_updates_match_a_fresh_build(engine: PolicyEngine, ops: list[tuple[str, Any]]) -> None:
+    tier_probes(engine)  # warm the per-pod caches
+    namespaces = {
+        (c, n): NamespaceRecord(c, n, engine.world.namespace_labels(c, n)) for c in CLUSTERS for n in NAMESPACES
+    }
+    nodes: dict[tuple[str, str], NodeRecord] = {}
+    tiered: dict[tuple[str, str, str], ClusterPolicy] = {}
+    policies_now: dict[tuple[str, str, str], Any] = {}
+    for kind, arg in ops:
+        if kind == "cnp":
+            engine.set_cluster_policy(arg)
+            tiered[arg.key] = arg
+        elif kind == "delete-cnp":
+            engine.delete_cluster_policy(*arg)
+            tiered.pop(arg, None)
+        elif kind == "namespace":
+            engine.set_namespace(arg)
+            namespaces[arg.key] = arg
+        elif kind == "node":
+            engine.set_node(arg)
+            nodes[arg.key] = arg
+        elif kind == "delete-node":
+            engine.delete_node(*arg)
+            nodes.pop(arg, None)
+        else:
+            engine.set_policy(arg)
+            policies_now[arg.key] = arg
+        tier_probes(engine)  # decide between updates so stale caches would show
+    fresh = PolicyEngine()
+    for record in namespaces.values():
+        fresh.set_namespace(record)
+    for entry in engine.world.pods():
+        fresh.set_pod(entry.record)
+    for node in nodes.values():
+        fresh.set_node(node)
+    for policy in policies_now.values():
+        fresh.set_policy(policy)
+    for cluster_policy in tiered.values():
+        fresh.set_cluster_policy(cluster_policy)
+    assert tier_probes(engine) == tier_probes(fresh)
+
+
+@FUZZ
+@given(spec=cluster_policies("t1"), data=st.data(), strict=st.booleans())
+def test_mutated_cluster_policies_compile_or_raise_policy_error(
+    spec: tuple[str, dict[str, Any]], data: Any, strict: bool
+) -> None:
+    cluster, obj = spec
+    path = data.draw(st.sampled_from(paths_of(obj)))
+    junk = data.draw(json_values)
+    if not path:
+        obj = junk
+    else:
+        target: Any = obj
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = junk
+    try:
+        compiled = parse_cluster_network_policy(obj, cluster, strict=strict)
+    except PolicyError as err:
+        assert str(err)
+    else:
+        engine = PolicyEngine()
+        engine.set_pod(PodRecord(cluster, "x", "a", {"app": "a"}, CONTAINER_PORTS, "n", ("10.1.0.1",)))
+        engine.set_cluster_policy(compiled)
+        engine.decide("10.1.0.1", "10.1.0.1", "TCP", 80)

@@ -1,5 +1,12 @@
-"""NetworkPolicy v1 evaluation across clusters: validation, world indexes and decisions."""
+"""Policy evaluation across clusters: NetworkPolicy v1 and the Admin/Baseline tiers (ClusterNetworkPolicy,
+AdminNetworkPolicy, BaselineAdminNetworkPolicy): validation, world indexes and decisions."""
 
+from .cluster_compiled import Action, ClusterPolicy, RuleRef, Tier
+from .cluster_parse import (
+    parse_admin_network_policy,
+    parse_baseline_admin_network_policy,
+    parse_cluster_network_policy,
+)
 from .compiled import CompiledPolicy, IPBlock, Peer, PortSpec, Rule
 from .errors import PolicyError
 from .evaluator import Endpoint, PolicyEngine, Reason, Verdict
@@ -7,6 +14,8 @@ from .parse import parse_network_policy
 from .selectors import LabelSelector, Operator, Requirement, parse_selector
 
 __all__ = [
+    "Action",
+    "ClusterPolicy",
     "CompiledPolicy",
     "Endpoint",
     "IPBlock",
@@ -19,7 +28,12 @@ __all__ = [
     "Reason",
     "Requirement",
     "Rule",
+    "RuleRef",
+    "Tier",
     "Verdict",
+    "parse_admin_network_policy",
+    "parse_baseline_admin_network_policy",
+    "parse_cluster_network_policy",
     "parse_network_policy",
     "parse_selector",
 ]

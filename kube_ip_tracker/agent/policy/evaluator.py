@@ -1,11 +1,23 @@
-"""The NetworkPolicy decision: world in, verdict out (no I/O).
+"""The policy decision: world in, verdict out (no I/O).
 
 A connection is allowed when egress from the source AND ingress to the destination allow it.
-Egress is decided by the policies of the source's cluster and namespace that select the source;
-ingress by those of the destination's cluster and namespace that select the destination. Peer
-selectors match pods and namespaces of every cluster; a podSelector-only peer matches pods in a
-namespace named like the policy's namespace, in any cluster. An address that belongs to no known
-pod can only be matched by ipBlock peers and is not subject to any policy itself.
+Each direction goes through three tiers, as in sig-network-policy-api's ClusterNetworkPolicy:
+
+1. **Admin** (ClusterNetworkPolicy ``tier: Admin``, AdminNetworkPolicy): the rules of the policies
+   of the pod's cluster whose subject selects the pod, lowest priority first, rules in written
+   order. The first rule whose peer and port match decides: Accept or Deny is final; Pass ends
+   the tier.
+2. **NetworkPolicy** (v1): the policies of the pod's cluster and namespace that select it. If any
+   does for this direction, its verdict (allowed by a rule, or denied) is final.
+3. **Baseline** (ClusterNetworkPolicy ``tier: Baseline``, BaselineAdminNetworkPolicy): as Admin;
+   Pass goes to the default.
+4. Allow.
+
+Egress is decided at the source (its cluster's policies), ingress at the destination (its
+cluster's). Peer selectors match pods, namespaces and nodes of every cluster; a podSelector-only
+NetworkPolicy peer matches pods in a namespace named like the policy's namespace, in any cluster.
+An address that belongs to no known pod can only be matched by ipBlock, ``networks`` and
+``nodes`` peers and is not subject to any policy itself.
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from kube_ip_tracker.model import NamespaceRecord, PodRecord
+from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
+from .cluster_compiled import Action, ClusterPeer, ClusterPolicy, ClusterRule, PeerKind, PortMatch, RuleRef
 from .compiled import CompiledPolicy, IPAddress, Peer, PolicyKey, PortSpec, Rule
+from .tiers import TierStore
 from .world import PodEntry, World
 
 
@@ -24,23 +38,58 @@ class Reason(enum.Enum):
     """Why one direction allowed or denied."""
 
     NOT_A_POD = "not-a-pod"  # the endpoint is an address of no known pod: no policy applies
-    NOT_ISOLATED = "not-isolated"  # no policy of this direction selects the endpoint
-    ALLOWED = "allowed"  # a rule of a selecting policy matched
-    DENIED = "denied"  # selected, and no rule matched
+    NOT_ISOLATED = "not-isolated"  # no tier decided: the default allow
+    ALLOWED = "allowed"  # an Accept rule, or a rule of a selecting NetworkPolicy, matched
+    DENIED = "denied"  # a Deny rule matched, or selected by a NetworkPolicy and no rule matched
+
+
+NETWORK_POLICY_TIER = "NetworkPolicy"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The decision for one connection, with the reason for each direction."""
+    """The decision for one connection, with the reason for each direction.
+
+    Per direction, what decided: ``*_rule`` names the Admin or Baseline rule (tier, policy, rule
+    index and name, action); ``*_policy`` the NetworkPolicy whose rule allowed. A NetworkPolicy
+    deny has neither (every selecting policy was checked); the default allow has neither.
+    """
 
     allowed: bool
     egress: Reason
     ingress: Reason
     egress_policy: PolicyKey | None = None
     ingress_policy: PolicyKey | None = None
+    egress_rule: RuleRef | None = None
+    ingress_rule: RuleRef | None = None
 
     def __str__(self) -> str:
         return "allow" if self.allowed else "deny"
+
+    @property
+    def egress_tier(self) -> str | None:
+        """``Admin``, ``NetworkPolicy``, ``Baseline`` or None (default allow, not a pod)."""
+        return _tier_of(self.egress, self.egress_rule)
+
+    @property
+    def ingress_tier(self) -> str | None:
+        """As :attr:`egress_tier`, for ingress."""
+        return _tier_of(self.ingress, self.ingress_rule)
+
+
+def _tier_of(reason: Reason, rule: RuleRef | None) -> str | None:
+    if rule is not None:
+        return rule.tier.value
+    if reason is Reason.ALLOWED or reason is Reason.DENIED:
+        return NETWORK_POLICY_TIER
+    return None
+
+
+# What one direction's evaluation returns: the reason, the NetworkPolicy that allowed, the tier rule.
+Outcome = tuple[Reason, PolicyKey | None, RuleRef | None]
+_NOT_A_POD: Outcome = (Reason.NOT_A_POD, None, None)
+_NOT_ISOLATED: Outcome = (Reason.NOT_ISOLATED, None, None)
+_NP_DENIED: Outcome = (Reason.DENIED, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +133,33 @@ def _ports_match(rule: Rule, protocol: str, port: int | None, dst: PodEntry | No
     return any(_port_matches(spec, protocol, port, dst) for spec in rule.ports)
 
 
+def _tier_port_matches(match: PortMatch, protocol: str, port: int | None, dst: PodEntry | None) -> bool:
+    if port is None:
+        return False
+    if match.name is not None:
+        # destinationNamedPort: a containerPort of the destination pod with this name, number and protocol.
+        return dst is not None and port in dst.named_ports.get((match.name, protocol), ())
+    if match.protocol != protocol:
+        return False
+    return match.start is None or match.start <= port <= match.end  # type: ignore[operator]
+
+
+def _outcome(rule: ClusterRule) -> Outcome | None:
+    """What a matching tier rule decides; None for Pass (on to the next tier)."""
+    action = rule.action
+    if action is Action.ACCEPT:
+        return (Reason.ALLOWED, None, rule.ref)
+    if action is Action.DENY:
+        return (Reason.DENIED, None, rule.ref)
+    return None
+
+
 class PolicyEngine:
     """Incrementally updated world plus the decision functions. Not thread-safe."""
 
     def __init__(self) -> None:
         self.world = World()
+        self.tiers = TierStore()
 
     # ---- world updates ----------------------------------------------------------------------
 
@@ -116,9 +187,26 @@ class PolicyEngine:
         """Remove a policy."""
         self.world.delete_policy(cluster, namespace, name)
 
+    def set_node(self, record: NodeRecord) -> None:
+        """Add or replace a node (ValueError for an unparsable IP)."""
+        self.world.set_node(record)
+
+    def delete_node(self, cluster: str, name: str) -> None:
+        """Remove a node."""
+        self.world.delete_node(cluster, name)
+
+    def set_cluster_policy(self, policy: ClusterPolicy) -> None:
+        """Add or replace a compiled ClusterNetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy."""
+        self.tiers.set_policy(policy)
+
+    def delete_cluster_policy(self, cluster: str, kind: str, name: str) -> None:
+        """Remove a cluster-scoped policy."""
+        self.tiers.delete_policy(cluster, kind, name)
+
     def remove_cluster(self, cluster: str) -> None:
         """Drop everything of one cluster."""
         self.world.remove_cluster(cluster)
+        self.tiers.remove_cluster(cluster)
 
     # ---- decisions --------------------------------------------------------------------------
 
@@ -160,36 +248,96 @@ class PolicyEngine:
     def decide_endpoints(self, src: Endpoint, dst: Endpoint, protocol: str | int, port: int | None) -> Verdict:
         """Decide a connection between two endpoints."""
         proto = normalize_protocol(protocol)
-        egress, egress_policy = self._egress(src, dst, proto, port)
-        ingress, ingress_policy = self._ingress(src, dst, proto, port)
+        egress, egress_policy, egress_rule = self._egress(src, dst, proto, port)
+        ingress, ingress_policy, ingress_rule = self._ingress(src, dst, proto, port)
         allowed = egress is not Reason.DENIED and ingress is not Reason.DENIED
-        return Verdict(allowed, egress, ingress, egress_policy, ingress_policy)
+        return Verdict(allowed, egress, ingress, egress_policy, ingress_policy, egress_rule, ingress_rule)
 
-    def _egress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> tuple[Reason, PolicyKey | None]:
-        if src.pod is None:
-            return Reason.NOT_A_POD, None
-        policies = self.world.selection(src.pod).egress
-        if not policies:
-            return Reason.NOT_ISOLATED, None
-        for policy in policies:
-            for rule in policy.egress:
-                if _ports_match(rule, protocol, port, dst.pod) and self._peers_match(rule, policy, dst):
-                    return Reason.ALLOWED, policy.key
-        return Reason.DENIED, None
+    def _egress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
+        entry = src.pod
+        if entry is None:
+            return _NOT_A_POD
+        world = self.world
+        record = entry.record
+        tiers = self.tiers.rules_for(entry, world.namespace_labels(record.cluster, record.namespace))
+        if tiers.admin_egress:
+            decided = self._tier(tiers.admin_egress, dst, protocol, port, dst.pod)
+            if decided is not None:
+                return decided
+        policies = world.selection(entry).egress
+        if policies:
+            for policy in policies:
+                for rule in policy.egress:
+                    if _ports_match(rule, protocol, port, dst.pod) and self._peers_match(rule, policy, dst):
+                        return (Reason.ALLOWED, policy.key, None)
+            return _NP_DENIED
+        if tiers.baseline_egress:
+            decided = self._tier(tiers.baseline_egress, dst, protocol, port, dst.pod)
+            if decided is not None:
+                return decided
+        return _NOT_ISOLATED
 
-    def _ingress(
-        self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None
-    ) -> tuple[Reason, PolicyKey | None]:
-        if dst.pod is None:
-            return Reason.NOT_A_POD, None
-        policies = self.world.selection(dst.pod).ingress
-        if not policies:
-            return Reason.NOT_ISOLATED, None
-        for policy in policies:
-            for rule in policy.ingress:
-                if _ports_match(rule, protocol, port, dst.pod) and self._peers_match(rule, policy, src):
-                    return Reason.ALLOWED, policy.key
-        return Reason.DENIED, None
+    def _ingress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
+        entry = dst.pod
+        if entry is None:
+            return _NOT_A_POD
+        world = self.world
+        record = entry.record
+        tiers = self.tiers.rules_for(entry, world.namespace_labels(record.cluster, record.namespace))
+        if tiers.admin_ingress:
+            decided = self._tier(tiers.admin_ingress, src, protocol, port, entry)
+            if decided is not None:
+                return decided
+        policies = world.selection(entry).ingress
+        if policies:
+            for policy in policies:
+                for rule in policy.ingress:
+                    if _ports_match(rule, protocol, port, entry) and self._peers_match(rule, policy, src):
+                        return (Reason.ALLOWED, policy.key, None)
+            return _NP_DENIED
+        if tiers.baseline_ingress:
+            decided = self._tier(tiers.baseline_ingress, src, protocol, port, entry)
+            if decided is not None:
+                return decided
+        return _NOT_ISOLATED
+
+    def _tier(
+        self, rules: tuple[ClusterRule, ...], peer: Endpoint, protocol: str, port: int | None, dst: PodEntry | None
+    ) -> Outcome | None:
+        """The first matching rule's outcome; None when none matches or the first match is a Pass."""
+        for rule in rules:
+            if rule.ports and not any(_tier_port_matches(m, protocol, port, dst) for m in rule.ports):
+                continue
+            if rule.all_peers or any(self._tier_peer_matches(candidate, peer) for candidate in rule.peers):
+                return _outcome(rule)
+        return None
+
+    def _tier_peer_matches(self, peer: ClusterPeer, endpoint: Endpoint) -> bool:
+        kind = peer.kind
+        if kind is PeerKind.NETWORKS:
+            ip = endpoint.ip
+            return ip is not None and any(
+                ip.version == net.version and int(ip) & int(net.netmask) == int(net.network_address)
+                for net in peer.networks
+            )
+        if kind is PeerKind.NODES:
+            ip = endpoint.ip
+            selector = peer.node_selector
+            return ip is not None and any(
+                selector is None or selector.matches(node.labels) for node in self.world.nodes_at(ip)
+            )
+        entry = endpoint.pod
+        if entry is None:
+            return False
+        record = entry.record
+        selector = peer.namespace_selector
+        if (
+            selector is not None
+            and not selector.is_empty
+            and not selector.matches(self.world.namespace_labels(record.cluster, record.namespace))
+        ):
+            return False
+        return peer.pod_selector is None or peer.pod_selector.matches(record.labels)
 
     def _peers_match(self, rule: Rule, policy: CompiledPolicy, peer: Endpoint) -> bool:
         if not rule.peers:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from kube_ip_tracker.model import NamespaceRecord, PodRecord
+from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
 from .compiled import CompiledPolicy, IPAddress
 
@@ -39,7 +40,16 @@ EMPTY_SELECTION = Selection()
 class PodEntry:
     """A pod as the evaluator sees it: record, parsed IPs, named ports and cached selection."""
 
-    __slots__ = ("ip_by_text", "ips", "named_ports", "record", "selection", "selection_bucket", "selection_gen")
+    __slots__ = (
+        "ip_by_text",
+        "ips",
+        "named_ports",
+        "record",
+        "selection",
+        "selection_bucket",
+        "selection_gen",
+        "tiers",
+    )
 
     def __init__(self, record: PodRecord) -> None:
         self.record = record
@@ -56,6 +66,8 @@ class PodEntry:
         self.selection: Selection = EMPTY_SELECTION
         self.selection_bucket: PolicyBucket | None = None
         self.selection_gen = -1
+        # (tier generation, namespace labels, TierRules): the Admin/Baseline rules cached by tiers.py.
+        self.tiers: tuple[int, Mapping[str, str], Any] | None = None
 
     @property
     def primary_ip(self) -> IPAddress | None:
@@ -88,6 +100,8 @@ class World:
         self._namespaces: dict[tuple[str, str], Mapping[str, str]] = {}
         self._buckets: dict[tuple[str, str], PolicyBucket] = {}
         self._policy_count = 0
+        self._nodes: dict[tuple[str, str], NodeRecord] = {}
+        self._nodes_by_ip: dict[str, dict[tuple[str, str], NodeRecord]] = {}
 
     # ---- namespaces -------------------------------------------------------------------------
 
@@ -107,6 +121,35 @@ class World:
         if labels is None:
             return {NAME_LABEL: name}
         return labels
+
+    # ---- nodes ------------------------------------------------------------------------------
+
+    def set_node(self, record: NodeRecord) -> None:
+        """Add or replace a node (its labels and InternalIPs: what ``nodes`` peers match).
+        Raises ValueError for an unparsable IP."""
+        texts = [str(ipaddress.ip_address(ip)) for ip in record.internal_ips]
+        self.delete_node(record.cluster, record.name)
+        self._nodes[record.key] = record
+        for text in texts:
+            self._nodes_by_ip.setdefault(text, {})[record.key] = record
+
+    def delete_node(self, cluster: str, name: str) -> None:
+        """Remove a node; unknown keys are ignored."""
+        record = self._nodes.pop((cluster, name), None)
+        if record is None:
+            return
+        for ip in record.internal_ips:
+            text = str(ipaddress.ip_address(ip))
+            owners = self._nodes_by_ip.get(text)
+            if owners is not None:
+                owners.pop(record.key, None)
+                if not owners:
+                    del self._nodes_by_ip[text]
+
+    def nodes_at(self, ip: IPAddress) -> Iterator[NodeRecord]:
+        """The nodes (of any cluster) that have ``ip`` as an InternalIP."""
+        owners = self._nodes_by_ip.get(str(ip))
+        return iter(owners.values()) if owners else iter(())
 
     # ---- pods -------------------------------------------------------------------------------
 
@@ -201,13 +244,15 @@ class World:
     # ---- clusters ---------------------------------------------------------------------------
 
     def remove_cluster(self, cluster: str) -> None:
-        """Drop every pod, namespace and policy of ``cluster``."""
+        """Drop every pod, namespace, node and policy of ``cluster``."""
         for key in [key for key in self._pods if key[0] == cluster]:
             self.delete_pod(*key)
         for key in [key for key in self._namespaces if key[0] == cluster]:
             del self._namespaces[key]
         for key in [key for key in self._buckets if key[0] == cluster]:
             self._policy_count -= len(self._buckets.pop(key).policies)
+        for key in [key for key in self._nodes if key[0] == cluster]:
+            self.delete_node(*key)
 
     # ---- selection cache --------------------------------------------------------------------
 

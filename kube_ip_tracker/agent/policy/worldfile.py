@@ -1,7 +1,10 @@
-"""Conformance world files: clusters (namespaces, pods, NetworkPolicies) plus probes.
+"""Conformance world files: clusters (namespaces, pods, nodes, NetworkPolicies, cluster-scoped
+policies) plus probes.
 
 The format is described in the shared conformance README. Policies are validated strictly; the
-informative extra fields of probes and of the file are ignored.
+informative extra fields of probes and of the file are ignored. A cluster has at most one
+BaselineAdminNetworkPolicy, and not together with Baseline tier ClusterNetworkPolicies (neither API
+says how they would combine).
 """
 
 from __future__ import annotations
@@ -11,8 +14,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kube_ip_tracker.model import ContainerPort, NamespaceRecord, PodRecord
+from kube_ip_tracker.model import ContainerPort, NamespaceRecord, NodeRecord, PodRecord
 
+from .cluster_compiled import BANP_KIND, ClusterPolicy, ClusterPolicyKey, Tier
+from .cluster_parse import (
+    cluster_policy_name,
+    parse_admin_network_policy,
+    parse_baseline_admin_network_policy,
+    parse_cluster_network_policy,
+)
 from .compiled import PROTOCOLS, CompiledPolicy
 from .errors import PolicyError, join
 from .evaluator import Endpoint, PolicyEngine, Verdict
@@ -51,6 +61,8 @@ class WorldFile:
     pods: tuple[PodRecord, ...]
     policies: tuple[CompiledPolicy, ...]
     probes: tuple[Probe, ...]
+    nodes: tuple[NodeRecord, ...] = ()
+    cluster_policies: tuple[ClusterPolicy, ...] = ()
 
     def engine(self) -> PolicyEngine:
         """A fresh engine holding this world."""
@@ -59,9 +71,28 @@ class WorldFile:
             engine.set_namespace(namespace)
         for pod in self.pods:
             engine.set_pod(pod)
+        for node in self.nodes:
+            engine.set_node(node)
         for policy in self.policies:
             engine.set_policy(policy)
+        for cluster_policy in self.cluster_policies:
+            engine.set_cluster_policy(cluster_policy)
         return engine
+
+    def warnings(self) -> list[str]:
+        """What the cluster-scoped policies carry that the agent cannot enforce, one line each."""
+        return [
+            f"{policy.kind} {policy.cluster}/{policy.name}: {warning}"
+            for policy in self.cluster_policies
+            for warning in policy.warnings
+        ]
+
+
+_CLUSTER_POLICY_LISTS = (
+    ("clusterNetworkPolicies", parse_cluster_network_policy),
+    ("adminNetworkPolicies", parse_admin_network_policy),
+    ("baselineAdminNetworkPolicies", parse_baseline_admin_network_policy),
+)
 
 
 def load_world(text: str | bytes) -> WorldFile:
@@ -80,6 +111,8 @@ def parse_world(data: Any) -> WorldFile:
     namespaces: dict[tuple[str, str], NamespaceRecord] = {}
     pods: dict[tuple[str, str, str], PodRecord] = {}
     policies: dict[tuple[str, str, str], CompiledPolicy] = {}
+    nodes: dict[tuple[str, str], NodeRecord] = {}
+    cluster_policies: dict[ClusterPolicyKey, ClusterPolicy] = {}
     for cluster, content in clusters.items():
         cpath = f"clusters.{cluster}"
         if not cluster:
@@ -105,11 +138,48 @@ def parse_world(data: Any) -> WorldFile:
             if policy.key in policies:
                 raise PolicyError(prefix, "duplicate NetworkPolicy")
             policies[policy.key] = policy
+        for index, item in enumerate(expect_list(body.get("nodes"), join(cpath, "nodes"))):
+            node = _parse_node(item, cluster, f"{cpath}.nodes[{index}]")
+            if node.key in nodes:
+                raise PolicyError(f"{cpath}.nodes[{index}]", f"duplicate node {node.name!r}")
+            nodes[node.key] = node
+        _parse_cluster_policies(body, cluster, cpath, cluster_policies)
     probes = tuple(
         _parse_probe(item, f"probes[{index}]", pods)
         for index, item in enumerate(expect_list(top.get("probes"), "probes"))
     )
-    return WorldFile(tuple(namespaces.values()), tuple(pods.values()), tuple(policies.values()), probes)
+    return WorldFile(
+        tuple(namespaces.values()),
+        tuple(pods.values()),
+        tuple(policies.values()),
+        probes,
+        tuple(nodes.values()),
+        tuple(cluster_policies.values()),
+    )
+
+
+def _parse_cluster_policies(
+    body: dict[str, Any], cluster: str, cpath: str, found: dict[ClusterPolicyKey, ClusterPolicy]
+) -> None:
+    """The cluster block's ClusterNetworkPolicies, AdminNetworkPolicies and BaselineAdminNetworkPolicy."""
+    for field, parse in _CLUSTER_POLICY_LISTS:
+        list_path = join(cpath, field)
+        for index, item in enumerate(expect_list(body.get(field), list_path)):
+            prefix = f"{list_path}[{index}] ({cluster_policy_name(item)})"
+            try:
+                policy = parse(item, cluster)
+            except PolicyError as err:
+                raise PolicyError(f"{prefix}: {err.path}" if err.path else prefix, err.message) from None
+            if policy.key in found:
+                raise PolicyError(prefix, f"duplicate {policy.kind}")
+            found[policy.key] = policy
+    mine = [p for p in found.values() if p.cluster == cluster]
+    if any(p.kind == BANP_KIND for p in mine) and any(p.tier is Tier.BASELINE and p.kind != BANP_KIND for p in mine):
+        raise PolicyError(
+            join(cpath, "baselineAdminNetworkPolicies"),
+            "a BaselineAdminNetworkPolicy together with Baseline tier ClusterNetworkPolicies is not supported "
+            "(neither API says how they combine)",
+        )
 
 
 def _required_string(obj: dict[str, Any], field: str, path: str) -> str:
@@ -124,6 +194,15 @@ def _parse_namespace(value: Any, cluster: str, path: str) -> NamespaceRecord:
     name = _required_string(obj, "name", path)
     labels = parse_labels(obj.get("labels"), join(path, "labels"))
     return NamespaceRecord(cluster=cluster, name=name, labels=labels)
+
+
+def _parse_node(value: Any, cluster: str, path: str) -> NodeRecord:
+    obj = expect_object(value, path)
+    name = _required_string(obj, "name", path)
+    labels = parse_labels(obj.get("labels"), join(path, "labels"))
+    ips_path = join(path, "ips")
+    ips = tuple(_parse_ip(ip, f"{ips_path}[{i}]") for i, ip in enumerate(expect_list(obj.get("ips"), ips_path)))
+    return NodeRecord(cluster=cluster, name=name, labels=labels, internal_ips=ips)
 
 
 def _port_int(value: Any, path: str, low: int = 1) -> int:

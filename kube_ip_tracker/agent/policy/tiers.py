@@ -1,0 +1,121 @@
+"""The Admin and Baseline tiers: cluster-scoped policies per cluster and, per pod, the rules that apply.
+
+A policy selects subjects in its own cluster only, so the policies are kept per cluster, in
+evaluation order (priority, then kind and name). For a pod, :meth:`TierStore.rules_for` flattens
+the rules of the policies whose subject selects it into one tuple per tier and direction, in the
+order they are evaluated: the first matching rule decides (Accept, Deny, or Pass to the next tier).
+Policies without rules for a direction contribute nothing to it (they do not isolate).
+
+The flattened rules are cached on the pod entry (``PodEntry.tiers``) and reused while the pod's
+cluster has the same policies (a per-cluster generation) and its namespace the same labels (the
+labels mapping is replaced, never mutated, when a namespace changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from .cluster_compiled import ClusterPolicy, ClusterPolicyKey, ClusterRule, Tier
+from .world import PodEntry
+
+
+@dataclass(frozen=True, slots=True)
+class TierRules:
+    """The rules that apply to one pod, per tier and direction, in evaluation order."""
+
+    admin_ingress: tuple[ClusterRule, ...] = ()
+    admin_egress: tuple[ClusterRule, ...] = ()
+    baseline_ingress: tuple[ClusterRule, ...] = ()
+    baseline_egress: tuple[ClusterRule, ...] = ()
+
+
+NO_RULES = TierRules()
+
+
+def _flatten(policies: list[ClusterPolicy], direction: str) -> tuple[ClusterRule, ...]:
+    return tuple(rule for policy in policies for rule in getattr(policy, direction))
+
+
+class TierStore:
+    """The cluster-scoped policies of every cluster, with a per-pod cache of the rules that apply."""
+
+    def __init__(self) -> None:
+        self._policies: dict[str, dict[ClusterPolicyKey, ClusterPolicy]] = {}
+        self._ordered: dict[str, tuple[ClusterPolicy, ...]] = {}
+        self._generation: dict[str, int] = {}
+        self._counter = 0
+
+    def set_policy(self, policy: ClusterPolicy) -> None:
+        """Add or replace a policy (keyed by cluster, kind and name)."""
+        self._policies.setdefault(policy.cluster, {})[policy.key] = policy
+        self._changed(policy.cluster)
+
+    def delete_policy(self, cluster: str, kind: str, name: str) -> None:
+        """Remove a policy; unknown keys are ignored."""
+        policies = self._policies.get(cluster)
+        if policies is None or policies.pop((cluster, kind, name), None) is None:
+            return
+        self._changed(cluster)
+
+    def remove_cluster(self, cluster: str) -> None:
+        """Drop every policy of ``cluster``."""
+        if self._policies.pop(cluster, None) is not None:
+            self._changed(cluster)
+
+    def policies(self, cluster: str) -> tuple[ClusterPolicy, ...]:
+        """The policies of ``cluster``: Admin tier then Baseline tier, each in evaluation order."""
+        return self._ordered.get(cluster, ())
+
+    def __iter__(self) -> Iterator[ClusterPolicy]:
+        for ordered in self._ordered.values():
+            yield from ordered
+
+    @property
+    def count(self) -> int:
+        return sum(len(ordered) for ordered in self._ordered.values())
+
+    def _changed(self, cluster: str) -> None:
+        policies = self._policies.get(cluster) or {}
+        if not policies:
+            self._policies.pop(cluster, None)
+            self._ordered.pop(cluster, None)
+        else:
+            self._ordered[cluster] = tuple(sorted(policies.values(), key=lambda p: (p.tier is not Tier.ADMIN, p.order)))
+        self._counter += 1
+        self._generation[cluster] = self._counter
+
+    def rules_for(self, entry: PodEntry, namespace_labels: Mapping[str, str]) -> TierRules:
+        """The rules applying to ``entry`` (a pod of its own cluster's policies), cached on the entry."""
+        cluster = entry.record.cluster
+        ordered = self._ordered.get(cluster)
+        if not ordered:
+            return NO_RULES
+        generation = self._generation[cluster]
+        cached = entry.tiers
+        if (
+            cached is not None
+            and cached[0] == generation
+            and (cached[1] is namespace_labels or cached[1] == namespace_labels)
+        ):
+            return cached[2]
+        labels = entry.record.labels
+        admin: list[ClusterPolicy] = []
+        baseline: list[ClusterPolicy] = []
+        for policy in ordered:
+            subject = policy.subject
+            if not subject.namespace_selector.matches(namespace_labels):
+                continue
+            if subject.pod_selector is not None and not subject.pod_selector.matches(labels):
+                continue
+            (admin if policy.tier is Tier.ADMIN else baseline).append(policy)
+        rules = TierRules(
+            _flatten(admin, "ingress"),
+            _flatten(admin, "egress"),
+            _flatten(baseline, "ingress"),
+            _flatten(baseline, "egress"),
+        )
+        if rules == NO_RULES:
+            rules = NO_RULES
+        entry.tiers = (generation, namespace_labels, rules)
+        return rules
