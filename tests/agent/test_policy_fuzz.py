@@ -204,6 +204,19 @@ json_values = st.recursive(
 )
 
 
+def replace_somewhere(obj: Any, data: Any) -> Any:
+    """``obj`` with the value at a random path (the whole of it, possibly) replaced by random JSON."""
+    path = data.draw(st.sampled_from(paths_of(obj)))
+    junk = data.draw(json_values)
+    if not path:
+        return junk
+    target: Any = obj
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = junk
+    return obj
+
+
 def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     found = [prefix]
     if isinstance(value, dict):
@@ -219,15 +232,7 @@ def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @given(spec=policies("fuzzed"), data=st.data())
 def test_mutated_policies_compile_or_raise_policy_error(spec: tuple[str, dict[str, Any]], data: Any) -> None:
     cluster, obj = spec
-    path = data.draw(st.sampled_from(paths_of(obj)))
-    junk = data.draw(json_values)
-    if not path:
-        obj = junk
-    else:
-        target: Any = obj
-        for step in path[:-1]:
-            target = target[step]
-        target[path[-1]] = junk
+    obj = replace_somewhere(obj, data)
     try:
         compiled = parse_network_policy(obj, cluster)
     except PolicyError as err:
@@ -462,11 +467,14 @@ def oracle(
     return allowed(src, "egress", dst, dst_ip) and allowed(dst, "ingress", src, src_ip)
 
 
-@settings(FUZZ, max_examples=200)
-@given(records=world_records(), specs=policy_sets(min_size=1))
-def test_engine_agrees_with_brute_force_oracle(
-    records: tuple[list[NamespaceRecord], list[PodRecord]], specs: list[tuple[str, Any]]
+def check_against_oracle(
+    records: tuple[list[NamespaceRecord], list[PodRecord]],
+    specs: list[tuple[str, Any]],
+    tiered: Sequence[ClusterPolicy] = (),
+    nodes: Sequence[NodeRecord] = (),
+    extra_ips: tuple[str, ...] = ("192.0.2.9", "10.1.0.200"),
 ) -> None:
+    """The engine's verdict equals the oracle's for every pair of pod and extra addresses."""
     namespaces, pods = records
     compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
     engine = PolicyEngine()
@@ -474,14 +482,27 @@ def test_engine_agrees_with_brute_force_oracle(
         engine.set_namespace(namespace)
     for record in pods:
         engine.set_pod(record)
+    for node in nodes:
+        engine.set_node(node)
     for policy in compiled:
         engine.set_policy(policy)
-    ips = [ip for record in pods for ip in record.ips] + ["192.0.2.9", "10.1.0.200"]
+    for cluster_policy in tiered:
+        engine.set_cluster_policy(cluster_policy)
+    ips = [ip for record in pods for ip in record.ips] + list(extra_ips)
     for src in ips:
         for dst in ips:
             for protocol, port in (("TCP", 80), ("TCP", 81), ("UDP", 53)):
                 probe = (src, dst, protocol, port)
-                assert engine.decide(*probe).allowed == oracle(namespaces, pods, compiled, probe), probe
+                expected = oracle(namespaces, pods, compiled, probe, tiered, nodes)
+                assert engine.decide(*probe).allowed == expected, probe
+
+
+@settings(FUZZ, max_examples=200)
+@given(records=world_records(), specs=policy_sets(min_size=1))
+def test_engine_agrees_with_brute_force_oracle(
+    records: tuple[list[NamespaceRecord], list[PodRecord]], specs: list[tuple[str, Any]]
+) -> None:
+    check_against_oracle(records, specs)
 
 
 # ---- the Admin and Baseline tiers ---------------------------------------------------------------
@@ -563,26 +584,7 @@ def cluster_policy_sets(draw: st.DrawFn) -> list[ClusterPolicy]:
 def test_tiers_agree_with_brute_force_oracle(
     records: tuple[list[NamespaceRecord], list[PodRecord]], specs: list[tuple[str, Any]], tiered: list[ClusterPolicy]
 ) -> None:
-    namespaces, pods = records
-    compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
-    engine = PolicyEngine()
-    for namespace in namespaces:
-        engine.set_namespace(namespace)
-    for record in pods:
-        engine.set_pod(record)
-    for node in NODES:
-        engine.set_node(node)
-    for policy in compiled:
-        engine.set_policy(policy)
-    for cluster_policy in tiered:
-        engine.set_cluster_policy(cluster_policy)
-    ips = [ip for record in pods for ip in record.ips] + ["192.0.2.9", "172.18.0.2"]
-    for src in ips:
-        for dst in ips:
-            for protocol, port in (("TCP", 80), ("TCP", 81), ("UDP", 53)):
-                probe = (src, dst, protocol, port)
-                expected = oracle(namespaces, pods, compiled, probe, tiered, NODES)
-                assert engine.decide(*probe).allowed == expected, probe
+    check_against_oracle(records, specs, tiered, NODES, ("192.0.2.9", "172.18.0.2"))
 
 
 @st.composite
@@ -670,15 +672,7 @@ def test_mutated_cluster_policies_compile_or_raise_policy_error(
     spec: tuple[str, dict[str, Any]], data: Any, strict: bool
 ) -> None:
     cluster, obj = spec
-    path = data.draw(st.sampled_from(paths_of(obj)))
-    junk = data.draw(json_values)
-    if not path:
-        obj = junk
-    else:
-        target: Any = obj
-        for step in path[:-1]:
-            target = target[step]
-        target[path[-1]] = junk
+    obj = replace_somewhere(obj, data)
     try:
         compiled = parse_cluster_network_policy(obj, cluster, strict=strict)
     except PolicyError as err:

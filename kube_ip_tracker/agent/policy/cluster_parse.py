@@ -38,10 +38,10 @@ from .cluster_compiled import (
     Subject,
     Tier,
 )
-from .compiled import PROTOCOLS
 from .errors import PolicyError, join
 from .names import dns1123_subdomain_problem, port_name_problem
-from .parse import parse_cidr, prune_unknown
+from .parse import METADATA_FIELDS as _METADATA_FIELDS
+from .parse import parse_cidr, parse_protocol, prune_unknown
 from .selectors import (
     REQUIREMENT_FIELDS,
     LabelSelector,
@@ -56,23 +56,6 @@ V1ALPHA2 = "policy.networking.k8s.io/v1alpha2"
 V1ALPHA1 = "policy.networking.k8s.io/v1alpha1"
 BANP_NAME = "default"
 
-_METADATA_FIELDS = (
-    "name",
-    "generateName",
-    "namespace",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-    "managedFields",
-)
 _SELECTOR: dict[str, Any] = {"matchLabels": None, "matchExpressions": [dict.fromkeys(REQUIREMENT_FIELDS)]}
 _PODS: dict[str, Any] = {"namespaceSelector": _SELECTOR, "podSelector": _SELECTOR}
 _SUBJECT: dict[str, Any] = {"namespaces": _SELECTOR, "pods": _PODS}
@@ -392,16 +375,26 @@ def _parse_rule(
     return ClusterRule(Action.DENY, (), (), deny_ref, all_peers=True)
 
 
-def _parse_peer(
-    value: Any, path: str, known: dict[str, Any], context: _Context, unenforceable: list[str]
-) -> ClusterPeer | None:
+def _union(
+    value: Any, path: str, known: dict[str, Any], context: _Context, unenforceable: list[str], what: str
+) -> tuple[dict[str, Any], str | None]:
+    """A peer or port union: the object and its one field. No field known: an error with strict,
+    else noted as unenforceable (field None)."""
     obj = expect_object(value, path)
     reject_unknown(obj, frozenset(known), path)
     field = _one_field(obj, path, ", ".join(known))
     if field is None:
         if context.strict:
             raise PolicyError(path, f"exactly one of {', '.join(known)} must be set")
-        unenforceable.append(f"{path}: a peer of a kind the agent does not know")
+        unenforceable.append(f"{path}: {what} of a kind the agent does not know")
+    return obj, field
+
+
+def _parse_peer(
+    value: Any, path: str, known: dict[str, Any], context: _Context, unenforceable: list[str]
+) -> ClusterPeer | None:
+    obj, field = _union(value, path, known, context, unenforceable, "a peer")
+    if field is None:
         return None
     item = obj[field]
     item_path = join(path, field)
@@ -445,13 +438,8 @@ def _parse_named(value: Any, path: str) -> PortMatch:
 def _parse_port(value: Any, path: str, context: _Context, unenforceable: list[str]) -> PortMatch | None:
     flavour = context.flavour
     known = _V2_PROTOCOL if flavour is CNP else _V1_PORT
-    obj = expect_object(value, path)
-    reject_unknown(obj, frozenset(known), path)
-    field = _one_field(obj, path, ", ".join(known))
+    obj, field = _union(value, path, known, context, unenforceable, "a port match")
     if field is None:
-        if context.strict:
-            raise PolicyError(path, f"exactly one of {', '.join(known)} must be set")
-        unenforceable.append(f"{path}: a port match of a kind the agent does not know")
         return None
     item_path = join(path, field)
     if field in ("destinationNamedPort", "namedPort"):
@@ -460,24 +448,21 @@ def _parse_port(value: Any, path: str, context: _Context, unenforceable: list[st
         return _parse_v2_protocol(obj[field], item_path, field.upper())
     body = expect_object(obj[field], item_path)
     reject_unknown(body, frozenset(_V1_PORT[field]), item_path)
-    protocol = _parse_protocol(body.get("protocol"), join(item_path, "protocol"))
+    protocol = parse_protocol(body.get("protocol"), join(item_path, "protocol"))
     if field == "portNumber":
         number = _int_in(body.get("port"), join(item_path, "port"), 1, 65535)
         return PortMatch(protocol, number, number)
-    start = _int_in(body.get("start"), join(item_path, "start"), 1, 65535)
-    end = _int_in(body.get("end"), join(item_path, "end"), 1, 65535)
+    start, end = _port_range(body, item_path)
     if end < start:
         raise PolicyError(join(item_path, "end"), f"must not be less than start ({end} < {start})")
     return PortMatch(protocol, start, end)
 
 
-def _parse_protocol(value: Any, path: str) -> str:
-    if value is None:
-        return "TCP"
-    text = expect_string(value, path)
-    if text not in PROTOCOLS:
-        raise PolicyError(path, f'unsupported value "{text}" (TCP, UDP, SCTP)')
-    return text
+def _port_range(bounds: dict[str, Any], path: str) -> tuple[int, int]:
+    return (
+        _int_in(bounds.get("start"), join(path, "start"), 1, 65535),
+        _int_in(bounds.get("end"), join(path, "end"), 1, 65535),
+    )
 
 
 def _parse_v2_protocol(value: Any, path: str, protocol: str) -> PortMatch:
@@ -497,8 +482,7 @@ def _parse_v2_protocol(value: Any, path: str, protocol: str) -> PortMatch:
     range_path = join(port_path, "range")
     bounds = expect_object(port["range"], range_path)
     reject_unknown(bounds, frozenset(("start", "end")), range_path)
-    start = _int_in(bounds.get("start"), join(range_path, "start"), 1, 65535)
-    end = _int_in(bounds.get("end"), join(range_path, "end"), 1, 65535)
+    start, end = _port_range(bounds, range_path)
     if not start < end:
         raise PolicyError(range_path, f"Start port must be less than End port ({start} >= {end})")
     return PortMatch(protocol, start, end)

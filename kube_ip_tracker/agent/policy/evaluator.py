@@ -254,49 +254,43 @@ class PolicyEngine:
         return Verdict(allowed, egress, ingress, egress_policy, ingress_policy, egress_rule, ingress_rule)
 
     def _egress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
-        entry = src.pod
-        if entry is None:
-            return _NOT_A_POD
-        world = self.world
-        record = entry.record
-        tiers = self.tiers.rules_for(entry, world.namespace_labels(record.cluster, record.namespace))
-        if tiers.admin_egress:
-            decided = self._tier(tiers.admin_egress, dst, protocol, port, dst.pod)
-            if decided is not None:
-                return decided
-        policies = world.selection(entry).egress
-        if policies:
-            for policy in policies:
-                for rule in policy.egress:
-                    if _ports_match(rule, protocol, port, dst.pod) and self._peers_match(rule, policy, dst):
-                        return (Reason.ALLOWED, policy.key, None)
-            return _NP_DENIED
-        if tiers.baseline_egress:
-            decided = self._tier(tiers.baseline_egress, dst, protocol, port, dst.pod)
-            if decided is not None:
-                return decided
-        return _NOT_ISOLATED
+        return self._direction(src.pod, dst, True, protocol, port, dst.pod)
 
     def _ingress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
-        entry = dst.pod
+        return self._direction(dst.pod, src, False, protocol, port, dst.pod)
+
+    def _direction(
+        self,
+        entry: PodEntry | None,
+        peer: Endpoint,
+        egress: bool,
+        protocol: str,
+        port: int | None,
+        dst: PodEntry | None,
+    ) -> Outcome:
+        """One direction for the pod ``entry`` (source for egress, destination for ingress) and the
+        other end ``peer``: Admin tier, NetworkPolicy, Baseline tier, default allow."""
         if entry is None:
             return _NOT_A_POD
         world = self.world
         record = entry.record
         tiers = self.tiers.rules_for(entry, world.namespace_labels(record.cluster, record.namespace))
-        if tiers.admin_ingress:
-            decided = self._tier(tiers.admin_ingress, src, protocol, port, entry)
+        admin = tiers.admin_egress if egress else tiers.admin_ingress
+        if admin:
+            decided = self._tier(admin, peer, protocol, port, dst)
             if decided is not None:
                 return decided
-        policies = world.selection(entry).ingress
+        selection = world.selection(entry)
+        policies = selection.egress if egress else selection.ingress
         if policies:
             for policy in policies:
-                for rule in policy.ingress:
-                    if _ports_match(rule, protocol, port, entry) and self._peers_match(rule, policy, src):
+                for rule in policy.egress if egress else policy.ingress:
+                    if _ports_match(rule, protocol, port, dst) and self._peers_match(rule, policy, peer):
                         return (Reason.ALLOWED, policy.key, None)
             return _NP_DENIED
-        if tiers.baseline_ingress:
-            decided = self._tier(tiers.baseline_ingress, src, protocol, port, entry)
+        baseline = tiers.baseline_egress if egress else tiers.baseline_ingress
+        if baseline:
+            decided = self._tier(baseline, peer, protocol, port, dst)
             if decided is not None:
                 return decided
         return _NOT_ISOLATED

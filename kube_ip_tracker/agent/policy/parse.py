@@ -26,7 +26,7 @@ from .selectors import (
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
 
-_METADATA_FIELDS = (
+METADATA_FIELDS = (
     "name",
     "generateName",
     "namespace",
@@ -67,12 +67,12 @@ _SPEC_SCHEMA: dict[str, Any] = {
 POLICY_SCHEMA: dict[str, Any] = {
     "apiVersion": None,
     "kind": None,
-    "metadata": dict.fromkeys(_METADATA_FIELDS),
+    "metadata": dict.fromkeys(METADATA_FIELDS),
     "spec": _SPEC_SCHEMA,
 }
 
 _TOP_FIELDS = frozenset(POLICY_SCHEMA)
-_METADATA_SET = frozenset(_METADATA_FIELDS)
+_METADATA_SET = frozenset(METADATA_FIELDS)
 _SPEC_FIELDS = frozenset(_SPEC_SCHEMA)
 _INGRESS_FIELDS = frozenset(_INGRESS_SCHEMA)
 _EGRESS_FIELDS = frozenset(_EGRESS_SCHEMA)
@@ -209,14 +209,20 @@ def _port_number(value: int, path: str) -> int:
     return value
 
 
+def parse_protocol(value: Any, path: str) -> str:
+    """A ``protocol`` field: TCP (the default when absent), UDP or SCTP."""
+    if value is None:
+        return "TCP"
+    text = expect_string(value, path)
+    if text not in PROTOCOLS:
+        raise PolicyError(path, f'unsupported value "{text}" (TCP, UDP, SCTP)')
+    return text
+
+
 def _parse_port(value: Any, path: str) -> PortSpec:
     obj = expect_object(value, path) if value is not None else {}
     reject_unknown(obj, _PORT_FIELDS, path)
-    protocol = "TCP"
-    if obj.get("protocol") is not None:
-        protocol = expect_string(obj["protocol"], join(path, "protocol"))
-        if protocol not in PROTOCOLS:
-            raise PolicyError(join(path, "protocol"), f'unsupported value "{protocol}" (TCP, UDP, SCTP)')
+    protocol = parse_protocol(obj.get("protocol"), join(path, "protocol"))
     port = obj.get("port")
     end_port = obj.get("endPort")
     port_path = join(path, "port")

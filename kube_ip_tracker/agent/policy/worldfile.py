@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,10 @@ from .cluster_parse import (
     parse_baseline_admin_network_policy,
     parse_cluster_network_policy,
 )
-from .compiled import PROTOCOLS, CompiledPolicy
+from .compiled import CompiledPolicy
 from .errors import PolicyError, join
 from .evaluator import Endpoint, PolicyEngine, Verdict
-from .parse import parse_network_policy, policy_identity
+from .parse import parse_network_policy, parse_protocol, policy_identity
 from .selectors import expect_list, expect_object, expect_string, parse_labels
 
 VERDICTS = ("allow", "deny")
@@ -128,16 +129,7 @@ def parse_world(data: Any) -> WorldFile:
             if pod.key in pods:
                 raise PolicyError(f"{cpath}.pods[{index}]", f"duplicate pod {pod.namespace}/{pod.name}")
             pods[pod.key] = pod
-        policies_path = join(cpath, "networkPolicies")
-        for index, item in enumerate(expect_list(body.get("networkPolicies"), policies_path)):
-            prefix = f"{policies_path}[{index}] ({policy_identity(item)})"
-            try:
-                policy = parse_network_policy(item, cluster)
-            except PolicyError as err:
-                raise PolicyError(f"{prefix}: {err.path}" if err.path else prefix, err.message) from None
-            if policy.key in policies:
-                raise PolicyError(prefix, "duplicate NetworkPolicy")
-            policies[policy.key] = policy
+        _parse_objects(body, "networkPolicies", cluster, cpath, parse_network_policy, policy_identity, policies)
         for index, item in enumerate(expect_list(body.get("nodes"), join(cpath, "nodes"))):
             node = _parse_node(item, cluster, f"{cpath}.nodes[{index}]")
             if node.key in nodes:
@@ -158,21 +150,35 @@ def parse_world(data: Any) -> WorldFile:
     )
 
 
+def _parse_objects(
+    body: dict[str, Any],
+    field: str,
+    cluster: str,
+    cpath: str,
+    parse: Callable[[Any, str], Any],
+    identity: Callable[[Any], str],
+    found: dict[Any, Any],
+) -> None:
+    """Parse the policy objects listed under ``field`` into ``found`` (by key); errors name the object."""
+    list_path = join(cpath, field)
+    for index, item in enumerate(expect_list(body.get(field), list_path)):
+        prefix = f"{list_path}[{index}] ({identity(item)})"
+        try:
+            policy = parse(item, cluster)
+        except PolicyError as err:
+            raise PolicyError(f"{prefix}: {err.path}" if err.path else prefix, err.message) from None
+        if policy.key in found:
+            kind = getattr(policy, "kind", "NetworkPolicy")
+            raise PolicyError(prefix, f"duplicate {kind}")
+        found[policy.key] = policy
+
+
 def _parse_cluster_policies(
     body: dict[str, Any], cluster: str, cpath: str, found: dict[ClusterPolicyKey, ClusterPolicy]
 ) -> None:
     """The cluster block's ClusterNetworkPolicies, AdminNetworkPolicies and BaselineAdminNetworkPolicy."""
     for field, parse in _CLUSTER_POLICY_LISTS:
-        list_path = join(cpath, field)
-        for index, item in enumerate(expect_list(body.get(field), list_path)):
-            prefix = f"{list_path}[{index}] ({cluster_policy_name(item)})"
-            try:
-                policy = parse(item, cluster)
-            except PolicyError as err:
-                raise PolicyError(f"{prefix}: {err.path}" if err.path else prefix, err.message) from None
-            if policy.key in found:
-                raise PolicyError(prefix, f"duplicate {policy.kind}")
-            found[policy.key] = policy
+        _parse_objects(body, field, cluster, cpath, parse, cluster_policy_name, found)
     mine = [p for p in found.values() if p.cluster == cluster]
     if any(p.kind == BANP_KIND for p in mine) and any(p.tier is Tier.BASELINE and p.kind != BANP_KIND for p in mine):
         raise PolicyError(
@@ -200,24 +206,18 @@ def _parse_node(value: Any, cluster: str, path: str) -> NodeRecord:
     obj = expect_object(value, path)
     name = _required_string(obj, "name", path)
     labels = parse_labels(obj.get("labels"), join(path, "labels"))
+    return NodeRecord(cluster=cluster, name=name, labels=labels, internal_ips=_parse_ips(obj, path))
+
+
+def _parse_ips(obj: dict[str, Any], path: str) -> tuple[str, ...]:
     ips_path = join(path, "ips")
-    ips = tuple(_parse_ip(ip, f"{ips_path}[{i}]") for i, ip in enumerate(expect_list(obj.get("ips"), ips_path)))
-    return NodeRecord(cluster=cluster, name=name, labels=labels, internal_ips=ips)
+    return tuple(_parse_ip(ip, f"{ips_path}[{i}]") for i, ip in enumerate(expect_list(obj.get("ips"), ips_path)))
 
 
 def _port_int(value: Any, path: str, low: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
         raise PolicyError(path, f"must be an integer between {low} and 65535, got {value!r}")
     return value
-
-
-def _parse_protocol(value: Any, path: str) -> str:
-    if value is None:
-        return "TCP"
-    protocol = expect_string(value, path)
-    if protocol not in PROTOCOLS:
-        raise PolicyError(path, f'unsupported protocol "{protocol}" (TCP, UDP, SCTP)')
-    return protocol
 
 
 def _parse_ip(value: Any, path: str) -> str:
@@ -233,8 +233,7 @@ def _parse_pod(value: Any, cluster: str, path: str) -> PodRecord:
     namespace = _required_string(obj, "namespace", path)
     name = _required_string(obj, "name", path)
     labels = parse_labels(obj.get("labels"), join(path, "labels"))
-    ips_path = join(path, "ips")
-    ips = tuple(_parse_ip(ip, f"{ips_path}[{i}]") for i, ip in enumerate(expect_list(obj.get("ips"), ips_path)))
+    ips = _parse_ips(obj, path)
     node = expect_string(obj.get("node") or "", join(path, "node"))
     ports = []
     ports_path = join(path, "containerPorts")
@@ -245,7 +244,7 @@ def _parse_pod(value: Any, cluster: str, path: str) -> PodRecord:
             ContainerPort(
                 name=expect_string(port_obj.get("name") or "", join(item_path, "name")),
                 port=_port_int(port_obj.get("containerPort"), join(item_path, "containerPort")),
-                protocol=_parse_protocol(port_obj.get("protocol"), join(item_path, "protocol")),
+                protocol=parse_protocol(port_obj.get("protocol"), join(item_path, "protocol")),
             )
         )
     return PodRecord(
@@ -274,7 +273,7 @@ def _parse_probe(value: Any, path: str, pods: dict[tuple[str, str, str], PodReco
     src = _parse_end(obj["from"], join(path, "from"), pods)
     dst = _parse_end(obj["to"], join(path, "to"), pods)
     port = None if obj.get("port") is None else _port_int(obj["port"], join(path, "port"), low=0)
-    protocol = _parse_protocol(obj.get("protocol"), join(path, "protocol"))
+    protocol = parse_protocol(obj.get("protocol"), join(path, "protocol"))
     expect = obj.get("expect")
     if expect is not None and expect not in VERDICTS:
         raise PolicyError(join(path, "expect"), f'must be "allow" or "deny", got {expect!r}')
