@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
-from kube_ip_tracker.agent.outcomes import deciding, direction_outcomes, tier_of
+from kube_ip_tracker.agent.outcomes import NO_TIER, TIERS, deciding, direction_outcomes
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
 from kube_ip_tracker.agent.verdict_log import VerdictLog
@@ -36,11 +36,10 @@ TIER_DECISIONS = Counter(
     ["direction", "result", "tier"],
 )
 _TIER_CHILDREN = {
-    (direction, reason): TIER_DECISIONS.labels(
-        direction, "deny" if reason is Reason.DENIED else "allow", tier_of(reason)
-    )
+    (direction, result, tier): TIER_DECISIONS.labels(direction, result, tier or NO_TIER)
     for direction in ("egress", "ingress")
-    for reason in Reason
+    for result in ("allow", "deny")
+    for tier in (None, *TIERS)
 }
 POLICY_DECISIONS = Counter(
     "kube_ip_agent_policy_verdicts_total",
@@ -109,9 +108,9 @@ class LocalEnforcement:
         else:
             _DENIED["both" if egress_denied and ingress_denied else "egress" if egress_denied else "ingress"].inc()
         if egress:
-            _TIER_CHILDREN["egress", verdict.egress].inc()
+            _TIER_CHILDREN["egress", "deny" if egress_denied else "allow", verdict.egress_tier].inc()
         if ingress:
-            _TIER_CHILDREN["ingress", verdict.ingress].inc()
+            _TIER_CHILDREN["ingress", "deny" if ingress_denied else "allow", verdict.ingress_tier].inc()
         local = LocalVerdict(allowed, verdict, egress, ingress)
         if self.per_policy_limit:
             self._count_per_policy(local, src, dst)

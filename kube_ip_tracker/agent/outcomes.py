@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
+from kube_ip_tracker.agent.policy import PolicyEngine, Reason, RuleRef, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
 
 NETWORK_POLICY = "NetworkPolicy"
@@ -57,8 +57,24 @@ def policy_name(key: tuple[str, str, str]) -> str:
 
 
 def _direction(
-    engine: PolicyEngine, direction: str, reason: Reason, policy: tuple[str, str, str] | None, subject: Endpoint
+    engine: PolicyEngine,
+    direction: str,
+    reason: Reason,
+    policy: tuple[str, str, str] | None,
+    rule: RuleRef | None,
+    subject: Endpoint,
 ) -> DirectionOutcome:
+    if rule is not None:  # an Admin or Baseline tier rule decided
+        named = f" {rule.name}" if rule.name else ""
+        return DirectionOutcome(
+            direction,
+            True,
+            reason is Reason.ALLOWED,
+            rule.tier.value,
+            (f"{rule.kind}/{rule.policy}",),
+            rule.index,
+            f"{rule.action.value} rule{named}",
+        )
     if reason is Reason.NOT_A_POD:
         return DirectionOutcome(direction, True, True, NO_TIER, (), None, NOT_A_POD)
     if reason is Reason.NOT_ISOLATED:
@@ -83,20 +99,18 @@ def direction_outcomes(
 ) -> tuple[DirectionOutcome, DirectionOutcome]:
     """(egress, ingress) outcomes of ``verdict``; a direction not enforced here allows, as far as this agent goes."""
     outcomes = []
-    for direction, enforced, reason, policy, subject in (
-        ("egress", egress_enforced, verdict.egress, verdict.egress_policy, src),
-        ("ingress", ingress_enforced, verdict.ingress, verdict.ingress_policy, dst),
+    for direction, enforced, reason, policy, rule, subject in (
+        ("egress", egress_enforced, verdict.egress, verdict.egress_policy, verdict.egress_rule, src),
+        ("ingress", ingress_enforced, verdict.ingress, verdict.ingress_policy, verdict.ingress_rule, dst),
     ):
         if enforced:
-            outcomes.append(_direction(engine, direction, reason, policy, subject))
+            outcomes.append(_direction(engine, direction, reason, policy, rule, subject))
         else:
             outcomes.append(DirectionOutcome(direction, False, True, NO_TIER, (), None, NOT_ENFORCED_HERE))
     return outcomes[0], outcomes[1]
 
 
-def tier_of(reason: Reason) -> str:
-    """The tier that decided a direction with ``reason`` (``none``: no policy did)."""
-    return NETWORK_POLICY if reason is Reason.ALLOWED or reason is Reason.DENIED else NO_TIER
+TIERS = ("Admin", NETWORK_POLICY, "Baseline")
 
 
 def deciding(egress: DirectionOutcome, ingress: DirectionOutcome) -> tuple[str, DirectionOutcome]:

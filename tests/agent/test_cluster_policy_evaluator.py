@@ -234,3 +234,20 @@ def test_anp_and_cnp_share_the_admin_priority_order(engine: PolicyEngine) -> Non
     verdict = decide(engine, B2, A1)
     assert verdict.allowed and verdict.ingress_rule.kind == "AdminNetworkPolicy"  # type: ignore[union-attr]
     assert verdict.ingress_rule.action is Action.ACCEPT  # type: ignore[union-attr]
+
+
+def test_verdict_log_outcome_names_the_tier_policy_and_rule(engine: PolicyEngine) -> None:
+    from kube_ip_tracker.agent.outcomes import direction_outcomes
+
+    add_np(engine, {"podSelector": {}}, "deny-in", "pci")
+    add_cnp(engine, {"subject": PCI, "ingress": [{"name": "no-c2", "action": "Deny", "from": [FROM_C2]}]}, "guard")
+    src, dst = engine.endpoint_for_pod(*B2), engine.endpoint_for_pod(*A1)
+    verdict = engine.decide_endpoints(src, dst, "TCP", 80)
+    _, ingress = direction_outcomes(engine, verdict, src, dst, False, True)
+    assert (ingress.tier, ingress.policies, ingress.rule, ingress.allowed) == (
+        "Admin",
+        ("ClusterNetworkPolicy/guard",),
+        0,
+        False,
+    )
+    assert str(ingress) == "deny: Admin ClusterNetworkPolicy/guard rule 0 (Deny rule no-c2)"
