@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kube_ip_tracker import cluster_labels
 from kube_ip_tracker.cloud import flags as cloud_flags
 from kube_ip_tracker.cloud.reconcile import Reconciler
 from kube_ip_tracker.ctl import main as ctl_main
@@ -47,6 +48,7 @@ from kube_ip_tracker.logs import add_logging_arguments, configure_logging
 from kube_ip_tracker.metrics_http import MetricsServer, start_metrics_server
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
 from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.sources.cluster_labels import ClusterLabelWriter
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.sources.upstream import Upstreams, add_upstream_arguments, build_upstreams
@@ -180,6 +182,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     cloud_flags.add_removal_grace_argument(group)
 
 
+def add_cluster_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """ClusterSet labels stamped on the namespaces of the clusters watched directly."""
+    group = parser.add_argument_group("cluster labels")
+    cluster_labels.add_arguments(group, "every namespace of a cluster watched directly")
+
+
 def _positive_seconds(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
@@ -240,6 +248,7 @@ def informer_options(args: argparse.Namespace) -> InformerOptions:
 ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_server_arguments,
     add_cluster_arguments,
+    add_cluster_label_arguments,
     add_source_timeout_arguments,
     gke_flags.add_arguments,  # after add_cluster_arguments: reuses its --cluster-removal-grace
     add_upstream_arguments,
@@ -405,7 +414,10 @@ async def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    writer: IndexWriter = upstreams.local_writer  # stamps this tracker's id, local clusters win
+    # Stamps this tracker's id and claims local clusters (local wins), and the namespaces' cluster labels.
+    writer: IndexWriter = upstreams.local_writer
+    if args.cluster_labels is not cluster_labels.Mode.OFF:
+        writer = ClusterLabelWriter(writer, cluster_labels.rule_from_args(args))
     supervisor = ClusterSupervisor(writer, options=informer_options(args))
     static_ids = {s.cluster_id for s in specs}
     try:

@@ -42,6 +42,7 @@ SHARED = (
     "kube_ip_tracker.metrics_http",
     "kube_ip_tracker.tls_files",
     "kube_ip_tracker.index_metrics",
+    "kube_ip_tracker.cluster_labels",
 )
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from kube_ip_tracker.cli import parse_args
+from kube_ip_tracker.cluster_labels import DEFAULT_KEYS, LabelRule, Mode, rule_from_args
 from kube_ip_tracker.logs import KlogFormatter
 
 TRACKER_BIN = Path(sys.executable).with_name("kube-ip-tracker")
@@ -61,6 +62,13 @@ def test_defaults_and_flag_values() -> None:
     assert args.max_watchers == 7
 
 
+def test_cluster_label_flags() -> None:
+    args = parse_args([])
+    assert rule_from_args(args) == LabelRule(Mode.ENFORCE, DEFAULT_KEYS)
+    args = parse_args(["--cluster-labels", "fill", "--cluster-label-keys", "example.com/cluster, example.com/cluster"])
+    assert rule_from_args(args) == LabelRule(Mode.FILL, ("example.com/cluster",))
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -70,6 +78,9 @@ def test_defaults_and_flag_values() -> None:
         (["--log-level", "loud"], "invalid log level 'loud'"),
         (["--cluster-id", ""], "--cluster-id must not be empty"),
         (["--no-such-flag"], "unrecognized arguments"),
+        (["--cluster-labels", "always"], "invalid mode 'always': choose from enforce, fill, off"),
+        (["--cluster-label-keys", "a/b/c"], "invalid label key 'a/b/c'"),
+        (["--cluster-label-keys", " , "], "no label key given"),
     ],
 )
 def test_bad_flags_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

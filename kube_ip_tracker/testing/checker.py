@@ -2,7 +2,8 @@
 
 ``await list_truth({"cluster-1": api_client, ...})`` lists Pods, Namespaces and Nodes of each API
 server and converts them with the tracker's own converter (:mod:`kube_ip_tracker.sources.convert`),
-so the truth has exactly the objects a correct tracker indexes (pods with IPs, not terminal).
+so the truth has exactly the objects a correct tracker indexes (pods with IPs, not terminal), with
+namespace labels stamped by the tracker's ``--cluster-labels`` rule (default ``enforce``).
 ``compare(mirror, truth)`` then checks object by object and returns a :class:`Diff`:
 
 - ``missing``: in the API server, not in the mirror (a missed create, or a cluster not synced),
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kubernetes_asyncio import client
 
+from kube_ip_tracker.cluster_labels import DEFAULT_RULE, LabelRule, stamp
 from kube_ip_tracker.model import Kind, NamespaceRecord, NodeRecord, PodRecord
 from kube_ip_tracker.sources.convert import to_record
 from kube_ip_tracker.sources.kube import list_method
@@ -111,14 +113,19 @@ async def _list_raw(api: client.ApiClient, kind: Kind) -> list[dict[str, Any]]:
             return items
 
 
-async def list_truth(apis: Mapping[str, client.ApiClient]) -> Truth:
-    """List Pods, Namespaces and Nodes of every cluster (cluster id -> API client)."""
+async def list_truth(apis: Mapping[str, client.ApiClient], rule: LabelRule = DEFAULT_RULE) -> Truth:
+    """List Pods, Namespaces and Nodes of every cluster (cluster id -> API client).
+
+    ``rule`` is the trackers' ``--cluster-labels`` rule, applied to the namespaces as they apply it.
+    """
     truth = Truth()
     for cluster, api in apis.items():
         truth.clusters.add(cluster)
         for kind in (Kind.POD, Kind.NAMESPACE, Kind.NODE):
             for obj in await _list_raw(api, kind):
                 record = to_record(kind, cluster, obj)
+                if isinstance(record, NamespaceRecord):
+                    record = replace(record, labels=stamp(rule, cluster, record.labels)[0])
                 if record is not None:
                     truth.add(record)  # type: ignore[arg-type]
     return truth

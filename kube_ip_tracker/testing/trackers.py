@@ -25,8 +25,9 @@ from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
-from kube_ip_tracker.model import ClusterStatusRecord
+from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
 from kube_ip_tracker.testing.clusters import free_port
+from kube_ip_tracker.wire import namespace_from_proto, pod_from_proto
 
 TRACKER_CMD = [sys.executable, "-m", "kube_ip_tracker.cli"]
 AGENT_OPTIONS = ClientOptions(backoff_base=0.1, backoff_cap=1.0)
@@ -110,6 +111,26 @@ class TrackerProcess:
         except grpc.aio.AioRpcError:
             return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def snapshot(self) -> list[PodRecord | NamespaceRecord]:
+        """The pods and namespaces of a fresh Watch snapshot: what the tracker serves now."""
+        records: list[PodRecord | NamespaceRecord] = []
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stream = tracker_pb2_grpc.TrackerStub(channel).Watch(pb.WatchRequest(watcher_name="snapshot"), timeout=10)
+            async for msg in stream:
+                for change in msg.changes:
+                    if change.HasField("pod"):
+                        records.append(pod_from_proto(change.pod))
+                    elif change.HasField("namespace"):
+                        records.append(namespace_from_proto(change.namespace))
+                if msg.kind == pb.WatchResponse.END_OF_SNAPSHOT:
+                    break
+            stream.cancel()
+        return records
+
+    async def namespace_labels(self) -> dict[tuple[str, str], dict[str, str]]:
+        """Labels of every namespace served now, by (cluster, name)."""
+        return {(r.cluster, r.name): dict(r.labels) for r in await self.snapshot() if isinstance(r, NamespaceRecord)}
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:

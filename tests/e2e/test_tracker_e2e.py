@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
+from kube_ip_tracker.cluster_labels import CLUSTER_LABEL, CLUSTER_NAME_LABEL
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import free_port
 
@@ -172,7 +173,9 @@ async def test_tracker_serves_two_clusters_over_grpc(cluster_factory, tracker) -
     assert (found.pod.cluster, found.pod.namespace, found.pod.name) == ("cluster-2", "demo", "web")
     assert dict(found.pod.labels) == {"app": "web"} and found.pod.node == "node-1"
     assert [(p.name, p.port, p.protocol) for p in found.pod.ports] == [("http", 80, pb.TCP)]
-    assert dict(found.namespace.labels) == {"team": "t1"} and list(found.node.internal_ips) == ["192.0.2.2"]
+    assert list(found.node.internal_ips) == ["192.0.2.2"]
+    # The namespace is served with its cluster's id (--cluster-labels=enforce, the default).
+    assert dict(found.namespace.labels) == {"team": "t1", CLUSTER_LABEL: "cluster-2", CLUSTER_NAME_LABEL: "cluster-2"}
     assert await t.pod("192.0.2.1") is None  # hostNetwork pods are not indexed
 
     # Changes made now reach GetPodByIP and an open Watch.

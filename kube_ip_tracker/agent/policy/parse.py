@@ -11,9 +11,10 @@ import ipaddress
 import re
 from typing import Any
 
+from kube_ip_tracker.kube.names import dns1123_label_problem, dns1123_subdomain_problem, port_name_problem
+
 from .compiled import PROTOCOLS, CompiledPolicy, IPBlock, IPNetwork, Peer, PortSpec, Rule
 from .errors import PolicyError, join
-from .names import dns1123_label_problem, dns1123_subdomain_problem, port_name_problem
 from .selectors import (
     REQUIREMENT_FIELDS,
     expect_list,

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kube_ip_tracker.kube.names import label_value_problem, qualified_name_problem
+
 from .errors import PolicyError, join
-from .names import label_value_problem, qualified_name_problem
 
 
 class Operator(enum.Enum):
