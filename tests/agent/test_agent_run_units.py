@@ -235,7 +235,7 @@ def test_readyz_follows_the_ready_callback() -> None:
     import urllib.error
     import urllib.request
 
-    from kube_ip_tracker.server.metrics import start_metrics_server
+    from kube_ip_tracker.metrics_http import start_metrics_server
 
     ready = [False]
     server = start_metrics_server("127.0.0.1:0", ready=lambda: ready[0])

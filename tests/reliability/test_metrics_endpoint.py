@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from kube_ip_tracker.server import metrics
+from kube_ip_tracker import metrics_http as metrics
 
 
 def get(port: int, path: str) -> int:

@@ -121,7 +121,11 @@ async def test_hub_and_spoke_survives_hub_loss_and_catches_up(clusters: ClusterS
             assert status is not None and status.synced and not status.stale
             assert status.via == ((spoke.name,) if i == j else ("hub", spoke.name)), (spoke.name, name, status)
     # Ready: local cluster listed and the hub's first state applied.
-    assert "upstream trackers synced" in spokes[0].log_path.read_text()
+    await eventually(
+        lambda: "upstream trackers synced" in spokes[0].log_path.read_text(),
+        "spoke-1 logs its upstream synced",
+        everyone,
+    )
 
     deleted: list[tuple[str, str]] = []
     for ag in agents:
