@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kube_ip_tracker.kube.names import dns1123_subdomain_problem, port_name_problem
+
 from .cluster_compiled import (
     ANP_KIND,
     BANP_KIND,
@@ -39,7 +41,6 @@ from .cluster_compiled import (
     Tier,
 )
 from .errors import PolicyError, join
-from .names import dns1123_subdomain_problem, port_name_problem
 from .parse import METADATA_FIELDS as _METADATA_FIELDS
 from .parse import parse_cidr, parse_protocol, prune_unknown
 from .selectors import (
