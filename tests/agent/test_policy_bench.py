@@ -18,3 +18,14 @@ def test_bench_runs_and_reports_figures() -> None:
     assert result["warm_decisions_per_second"] > 0 and len(result["warm_decisions_per_second_runs"]) == 2
     assert result["calls_per_decision"] > 1
     assert 0 < result["allowed_fraction"] < 1
+
+
+def test_bench_with_admin_policies_changes_verdicts() -> None:
+    spec = importlib.util.spec_from_file_location("bench_evaluator_smoke_admin", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = module.measure(200, 40, 600, repeats=1)
+    tiered = module.measure(200, 40, 600, repeats=1, admin=12)
+    assert tiered["admin_policies"] == 12
+    assert tiered["allowed_fraction"] != plain["allowed_fraction"]  # the admin rules decide some probes

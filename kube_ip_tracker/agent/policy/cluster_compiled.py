@@ -54,6 +54,14 @@ class ClusterPeer:
     pod_selector: LabelSelector | None = None  # PODS
     node_selector: LabelSelector | None = None  # NODES
     networks: tuple[IPNetwork, ...] = ()  # NETWORKS
+    # NETWORKS as (IP version, netmask, network address) integers, for matching without properties.
+    masks: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def of_networks(cls, networks: tuple[IPNetwork, ...]) -> ClusterPeer:
+        """A ``networks`` peer."""
+        masks = tuple((n.version, int(n.netmask), int(n.network_address)) for n in networks)
+        return cls(PeerKind.NETWORKS, networks=networks, masks=masks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -408,9 +408,7 @@ def _parse_peer(
         return ClusterPeer(PeerKind.NODES, node_selector=parse_selector(item, item_path))
     if field == "networks":
         cidrs = _set_of(item, item_path, 25)
-        return ClusterPeer(
-            PeerKind.NETWORKS, networks=tuple(parse_cidr(c, f"{item_path}[{i}]") for i, c in enumerate(cidrs))
-        )
+        return ClusterPeer.of_networks(tuple(parse_cidr(c, f"{item_path}[{i}]") for i, c in enumerate(cidrs)))
     names = _set_of(item, item_path, 25)
     for index, text in enumerate(names):
         if not isinstance(text, str) or not _DOMAIN_NAME.match(text):

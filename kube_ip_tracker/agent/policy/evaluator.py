@@ -299,21 +299,32 @@ class PolicyEngine:
         self, rules: tuple[ClusterRule, ...], peer: Endpoint, protocol: str, port: int | None, dst: PodEntry | None
     ) -> Outcome | None:
         """The first matching rule's outcome; None when none matches or the first match is a Pass."""
+        peer_matches = self._tier_peer_matches
         for rule in rules:
-            if rule.ports and not any(_tier_port_matches(m, protocol, port, dst) for m in rule.ports):
-                continue
-            if rule.all_peers or any(self._tier_peer_matches(candidate, peer) for candidate in rule.peers):
+            if rule.ports:
+                for match in rule.ports:
+                    if _tier_port_matches(match, protocol, port, dst):
+                        break
+                else:
+                    continue
+            if rule.all_peers:
                 return _outcome(rule)
+            for candidate in rule.peers:
+                if peer_matches(candidate, peer):
+                    return _outcome(rule)
         return None
 
     def _tier_peer_matches(self, peer: ClusterPeer, endpoint: Endpoint) -> bool:
         kind = peer.kind
         if kind is PeerKind.NETWORKS:
             ip = endpoint.ip
-            return ip is not None and any(
-                ip.version == net.version and int(ip) & int(net.netmask) == int(net.network_address)
-                for net in peer.networks
-            )
+            if ip is None:
+                return False
+            version, value = ip.version, int(ip)
+            for net_version, mask, network in peer.masks:
+                if net_version == version and value & mask == network:
+                    return True
+            return False
         if kind is PeerKind.NODES:
             ip = endpoint.ip
             selector = peer.node_selector
