@@ -126,10 +126,16 @@ def profile_top(fn: Callable[[], Any], top: int = 8) -> list[dict[str, Any]]:
     cProfile inflates the cost of small Python functions, so shares are indicative, not exact.
     """
     import cProfile
-    import pstats
 
     profiler = cProfile.Profile()
     profiler.runcall(fn)
+    return profile_rows(profiler, top)
+
+
+def profile_rows(profiler: Any, top: int = 8) -> list[dict[str, Any]]:
+    """The functions with the most own time in a finished ``cProfile.Profile``, as shares of the total."""
+    import pstats
+
     stats = pstats.Stats(profiler)
     total = sum(v[2] for v in stats.stats.values()) or 1.0  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]

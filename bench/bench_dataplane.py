@@ -1,0 +1,392 @@
+"""Dataplane: new connections per second and connect latency through the agent's rules (needs root).
+
+Network-namespace pods (``kube_ip_tracker.testing.netns``): one server pod (TCP accept-and-close,
+UDP echo) and two client pods, each running two client processes that open connections as fast as
+they can. The agent is the real :class:`Dataplane` deciding with the agent's
+:class:`LocalEnforcement` over a :class:`PolicyEngine` (the benchmark's pods, one ingress policy
+admitting the clients to the server's port), in its own process so its CPU time is its own.
+
+Modes, side by side in each round (rounds alternate the modes, so load changes hit all alike):
+
+- ``no rules``: no agent, the kernel alone;
+- ``cache off``: every new connection's first packet goes to the agent over NFQUEUE;
+- ``repeated`` (cache on): every connection has the same (source, destination, protocol, port)
+  tuple per client process, so after the first one the kernel's verdict cache decides;
+- ``first-seen`` (cache on): every connection comes from a new client address, so each one misses
+  the cache and is decided by the agent (which then fills the cache).
+
+TCP is connect + close (with a reset, so no TIME_WAIT piles up); UDP is a request and its echo from
+a fresh socket (a new connection to conntrack each). Latency is per connect (TCP) or round trip (UDP)
+in the client; "added" is the mode's percentile minus the no-rules one of the same round. Agent CPU
+is the agent process's user+system time during the mode's run, per 1,000 connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL = {"rounds": 3, "seconds": 2.0, "processes_per_client": 2}
+QUICK = {"rounds": 1, "seconds": 0.5, "processes_per_client": 1}
+CLIENT_PODS = 2
+PORT = 8080
+CLUSTER = "bench"
+# First-seen client addresses: each client pod binds addresses of its own /18 of this /16.
+SOURCE_NETWORKS = ("10.250.0.0/16", "10.251.0.0/16", "10.252.0.0/16", "10.253.0.0/16")
+SOURCE_PREFIX = 18  # 16,382 addresses per client pod
+REPEATED_RATIO_TARGET = 0.9
+REPEATED_ADDED_P99_US = 30.0
+FIRST_SEEN_RATE_TARGET = 8000.0
+FIRST_SEEN_ADDED_P99_US = 300.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    agent: bool
+    cache: bool = False
+    first_seen: bool = False
+
+
+MODES = (
+    Mode("no rules", agent=False),
+    Mode("cache off", agent=True),
+)
+PROTOCOLS = ("tcp", "udp")
+
+
+def _python(*args: str, netns: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "bench.dataplane_procs", *args]
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+class Proc:
+    """A child of ``bench.dataplane_procs`` speaking JSON lines."""
+
+    def __init__(self, argv: list[str], spec: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.args[-1]} process exited ({self.proc.wait()}) without replying")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_source_network() -> ipaddress.IPv4Network:
+    from kube_ip_tracker.testing.netns import routed
+
+    for candidate in SOURCE_NETWORKS:
+        network = ipaddress.IPv4Network(candidate)
+        if not routed(network):
+            return network
+    raise RuntimeError(f"every first-seen source network ({', '.join(SOURCE_NETWORKS)}) is routed by someone else")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class Bench:
+    """The pods, the server process and the source address blocks of one benchmark run."""
+
+    def __init__(self, stack: ExitStack, shape: dict[str, Any]) -> None:
+        from kube_ip_tracker.testing.netns import PodNetwork
+
+        self.shape = shape
+        self.sources_net = _free_source_network()
+        net = stack.enter_context(PodNetwork(extra_subnets=[str(self.sources_net)]))
+        self.server = net.add_pod("server")
+        self.clients = [net.add_pod(f"client{k}") for k in range(CLIENT_PODS)]
+        self.sources: list[list[str]] = []
+        blocks = self.sources_net.subnets(new_prefix=SOURCE_PREFIX)
+        for pod, block in zip(self.clients, blocks, strict=False):
+            _ip("-n", pod.netns, "route", "add", "local", str(block), "dev", "lo")
+            _ip("route", "add", str(block), "via", str(pod.ip), "dev", pod.host_if)
+            self.sources.append([str(a) for a in block.hosts()])
+        self.name = f"kipb-{secrets.token_hex(3)}"
+        self.queue = 20000 + secrets.randbelow(40000)
+        server = Proc(_python("server", netns=self.server.netns), {"address": str(self.server.ip), "port": PORT})
+        stack.callback(server.close)
+        server.read()
+        stack.callback(self._forget_connections)
+
+    def _forget_connections(self) -> None:
+        subprocess.run(["conntrack", "-D", "-d", str(self.server.ip)], capture_output=True, check=False)
+
+    def start_agent(self, mode: Mode) -> Proc:
+        pods = [str(self.server.ip), *(str(p.ip) for p in self.clients)]
+        spec = {
+            "queue": self.queue,
+            "name": self.name,
+            "cluster": CLUSTER,
+            "port": PORT,
+            "server": str(self.server.ip),
+            "clients": [*(str(p.ip) for p in self.clients), *(a for block in self.sources for a in block)],
+            "local_pods": [*pods, str(self.sources_net)],
+            "config": {"verdict_cache": mode.cache} if mode.cache else {},
+        }
+        agent = Proc(_python("agent"), spec)
+        try:
+            agent.read()
+        except BaseException:
+            agent.close()
+            raise
+        return agent
+
+    def clients_run(self, protocol: str, mode: Mode) -> dict[str, Any]:
+        """Run every client process for ``seconds``; their counts and latencies pooled."""
+        per_pod = self.shape["processes_per_client"]
+        start = time.monotonic() + 1.0  # every process started and imported by then
+        end = start + self.shape["seconds"]
+        procs = []
+        for k, pod in enumerate(self.clients):
+            for j in range(per_pod):
+                share = len(self.sources[k]) // per_pod
+                spec = {
+                    "target": str(self.server.ip),
+                    "port": PORT,
+                    "protocol": protocol,
+                    "start": start,
+                    "end": end,
+                    "sources": self.sources[k][j * share : (j + 1) * share] if mode.first_seen else [],
+                }
+                procs.append(Proc(_python("client", netns=pod.netns), spec))
+        replies = [p.read() for p in procs]
+        for p in procs:
+            p.close()
+        self._forget_connections()
+        latencies = [x for r in replies for x in r["latencies_us"]]
+        count = sum(r["count"] for r in replies)
+        elapsed = max(r["elapsed"] for r in replies)
+        return {
+            "count": count,
+            "errors": sum(r["errors"] for r in replies),
+            "rate": count / elapsed if elapsed else 0.0,
+            "p50_us": report.percentile(latencies, 0.5),
+            "p99_us": report.percentile(latencies, 0.99),
+        }
+
+    def measure(self, protocol: str, mode: Mode) -> dict[str, Any]:
+        if not mode.agent:
+            return {**self.clients_run(protocol, mode), "agent_cpu_ms_per_1000": 0.0}
+        agent = self.start_agent(mode)
+        try:
+            before = agent.ask("cpu")["cpu"]
+            result = self.clients_run(protocol, mode)
+            cpu = agent.ask("cpu")["cpu"] - before
+            agent.ask("stop")
+        finally:
+            agent.close()
+        per_1000 = cpu * 1e6 / result["count"] if result["count"] else 0.0
+        return {**result, "agent_cpu_ms_per_1000": round(per_1000, 1)}
+
+    def profile(self, protocol: str, mode: Mode) -> list[dict[str, Any]]:
+        agent = self.start_agent(mode)
+        try:
+            agent.ask("profile-start")
+            self.clients_run(protocol, mode)
+            rows: list[dict[str, Any]] = agent.ask("profile-stop")["profile"]
+            agent.ask("stop")
+        finally:
+            agent.close()
+        return rows
+
+
+def _summary(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(key: str, rows: list[dict[str, Any]]) -> float:
+        return round(statistics.median(r[key] for r in rows), 1)
+
+    added50 = [r["p50_us"] - b["p50_us"] for r, b in zip(runs, baseline, strict=True)]
+    added99 = [r["p99_us"] - b["p99_us"] for r, b in zip(runs, baseline, strict=True)]
+    return {
+        "rate": med("rate", runs),
+        "rate_runs": [round(r["rate"]) for r in runs],
+        "ratio": round(med("rate", runs) / med("rate", baseline), 3) if med("rate", baseline) else 0.0,
+        "p50_us": med("p50_us", runs),
+        "p99_us": med("p99_us", runs),
+        "added_p50_us": round(statistics.median(added50), 1),
+        "added_p99_us": round(statistics.median(added99), 1),
+        "agent_cpu_ms_per_1000": med("agent_cpu_ms_per_1000", runs),
+        "errors": sum(r["errors"] for r in runs),
+        "connections": sum(r["count"] for r in runs),
+    }
+
+
+def _targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    targets = []
+    for protocol in PROTOCOLS:
+        rows = summary.get(protocol, {})
+        label = protocol.upper()
+        if "repeated" in rows:
+            r = rows["repeated"]
+            targets.append(
+                report.target(
+                    f"{label} repeated tuples, rate / no rules",
+                    f">= {REPEATED_RATIO_TARGET}",
+                    r["ratio"],
+                    r["ratio"] >= REPEATED_RATIO_TARGET,
+                    "x",
+                )
+            )
+            targets.append(
+                report.target(
+                    f"{label} repeated tuples, added p99 latency",
+                    f"<= {REPEATED_ADDED_P99_US:g} us",
+                    r["added_p99_us"],
+                    r["added_p99_us"] <= REPEATED_ADDED_P99_US,
+                    "us",
+                )
+            )
+        first = rows.get("first-seen") or rows.get("cache off")
+        if first is not None:
+            which = "first-seen" if "first-seen" in rows else "cache off (every connection queued)"
+            targets.append(
+                report.target(
+                    f"{label} {which}, new connections/s",
+                    f">= {FIRST_SEEN_RATE_TARGET:,.0f}",
+                    round(first["rate"]),
+                    first["rate"] >= FIRST_SEEN_RATE_TARGET,
+                    "conn/s",
+                )
+            )
+            targets.append(
+                report.target(
+                    f"{label} {which}, added p99 latency",
+                    f"<= {FIRST_SEEN_ADDED_P99_US:g} us",
+                    first["added_p99_us"],
+                    first["added_p99_us"] <= FIRST_SEEN_ADDED_P99_US,
+                    "us",
+                )
+            )
+    return targets
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise RuntimeError("the dataplane benchmark needs root (network namespaces, nft, NFQUEUE)")
+    shape = QUICK if quick else FULL
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {m.name: [] for m in MODES} for p in PROTOCOLS}
+    with ExitStack() as stack:
+        bench = Bench(stack, shape)
+        for round_number in range(shape["rounds"]):
+            for protocol in PROTOCOLS:
+                for mode in MODES:
+                    result = bench.measure(protocol, mode)
+                    log.info("round %d %s %s: %s", round_number + 1, protocol, mode.name, result)
+                    runs[protocol][mode.name].append(result)
+        profiled = next(m for m in MODES if m.agent and not m.cache)
+        profile = bench.profile("tcp", profiled)
+    summary = {
+        p: {name: _summary(rs, runs[p]["no rules"]) for name, rs in by_mode.items()} for p, by_mode in runs.items()
+    }
+    return {
+        "shape": {**shape, "client_pods": CLIENT_PODS, "modes": [m.name for m in MODES]},
+        "summary": summary,
+        "runs": runs,
+        "profile": {"mode": f"tcp, {profiled.name}", "rows": profile},
+        "targets": _targets(summary),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    shape = results["shape"]
+    out = [
+        "## Dataplane: new connections through the agent",
+        "",
+        f"{shape['client_pods']} client pods x {shape['processes_per_client']} client processes against one "
+        f"server pod, {shape['seconds']} s per mode, {shape['rounds']} rounds alternating the modes "
+        "(`bench/bench_dataplane.py` says how). Rates are medians over the rounds; latency percentiles are "
+        'over all connections of a run (median over the rounds); "added" is a mode\'s percentile minus the '
+        "no-rules one of the same round. The clients, the server, the agent and the kernel's packet work "
+        "share the machine's 2 cores, so every rate is bounded by CPU, not by the network; the machine is "
+        "shared with other sessions, so rates vary by some 10-20% between runs.",
+        "",
+        report.targets_table(results["targets"]),
+        "",
+    ]
+    rows = []
+    for protocol, by_mode in results["summary"].items():
+        for name, s in by_mode.items():
+            rows.append(
+                (
+                    protocol.upper(),
+                    name,
+                    f"{s['rate']:,.0f}",
+                    f"{s['ratio']:.2f}",
+                    s["p50_us"],
+                    s["p99_us"],
+                    s["added_p50_us"],
+                    s["added_p99_us"],
+                    s["agent_cpu_ms_per_1000"],
+                    s["errors"],
+                )
+            )
+    header = (
+        "protocol",
+        "mode",
+        "conn/s",
+        "x no rules",
+        "p50 us",
+        "p99 us",
+        "added p50 us",
+        "added p99 us",
+        "agent CPU ms / 1k conn",
+        "errors",
+    )
+    out += [report.table(header, rows), ""]
+    profile = results.get("profile")
+    if profile:
+        out += [
+            f"Where the agent's time goes on the queue path ({profile['mode']}; cProfile of the agent process, "
+            "own time per function; cProfile inflates small Python functions, so shares are indicative):",
+            "",
+            report.profile_table(profile["rows"]),
+            "",
+        ]
+    return "\n".join(out)
