@@ -67,7 +67,10 @@ class Mode:
 MODES = (
     Mode("no rules", agent=False),
     Mode("cache off", agent=True),
+    Mode("repeated", agent=True, cache=True),
+    Mode("first-seen", agent=True, cache=True, first_seen=True),
 )
+CACHE_SIZE = 65536
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -169,7 +172,7 @@ class Bench:
             "server": str(self.server.ip),
             "clients": [*(str(p.ip) for p in self.clients), *(a for block in self.sources for a in block)],
             "local_pods": [*pods, str(self.sources_net)],
-            "config": {"verdict_cache": mode.cache} if mode.cache else {},
+            "config": {"verdict_cache_size": CACHE_SIZE} if mode.cache else {},
         }
         agent = Proc(_python("agent"), spec)
         try:

@@ -7,17 +7,28 @@ between two clusters is therefore checked by both agents (each for its own side)
 neither end is a pod of C passes this agent untouched.
 
 Each decision is counted (by result and direction; per enforced direction by tier; optionally per
-policy) and offered to the verdict log (:mod:`kube_ip_tracker.agent.verdict_log`).
+policy) and offered to the verdict log (:mod:`kube_ip_tracker.agent.verdict_log`), all in
+:meth:`LocalEnforcement.verdict`, the one decision point.
+
+An address of this node's pod range (``is_local``) that no pod has yet is most likely a pod that just
+started, whose data has not arrived: a connection to or from it waits for that data (each
+:meth:`LocalEnforcement.data_changed` re-checks) instead of being judged as an unknown endpoint, which
+would leave that pod unenforced. The dataplane bounds the wait by its ``verdict_timeout``; then the
+fail-open/closed default applies, without a mark, so the connection's next packet asks again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
 
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
+from kube_ip_tracker.agent.dataplane.packet import IPAddress
 from kube_ip_tracker.agent.outcomes import NO_TIER, TIERS, deciding, direction_outcomes
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
@@ -48,6 +59,13 @@ POLICY_DECISIONS = Counter(
     ["direction", "result", "tier", "policy"],
 )
 OTHER_POLICIES = "(other)"
+WAITS = Counter(
+    "kube_ip_agent_unknown_local_pod_waits_total",
+    "Connections of an address in this node's pod range that no known pod has, held until its pod's data "
+    "arrives (result: known, or gave-up when the dataplane's verdict timeout or shutdown ended the wait).",
+    ["result"],
+)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +90,9 @@ class LocalEnforcement:
     """``decide(packet)`` for the dataplane: the evaluator's verdict, restricted to ``cluster``'s side.
 
     ``verdict_log`` writes the log lines; ``per_policy_limit`` > 0 counts decisions per policy for at
-    most that many policies (bounded series).
+    most that many policies (bounded series). With ``is_local`` (this node's pod range), a connection of
+    an unknown address in it is decided once its pod is known (an awaitable; call :meth:`data_changed`
+    after every change of pod data).
     """
 
     def __init__(
@@ -81,21 +101,62 @@ class LocalEnforcement:
         cluster: str,
         verdict_log: VerdictLog | None = None,
         per_policy_limit: int = 0,
+        is_local: Callable[[IPAddress], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.cluster = cluster
         self.verdict_log = verdict_log
         self.per_policy_limit = per_policy_limit
         self._policy_series: set[str] = set()
+        self.is_local = is_local
+        self._changed = asyncio.Event()
 
     def _own(self, endpoint: Endpoint) -> bool:
         return endpoint.pod is not None and endpoint.pod.record.cluster == self.cluster
 
-    def decide(self, packet: PacketInfo) -> LocalVerdict:
-        """Decide the connection of ``packet`` (its first packet, or a re-check of an accepted one)."""
+    def _unknown_local(self, endpoint: Endpoint) -> bool:
+        return (
+            endpoint.pod is None
+            and endpoint.ip is not None
+            and self.is_local is not None
+            and self.is_local(endpoint.ip)
+        )
+
+    def data_changed(self) -> None:
+        """Pod data changed: connections waiting for an unknown local pod check again."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def decide(self, packet: PacketInfo) -> LocalVerdict | Awaitable[LocalVerdict]:
+        """Decide the connection of ``packet`` (its first packet, or a re-check of an accepted one);
+        an awaitable while an end is an unknown address of this node's pod range."""
         engine = self.engine
         src = engine.endpoint_for_ip(packet.src_ip)
         dst = engine.endpoint_for_ip(packet.dst_ip)
+        if self._unknown_local(src) or self._unknown_local(dst):
+            return self._decide_once_known(packet)
+        return self.verdict(packet, src, dst)
+
+    async def _decide_once_known(self, packet: PacketInfo) -> LocalVerdict:
+        engine = self.engine
+        try:
+            while True:
+                changed = self._changed
+                src = engine.endpoint_for_ip(packet.src_ip)
+                dst = engine.endpoint_for_ip(packet.dst_ip)
+                if not (self._unknown_local(src) or self._unknown_local(dst)):
+                    WAITS.labels("known").inc()
+                    return self.verdict(packet, src, dst)
+                await changed.wait()
+        except asyncio.CancelledError:
+            WAITS.labels("gave-up").inc()
+            log.info("no pod known for %s within the verdict timeout", packet)
+            raise
+
+    def verdict(self, packet: PacketInfo, src: Endpoint, dst: Endpoint) -> LocalVerdict:
+        """The decision point: the evaluator's verdict for ``src`` -> ``dst``, enforced for this cluster's side,
+        counted and offered to the verdict log."""
+        engine = self.engine
         protocol: str | int = packet.protocol.value if packet.protocol is not Protocol.OTHER else packet.protocol_number
         verdict = engine.decide_endpoints(src, dst, protocol, packet.dst_port)
         egress = self._own(src)

@@ -288,14 +288,21 @@ class Agent:
         self.engine = PolicyEngine()
         self.mirror = Mirror()
         verdicts = VerdictLog(config.verdict_log) if config.verdict_log.mode is not VerdictLogMode.OFF else None
-        self.enforcement = LocalEnforcement(self.engine, config.cluster_id, verdicts, config.per_policy_limit)
+        # With --pod-cidr, an address of the range no pod has yet waits for its pod's data (see enforce.py).
+        self.enforcement = LocalEnforcement(
+            self.engine,
+            config.cluster_id,
+            verdicts,
+            config.per_policy_limit,
+            is_local=self._in_pod_range if config.static_pods else None,
+        )
         self._mirror_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
         self.feed = MirrorFeed(
             self.engine,
             config.cluster_id,
             node=config.node_name,
-            on_change=self._mirror_changed.set,
+            on_change=self._tracker_data_changed,
             on_local_pods=None if config.static_pods else self._local_pods_changed,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
@@ -310,6 +317,15 @@ class Agent:
     def is_ready(self) -> bool:
         """Decisions can be trusted: the tracker's snapshot is applied and local policies are listed."""
         return self.client.ready and self.informer.synced
+
+    def _in_pod_range(self, ip: Any) -> bool:
+        return self.dataplane.is_local(ip)
+
+    def _tracker_data_changed(self) -> None:
+        """Tracker data that can change a verdict changed: no cached verdict outlives it; revalidate soon."""
+        self.dataplane.invalidate_verdicts()
+        self.enforcement.data_changed()
+        self._mirror_changed.set()
 
     def _local_pods_changed(self, addresses: frozenset[str]) -> None:
         self._pods_wanted.set()

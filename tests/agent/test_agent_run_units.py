@@ -3,6 +3,8 @@ own-cluster enforcement rule, several tracker addresses, and flag checking."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import ipaddress
 import logging
 from pathlib import Path
@@ -146,6 +148,25 @@ def test_egress_is_enforced_at_the_source_cluster_and_ingress_at_the_destination
     # Neither end a pod of this cluster: nothing to enforce, whatever the policies say.
     assert c1.decide(tcp("192.0.2.1", "10.2.0.1")).allowed
     assert not LocalEnforcement(engine, C1).decide(tcp("10.1.0.1", "192.0.2.1")).allowed
+
+
+async def test_an_unknown_address_of_the_pod_range_waits_for_its_pod() -> None:
+    engine = two_cluster_engine()
+    engine.set_policy(deny_all(C1, ["Ingress"]))
+    pod_range = ipaddress.ip_network("10.1.0.0/24")
+    enforcement = LocalEnforcement(engine, C1, is_local=lambda ip: ip in pod_range)
+    assert not enforcement.decide(tcp("10.2.0.1", "10.1.0.1")).allowed  # a known pod: decided at once
+    assert enforcement.decide(tcp("10.2.0.1", "10.3.0.9")).allowed  # unknown, outside the range: at once
+    pending = enforcement.decide(tcp("10.2.0.1", "10.1.0.9"))
+    assert inspect.isawaitable(pending)
+    task = asyncio.ensure_future(pending)
+    enforcement.data_changed()  # some other change: still unknown
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    engine.set_pod(pod(C1, "new", "10.1.0.9"))
+    enforcement.data_changed()
+    verdict = await asyncio.wait_for(task, 1.0)
+    assert not verdict.allowed and verdict.ingress_enforced  # judged as the cluster's pod, not an unknown end
 
 
 # --- several tracker addresses -------------------------------------------------------------------

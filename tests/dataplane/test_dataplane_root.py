@@ -435,11 +435,16 @@ async def test_a_second_dataplane_on_a_bound_queue_fails_without_touching_rules(
 
 
 async def test_nft_backend_table_is_valid_for_nft(dp_name: str, queue_id: int) -> None:
-    """``nft -c`` checks the nft-backend table against the kernel without loading it.
+    """``nft -c`` checks the nft-backend table (verdict cache included) against the kernel without loading it.
 
     On kernels without the nft queue expression only the queue statement may be refused.
     """
-    config = DataplaneConfig(name=dp_name, nfqueue_id=queue_id, local_pods=parse_networks(["10.244.9.0/24", "fd00::9"]))
+    config = DataplaneConfig(
+        name=dp_name,
+        nfqueue_id=queue_id,
+        local_pods=parse_networks(["10.244.9.0/24", "fd00::9"]),
+        verdict_cache_size=1024,
+    )
     text = RuleSet(config, Backend.NFT).nft_replace(config.local_pods)
     checked = await asyncio.to_thread(run, "nft", "-c", "-f", "-", stdin=text)
     if checked.returncode != 0:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# The agent's default (the library's DataplaneConfig default is off: its callers must invalidate).
+DEFAULT_VERDICT_CACHE_SIZE = 65536
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 
@@ -43,6 +45,9 @@ class DataplaneConfig:
     The three marks are single bits: ``queue_mark`` and ``verdict_mark`` in the packet mark
     (only between our own chains, cleared before the packet leaves them), ``accepted_ct_mark``
     in the conntrack mark of accepted connections.
+    ``verdict_cache_size`` (0: off) bounds the kernel's cache of allowed (source, destination, protocol,
+    port) tuples, each kept ``verdict_cache_timeout`` seconds at most; with the cache on, the caller must
+    call :meth:`Dataplane.invalidate_verdicts` (or ``request_revalidation``) whenever a verdict may change.
     """
 
     nfqueue_id: int = 100
@@ -59,6 +64,8 @@ class DataplaneConfig:
     verdict_mark: int = 0x02000000
     accepted_ct_mark: int = 0x01000000
     backend: str = "auto"
+    verdict_cache_size: int = 0
+    verdict_cache_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.nfqueue_id <= 65535:
@@ -67,7 +74,9 @@ class DataplaneConfig:
             raise ConfigError(f"dataplane name {self.name!r} must match {_NAME.pattern}")
         if self.queue_max_len < 1:
             raise ConfigError(f"queue_max_len must be positive, got {self.queue_max_len}")
-        for label in ("verdict_timeout", "revalidate_timeout", "command_timeout"):
+        if self.verdict_cache_size < 0:
+            raise ConfigError(f"--verdict-cache-size must not be negative, got {self.verdict_cache_size}")
+        for label in ("verdict_timeout", "revalidate_timeout", "command_timeout", "verdict_cache_timeout"):
             if getattr(self, label) <= 0:
                 raise ConfigError(f"{label} must be positive, got {getattr(self, label)}")
         for label in ("revalidate_delay", "revalidate_interval"):
@@ -120,6 +129,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     group.add_argument(
+        "--verdict-cache-size",
+        type=int,
+        default=DEFAULT_VERDICT_CACHE_SIZE,
+        metavar="N",
+        help="allowed (source, destination, protocol, port) tuples the kernel decides without asking the agent, "
+        f"at most (0: off; default {DEFAULT_VERDICT_CACHE_SIZE}); emptied whenever a verdict may change",
+    )
+    group.add_argument(
+        "--verdict-cache-timeout",
+        type=float,
+        default=DataplaneConfig.verdict_cache_timeout,
+        metavar="SECONDS",
+        help="seconds a cached verdict is kept at most",
+    )
+    group.add_argument(
         "--revalidate-interval",
         type=float,
         default=DataplaneConfig.revalidate_interval,
@@ -136,4 +160,6 @@ def config_from_args(args: argparse.Namespace) -> DataplaneConfig:
         backend=args.dataplane_backend,
         verdict_timeout=args.verdict_timeout,
         revalidate_interval=args.revalidate_interval,
+        verdict_cache_size=args.verdict_cache_size,
+        verdict_cache_timeout=args.verdict_cache_timeout,
     )

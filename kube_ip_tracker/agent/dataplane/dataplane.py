@@ -21,6 +21,7 @@ from .nfq import QueueBindError, QueueSocket
 from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
 from .revalidate import Revalidation, Revalidator
 from .rules import Backend
+from .verdict_cache import VerdictCache
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
@@ -34,6 +35,10 @@ class Dataplane:
     marked like allowed ones and re-checked by a revalidation pass as soon as the agent is ready.
     A failing or too slow decision gets the default verdict without a mark (asked again on the
     connection's next packet).
+
+    With ``verdict_cache_size`` > 0 the kernel decides connections whose (source, destination,
+    protocol, port) was accepted before (see :mod:`.verdict_cache`): call :meth:`invalidate_verdicts`
+    (``request_revalidation`` does) in the same event-loop turn as any change that may change a verdict.
     """
 
     def __init__(self, config: DataplaneConfig, decide: Decide, is_ready: IsReady) -> None:
@@ -50,6 +55,10 @@ class Dataplane:
         self._revalidator = Revalidator(config, self._allowed, self._ready, lambda: self._pods)
         self._revalidation_task: asyncio.Task[None] | None = None
         self._label = str(config.nfqueue_id)
+        self._cache: VerdictCache | None = None
+        self._generation = 0  # invalidations before start() (the install flushes the cache anyway)
+        self._provisional = False  # not-ready verdicts went into the cache since the last flush
+        self._repair_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -81,13 +90,17 @@ class Dataplane:
         queue.attach(self._loop)
         self._queue = queue
         try:
+            self._cache = VerdictCache(self._installer.rules)
             await self.sync_rules()
         except BaseException:
             self._queue = None
             queue.poll()  # old rules may already be queueing to us: answer those packets
             self._flush_pending("error")
             queue.close()
+            self._close_cache()
             raise
+        if self._cache.enabled:
+            m.VERDICT_CACHES.register(self._label, cfg.verdict_cache_size, self._cache.stats)
         self._revalidation_task = self._loop.create_task(self._revalidator.run())
         log.info(
             "dataplane started: backend=%s queue=%d fail_open=%s pods=%s table=inet %s",
@@ -100,12 +113,12 @@ class Dataplane:
 
     async def stop(self, remove_rules: bool = True) -> None:
         """Remove the rules (unless ``remove_rules`` is False), give every pending packet a verdict, unbind."""
-        for task in (self._rebind_task, self._revalidation_task):
+        for task in (self._rebind_task, self._revalidation_task, self._repair_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._rebind_task = self._revalidation_task = None
+        self._rebind_task = self._revalidation_task = self._repair_task = None
         try:
             if remove_rules:
                 await self.remove_rules()
@@ -116,6 +129,7 @@ class Dataplane:
             self._flush_pending("shutdown")
             if queue is not None:
                 queue.close()
+            self._close_cache()
             log.info(
                 "dataplane stopped: queue=%d rules %s", self.config.nfqueue_id, "removed" if remove_rules else "kept"
             )
@@ -128,6 +142,13 @@ class Dataplane:
         if self._installer is None:
             raise DataplaneError("dataplane not started: no backend chosen yet")
         await self._installer.sync(self._pods)
+
+    def _close_cache(self) -> None:
+        if self._cache is not None:
+            m.VERDICT_CACHES.unregister(self._label)
+            self._generation = self._cache.generation
+            self._cache.close()
+            self._cache = None
 
     async def remove_rules(self) -> None:
         """Delete our iptables chain (if any) and nft table (by name: also when another process installed them)."""
@@ -188,6 +209,8 @@ class Dataplane:
             m.QUEUE_ERRORS.labels(self._label, "verdict").inc()
             log.warning("verdict for %s failed: %s", info, exc)
             return
+        if accept and self._cache is not None:
+            self._cache.filled()
         result = "accept" if accept or fail_open else "drop"
         m.VERDICTS.labels(self._label, result, reason).inc()
         if log.isEnabledFor(logging.DEBUG):
@@ -222,15 +245,20 @@ class Dataplane:
                 # requested here re-checks it (and cuts it if denied) once the agent is ready.
                 m.FAIL_OPEN_PASSES.labels(self._label, "not-ready").inc()
                 self._give(packet, info, accept=True, fail_open=False, reason="not-ready")
+                self._provisional = True  # cached too: flushed once ready
                 self._revalidator.wanted.set()
             else:
                 self._give(packet, info, accept=False, fail_open=False, reason="not-ready")
             return
+        if self._provisional:
+            self._provisional = False
+            self._invalidate("ready")
         try:
             result = self._decide(info)
             if inspect.isawaitable(result):
                 key = id(packet)
-                task = asyncio.get_running_loop().create_task(self._finish(key, packet, info, result))
+                finish = self._finish(key, packet, info, result, self.generation)
+                task = asyncio.get_running_loop().create_task(finish)
                 self._pending[key] = (packet, task)
                 m.PENDING.labels(self._label).set(len(self._pending))
                 return
@@ -243,7 +271,9 @@ class Dataplane:
         self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
         m.DECISION_SECONDS.labels(self._label).observe(time.perf_counter() - started)
 
-    async def _finish(self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision]) -> None:
+    async def _finish(
+        self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision], generation: int
+    ) -> None:
         try:
             allowed = as_allowed(await asyncio.wait_for(result, self.config.verdict_timeout))
         except TimeoutError:
@@ -264,6 +294,8 @@ class Dataplane:
             # Absent when shutdown already gave the packet its verdict.
             if self._pending.pop(key, None) is not None:
                 self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
+                if allowed and generation != self.generation:
+                    self._invalidate("stale-decision")  # decided with what changed meanwhile: not cached
         finally:
             m.PENDING.labels(self._label).set(len(self._pending))
 
@@ -304,10 +336,46 @@ class Dataplane:
             log.info("queue %d: rebound", self.config.nfqueue_id)
             return
 
+    # --- verdict cache ---------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Counts :meth:`invalidate_verdicts` calls: a decision made under an older generation may be stale."""
+        return self._cache.generation if self._cache is not None else self._generation
+
+    def invalidate_verdicts(self) -> None:
+        """A verdict may have changed: empty the kernel's verdict cache now (synchronous, ~100 us; skipped when
+        nothing was accepted since the last flush). Call it in the same event-loop turn as the change."""
+        self._invalidate("change")
+
+    def _invalidate(self, reason: str) -> None:
+        if self._cache is None:
+            self._generation += 1
+            return
+        if not self._cache.invalidate(reason) and self._loop is not None:
+            # The cache may still hold old verdicts: re-install the rules (their transaction flushes it).
+            if self._repair_task is None or self._repair_task.done():
+                self._repair_task = self._loop.create_task(self._repair())
+
+    async def _repair(self) -> None:
+        backoff = Backoff(0.05, 5.0)
+        while self._queue is not None:
+            try:
+                await self.sync_rules()
+                return
+            except DataplaneError as exc:
+                delay = backoff.next_delay()
+                log.error(
+                    "re-installing the rules after a failed cache flush failed (%s); retrying in %.2fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+
     # --- revalidation ----------------------------------------------------------------------------
 
     def request_revalidation(self) -> None:
-        """Ask for a revalidation pass soon; cheap and coalesced, call it on every policy or pod change."""
+        """Ask for a revalidation pass soon (and empty the verdict cache now); cheap and coalesced, call it on
+        every policy or pod change."""
+        self._invalidate("change")
         self._revalidator.wanted.set()
 
     async def revalidate(self) -> Revalidation:
@@ -327,6 +395,10 @@ class Dataplane:
             return as_allowed(result)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            m.QUEUE_ERRORS.labels(self._label, "timeout").inc()
+            log.warning("no decision for %s within %ss during revalidation", info, self.config.verdict_timeout)
+            return self.config.fail_open
         except Exception:
             m.QUEUE_ERRORS.labels(self._label, "decide").inc()
             log.exception("decide failed for %s during revalidation", info)

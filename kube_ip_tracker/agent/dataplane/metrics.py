@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
 PACKETS_QUEUED = Counter(
     "kube_ip_agent_dataplane_packets_queued_total",
@@ -70,6 +74,12 @@ REVALIDATION_RETRY_SECONDS = Gauge(
     "Delay before the revalidation loop retries a failed or not-ready pass (0 when healthy).",
     ["queue"],
 )
+CACHE_FLUSHES = Counter(
+    "kube_ip_agent_dataplane_verdict_cache_flushes_total",
+    "Flushes of the kernel's verdict cache, by reason (change: a verdict may have changed; ready: provisional "
+    "not-ready verdicts; stale-decision: a decision awaited across a change).",
+    ["queue", "reason"],
+)
 
 NFQUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
 
@@ -124,3 +134,55 @@ def read_kernel_queues(path: str = NFQUEUE_PROC) -> list[dict[str, int]]:
 
 
 REGISTRY.register(KernelQueueCollector())
+
+
+class VerdictCacheCollector:
+    """Entries, capacity and hits of each running dataplane's kernel verdict cache, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[int, Callable[[], tuple[int, int]]]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, queue: str, size: int, stats: Callable[[], tuple[int, int]]) -> None:
+        with self._lock:
+            self._sources[queue] = (size, stats)
+
+    def unregister(self, queue: str) -> None:
+        with self._lock:
+            self._sources.pop(queue, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        entries = GaugeMetricFamily(
+            "kube_ip_agent_dataplane_verdict_cache_entries",
+            "Allowed tuples in the kernel's verdict cache.",
+            labels=["queue"],
+        )
+        capacity = GaugeMetricFamily(
+            "kube_ip_agent_dataplane_verdict_cache_size",
+            "The verdict cache's bound (--verdict-cache-size).",
+            labels=["queue"],
+        )
+        hits = CounterMetricFamily(
+            "kube_ip_agent_dataplane_verdict_cache_hits",
+            "New connections the kernel accepted from the verdict cache without queueing (rule counter; "
+            "restarts at 0 when the rules are re-installed).",
+            labels=["queue"],
+        )
+        with self._lock:
+            sources = list(self._sources.items())
+        for queue, (size, stats) in sources:
+            try:
+                count, hit = stats()
+            except Exception as exc:  # a scrape must not fail because one table vanished meanwhile
+                log.warning("reading the verdict cache of queue %s failed: %s", queue, exc)
+                continue
+            entries.add_metric([queue], count)
+            capacity.add_metric([queue], size)
+            hits.add_metric([queue], hit)
+        yield entries
+        yield capacity
+        yield hits
+
+
+VERDICT_CACHES = VerdictCacheCollector()
+REGISTRY.register(VERDICT_CACHES)

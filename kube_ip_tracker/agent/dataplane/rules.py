@@ -17,6 +17,14 @@ Packet path on a hook (forward, input, output), for packets to or from a local p
 An accepted packet resumes with the next netfilter table, so the host's other tables (filter
 and so on) still see every first packet.
 
+Verdict cache (``verdict_cache_size`` > 0): step 3 also adds the accepted connection's
+(source, destination, protocol, destination port) to the set ``verdicts4``/``verdicts6`` (TCP, UDP,
+SCTP only; with the set's timeout; a full set takes no more, so those connections keep being
+queued). Step 1 accepts, and marks like an accepted connection, a new connection whose tuple is in
+the set, before queueing: a verdict depends on nothing else, so the kernel decides it as the agent
+would. The agent flushes both sets whenever a verdict could change (see ``verdict_cache``); every
+install and pod-set update flushes them in its transaction. Denied connections are not cached.
+
 IPv6 neighbour discovery (router/neighbour solicitations and advertisements, redirects) is never
 queued: conntrack leaves it untracked, so no accepted mark would ever spare it, and its source is
 often the pod's own address (Linux solicits with the source of the packet waiting for the
@@ -38,6 +46,9 @@ NEIGHBOUR_DISCOVERY = (
     "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept"
 )
 SETS = (("pods4", "ipv4_addr"), ("pods6", "ipv6_addr"))
+# The verdict cache: (set name, address type, nft address keyword) per family.
+VERDICT_SETS = (("verdicts4", "ipv4_addr", "ip"), ("verdicts6", "ipv6_addr", "ip6"))
+PORTED = "meta l4proto { tcp, udp, sctp }"
 IPTABLES_HOOKS = ("FORWARD", "INPUT", "OUTPUT")
 # The queue rule lives in the (usually empty) security table, which iptables-nft hooks after filter:
 # a verdict resumes with the next netfilter table, so this way no filter rule is skipped.
@@ -64,6 +75,11 @@ def split_families(networks: Iterable[IPNetwork]) -> tuple[list[IPNetwork], list
     return list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
 
 
+def verdict_key(keyword: str) -> str:
+    """The cache key of a packet: source, destination, protocol, destination port (after DNAT)."""
+    return f"{keyword} saddr . {keyword} daddr . meta l4proto . th dport"
+
+
 def queue_statement(queue_num: int, bypass: bool) -> str:
     """The nft queue statement."""
     return f"queue num {queue_num}" + (" bypass" if bypass else "")
@@ -84,6 +100,39 @@ class RuleSet:
     def queue_chain(self) -> str:
         return f"{self.config.chain_prefix}-QUEUE"
 
+    @property
+    def cache(self) -> bool:
+        """Whether the verdict cache is on."""
+        return self.config.verdict_cache_size > 0
+
+    def _verdict_set_spec(self, kind: str) -> str:
+        cfg = self.config
+        timeout = f"{max(1, round(cfg.verdict_cache_timeout * 1000))}ms"
+        return (
+            f"type {kind} . {kind} . inet_proto . inet_service; flags dynamic, timeout; "
+            f"timeout {timeout}; size {cfg.verdict_cache_size};"
+        )
+
+    def _cache_lookups(self) -> list[str]:
+        accepted = self.config.accepted_ct_mark
+        return [
+            f"{PORTED} {verdict_key(keyword)} @{name} counter ct mark set ct mark | {accepted:#010x} accept"
+            for name, _kind, keyword in VERDICT_SETS
+        ]
+
+    def _cache_adds(self) -> list[str]:
+        verdict = self.config.verdict_mark
+        return [
+            f"meta mark & {verdict:#010x} == {verdict:#010x} {PORTED} add @{name} {{ {verdict_key(keyword)} }}"
+            for name, _kind, keyword in VERDICT_SETS
+        ]
+
+    def nft_flush_verdicts(self) -> str:
+        """One nft transaction that empties both verdict sets (nothing when the cache is off)."""
+        if not self.cache:
+            return ""
+        return "".join(f"flush set {self.table} {name}\n" for name, _kind, _keyword in VERDICT_SETS)
+
     def _chains(self) -> list[tuple[str, str | None, list[str]]]:
         """(name, base chain spec or None, rules) of every chain of our table."""
         cfg = self.config
@@ -96,7 +145,11 @@ class RuleSet:
             (
                 "enforce",
                 None,
-                [f"ct mark & {cfg.accepted_ct_mark:#010x} == {cfg.accepted_ct_mark:#010x} accept", to_queue],
+                [
+                    f"ct mark & {cfg.accepted_ct_mark:#010x} == {cfg.accepted_ct_mark:#010x} accept",
+                    *(self._cache_lookups() if self.cache else []),
+                    to_queue,
+                ],
             )
         ]
         for hook in HOOKS:
@@ -120,6 +173,7 @@ class RuleSet:
                     [
                         f"meta mark & {cfg.verdict_mark:#010x} == {cfg.verdict_mark:#010x}"
                         f" ct mark set ct mark | {cfg.accepted_ct_mark:#010x}",
+                        *(self._cache_adds() if self.cache else []),
                         f"meta mark & {both:#010x} != 0 meta mark set meta mark & {~both & 0xFFFFFFFF:#010x}",
                     ],
                 )
@@ -137,6 +191,8 @@ class RuleSet:
         lines = [f"add table {table}"]
         for set_name, kind in SETS:
             lines.append(f"add set {table} {set_name} {{ type {kind}; flags interval; auto-merge; }}")
+        if self.cache:
+            lines += [f"add set {table} {name} {{ {self._verdict_set_spec(kind)} }}" for name, kind, _ in VERDICT_SETS]
         chains = self._chains()
         for name, base, _rules in chains:
             lines.append(f"add chain {table} {name}" + (f" {{ {base} }}" if base else ""))
@@ -161,6 +217,8 @@ class RuleSet:
             if members:
                 lines.append(f"    elements = {{ {_elements(members)} }}")
             lines.append("  }")
+        if self.cache:
+            lines += [f"  set {name} {{ {self._verdict_set_spec(kind)} }}" for name, kind, _ in VERDICT_SETS]
         for name, base, rules in self._chains():
             lines.append(f"  chain {name} {{")
             if base:
@@ -171,14 +229,14 @@ class RuleSet:
         return "\n".join(lines) + "\n"
 
     def nft_set_pods(self, pods: Iterable[IPNetwork]) -> str:
-        """One nft transaction that replaces the members of both pod sets."""
+        """One nft transaction that replaces the members of both pod sets (and empties the verdict cache)."""
         v4, v6 = split_families(pods)
         lines = [f"flush set {self.table} pods4", f"flush set {self.table} pods6"]
         if v4:
             lines.append(f"add element {self.table} pods4 {{ {_elements(v4)} }}")
         if v6:
             lines.append(f"add element {self.table} pods6 {{ {_elements(v6)} }}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.nft_flush_verdicts()
 
     def nft_delete(self) -> str:
         """Remove our table (no error when it is absent)."""
