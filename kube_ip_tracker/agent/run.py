@@ -388,6 +388,7 @@ class Agent:
 
         Refuses (``MarkCollision``) when a running agent of another name uses our mark bits.
         """
+        self.dataplane.forget_left_over_verdicts()  # a crashed run's cached verdicts: not one more connection
         await check_marks_free(self.config.dataplane)
         if not self.config.static_pods:
             previous = await installed_pods(self.config.dataplane)

@@ -251,8 +251,13 @@ async def test_no_rule_survives_shutdown_and_a_restart_starts_with_an_empty_cach
     assert nft_set_elements(dp_name, "verdicts4") == 1
     await first.stop(remove_rules=False)  # as a crash leaves them
     assert nft_set_elements(dp_name, "verdicts4") == 1
-    second = await started(world, make_dataplane)
-    assert nft_set_elements(dp_name, "verdicts4") == 0  # the new process's install flushed old verdicts
+    assert await world.connects(world.web, 1.0)  # while no agent runs, the kernel keeps the cached verdict
+    second = make_dataplane(world.decide, **CACHE)
+    world.attach(second)
+    second.forget_left_over_verdicts()  # the agent's first step on start
+    assert nft_set_elements(dp_name, "verdicts4") == 0
+    assert not await world.connects(world.web)  # fail-closed, nobody reads the queue yet: dropped
+    await second.start()
     await cached_allow(world, world.web)
     await second.stop()
     assert not rules_present(dp_name)

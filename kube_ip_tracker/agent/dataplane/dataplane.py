@@ -21,7 +21,7 @@ from .nfq import QueueBindError, QueueSocket
 from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
 from .revalidate import Revalidation, Revalidator
 from .rules import Backend
-from .verdict_cache import VerdictCache
+from .verdict_cache import VerdictCache, flush_left_over
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
@@ -77,6 +77,7 @@ class Dataplane:
             raise DataplaneError("dataplane already started")
         cfg = self.config
         self._loop = asyncio.get_running_loop()
+        self.forget_left_over_verdicts()
         self._backend = await detect_backend(cfg) if cfg.backend == "auto" else Backend(cfg.backend)
         self._installer = RuleInstaller(cfg, self._backend)
         for backend in Backend:
@@ -342,6 +343,10 @@ class Dataplane:
     def generation(self) -> int:
         """Counts :meth:`invalidate_verdicts` calls: a decision made under an older generation may be stale."""
         return self._cache.generation if self._cache is not None else self._generation
+
+    def forget_left_over_verdicts(self) -> None:
+        """Empty the verdict cache a previous (crashed) run of our table left, at once (start does it first)."""
+        flush_left_over(self.config)
 
     def invalidate_verdicts(self) -> None:
         """A verdict may have changed: empty the kernel's verdict cache now (synchronous, ~100 us; skipped when

@@ -15,10 +15,31 @@ from __future__ import annotations
 import logging
 
 from . import metrics as m
+from .config import DataplaneConfig
 from .nftlib import Nft, NftError
 from .rules import VERDICT_SETS, RuleSet
 
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
+
+
+def flush_left_over(config: DataplaneConfig) -> bool:
+    """Empty the verdict sets a previous run of our table left (a crash keeps its rules, and the kernel
+    keeps applying their cached verdicts); True if there were any. Synchronous and fast: call it first
+    thing on start, before the slower steps that lead to the rules' re-install (which flushes them too)."""
+    table = f"inet {config.name}"
+    try:
+        nft = Nft()
+    except NftError as exc:
+        log.warning("cannot empty a previous run's verdict cache: %s", exc)
+        return False
+    try:
+        nft.run("".join(f"flush set {table} {name}\n" for name, _kind, _keyword in VERDICT_SETS))
+    except NftError:  # no such table or sets: nothing left over
+        return False
+    finally:
+        nft.close()
+    log.info("emptied the verdict cache left in table %s by a previous run", table)
+    return True
 
 
 class VerdictCache:
