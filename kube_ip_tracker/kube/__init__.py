@@ -2,6 +2,7 @@
 
 - :mod:`.kubeconfig` reads kubeconfig files and in-cluster config and builds API clients from
   :class:`~kube_ip_tracker.model.ClusterSpec`.
-- :mod:`.reflector` is the list/watch loop (relist on 410, backoff) and the liveness probe.
+- :mod:`.reflector` is the list/watch loop of any resource into any store (relist on 410, backoff),
+  the connect loop and the liveness probe.
 - :mod:`.errors` names API errors; :mod:`.metrics` counts the reflector loops.
 """

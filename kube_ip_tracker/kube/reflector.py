@@ -1,17 +1,40 @@
-"""The reflector shared by the tracker's informers and the agent's policy informers, like client-go's.
+"""The reflector: one resource of one cluster kept in step with a store, like client-go's.
 
-One resource of one cluster is kept in step by a loop:
+A :class:`Reflector` is composed, not subclassed: it is given a :class:`Resource` (what to list
+and watch) and a :class:`Store` (where the objects go), and owns everything between them:
 
-1. a paginated list (``limit``/``continue``, a consistent read), reconciled with what the store holds;
+1. a paginated list (``limit``/``continue``, a consistent read) collected into a
+   :class:`Replacement` and committed, so the store holds exactly what the API server has;
 2. a watch from the list's resourceVersion with bookmarks and a server-side timeout; when it ends
    the watch is reopened from the last resourceVersion seen (objects and bookmarks advance it);
-3. on 410 Gone (an HTTP 410 or a watch ERROR event with code 410) the resourceVersion is too old:
-   back to 1 (relist and reconcile);
-4. any other error: exponential backoff with jitter, then watch again from the last resourceVersion
-   (or list again if no list has succeeded yet).
+3. on 410 Gone (an HTTP 410 or a watch ERROR event with code 410, or "too large resource
+   version") the resourceVersion is too old: back to 1 (relist and reconcile);
+4. any other error: exponential backoff with jitter, then watch again from the last
+   resourceVersion (or list again if no list has succeeded yet);
+5. the per-event-type counters, list reasons, errors and backoff in :mod:`.metrics`.
 
-Lists and watches are read as raw JSON (no client-model deserialization). :func:`liveness_probe`
-notices an API server that stops answering while its watches still look open.
+The small interface a new kind needs (e.g. a CRD such as ClusterNetworkPolicy)::
+
+    resource = Resource.of("policy.networking.k8s.io", "v1alpha1", "clusternetworkpolicies")
+
+    class MyStore:                        # Store
+        def replacement(self) -> Replacement: ...   # start collecting a full list
+        def upsert(self, obj: dict) -> None: ...    # a watched ADDED / MODIFIED object
+        def delete(self, obj: dict) -> None: ...    # a watched DELETED object
+        def __len__(self) -> int: ...               # objects held (the objects gauge)
+
+    class MyReplacement:                  # Replacement
+        def add(self, obj: dict) -> None: ...       # one listed object (convert it now: pages are not kept)
+        def commit(self, resource_version: str) -> str: ...  # hold exactly what was added; a log summary
+
+    reflector = Reflector(cluster_id, resource, MyStore(), options, on_listed=..., on_failure=...)
+    await run_with_probe(api, options, cluster_id, [reflector], on_probe_failure, on_probe_recovery)
+
+wrapped in :func:`keep_connected` for the connect/backoff loop. Objects are raw JSON dicts (no
+client-model deserialization); a store converts and keeps only what it needs. Status callbacks:
+``on_listed()`` after each committed list, ``on_watching()`` when a watch opens,
+``on_failure(message)`` for errors other than an expired resourceVersion.
+:func:`liveness_probe` notices an API server that stops answering while its watches still look open.
 """
 
 from __future__ import annotations
@@ -21,9 +44,9 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -31,12 +54,14 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.kube import metrics
-from kube_ip_tracker.kube.errors import ConnectError, ProbeFailed, describe_error
+from kube_ip_tracker.kube.errors import ConnectError, ProbeFailed, ResourceExpired, WatchError, describe_error
 from kube_ip_tracker.model import ClusterSpec
 
 log = logging.getLogger(__name__)
 
 ApiClientFactory = Callable[[ClusterSpec], contextlib.AbstractAsyncContextManager[client.ApiClient]]
+
+EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -59,15 +84,70 @@ class InformerOptions:
     probe_failures_to_reconnect: int = 3
 
 
-async def open_response(
-    method: Callable[..., Any], client_timeout: aiohttp.ClientTimeout, **params: Any
-) -> aiohttp.ClientResponse:
-    """Call a kubernetes_asyncio list method (list or watch) and return the unread response (raises on non-2xx).
+@dataclass(frozen=True)
+class Resource:
+    """What a reflector lists and watches: a cluster-wide collection, named by its API path.
 
-    Parameters that are None are left out.
+    ``plural`` names it in metrics (label ``kind``) and logs; ``path`` is the collection's URL path.
     """
-    params = {k: v for k, v in params.items() if v is not None}
-    resp: aiohttp.ClientResponse = await method(**params, _preload_content=False, _request_timeout=client_timeout)
+
+    plural: str
+    path: str
+
+    @classmethod
+    def core(cls, plural: str) -> Resource:
+        """A core/v1 collection (pods, namespaces, nodes)."""
+        return cls(plural, f"/api/v1/{plural}")
+
+    @classmethod
+    def of(cls, group: str, version: str, plural: str) -> Resource:
+        """A collection of an API group, built in or a CRD (e.g. networking.k8s.io/v1 networkpolicies)."""
+        return cls(plural, f"/apis/{group}/{version}/{plural}")
+
+
+class Replacement(Protocol):
+    """One full list being collected for a store."""
+
+    def add(self, obj: dict[str, Any]) -> None:
+        """One listed object (pages are not kept: keep what is needed now)."""
+
+    def commit(self, resource_version: str) -> str:
+        """Make the store hold exactly the added objects; returns a short summary for the log."""
+
+
+class Store(Protocol):
+    """Where a reflector puts what it lists and watches (see the module docstring)."""
+
+    def replacement(self) -> Replacement:
+        """Start collecting a full list; a list started over gets a fresh replacement."""
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        """A watched object was added or modified."""
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """A watched object was deleted (``obj`` is its last state)."""
+
+    def __len__(self) -> int:
+        """Objects held."""
+
+
+async def open_request(
+    api: client.ApiClient, resource: Resource, client_timeout: aiohttp.ClientTimeout, params: dict[str, Any]
+) -> aiohttp.ClientResponse:
+    """GET ``resource`` (a list page or a watch) and return the unread response (raises on non-2xx).
+
+    Parameters that are None are left out; booleans are sent as ``true``/``false``.
+    """
+    query = [(k, ("true" if v else "false") if isinstance(v, bool) else v) for k, v in params.items() if v is not None]
+    resp: aiohttp.ClientResponse = await api.call_api(
+        resource.path,
+        "GET",
+        query_params=query,
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=client_timeout,
+    )
     if not 200 <= resp.status <= 299:
         try:
             body = await resp.read()
@@ -140,9 +220,9 @@ def watch_request(
     )
     params = {
         "watch": True,
-        "resource_version": resource_version,
-        "allow_watch_bookmarks": True,
-        "timeout_seconds": server_timeout,
+        "resourceVersion": resource_version,
+        "allowWatchBookmarks": True,
+        "timeoutSeconds": server_timeout,
     }
     return timeout, params
 
@@ -159,32 +239,55 @@ async def apply_events(resp: aiohttp.ClientResponse, handle: Callable[[dict[str,
     return events
 
 
-class Reflector:
-    """The list/watch loop of one resource in one cluster (see the module docstring).
+def _no_op(*_: object) -> None:
+    pass
 
-    Subclasses set ``cluster``, ``plural``, ``options``, ``resource_version`` (None: list first) and
-    ``first_list_reason``, and implement :meth:`list`, :meth:`watch` and :meth:`failed`.
+
+class Reflector:
+    """The list/watch loop of one resource in one cluster into one store (see the module docstring).
+
+    ``api`` may be given here or to :meth:`run` (a new client per connection keeps the
+    resourceVersion: the watch resumes). ``first_list_reason`` labels the first list in
+    ``kube_ip_tracker_source_lists_total`` (initial, reconnect).
     """
 
-    cluster: str
-    plural: str
-    options: InformerOptions
-    resource_version: str | None
-    first_list_reason: str
+    def __init__(
+        self,
+        cluster: str,
+        resource: Resource,
+        store: Store,
+        options: InformerOptions,
+        *,
+        api: client.ApiClient | None = None,
+        first_list_reason: str = "initial",
+        on_listed: Callable[[], None] = _no_op,
+        on_watching: Callable[[], None] = _no_op,
+        on_failure: Callable[[str], None] = _no_op,
+    ) -> None:
+        self.cluster = cluster
+        self.resource = resource
+        self.plural = resource.plural
+        self.store = store
+        self.options = options
+        self.api = api
+        self.first_list_reason = first_list_reason
+        self.on_listed = on_listed
+        self.on_watching = on_watching
+        self.on_failure = on_failure
+        self.resource_version: str | None = None  # None: list first
+        self._rng = random.Random()
+        self._objects_gauge = metrics.OBJECTS.labels(cluster, self.plural)
+        self._events = {etype: metrics.EVENTS.labels(cluster, self.plural, etype) for etype in EVENT_TYPES}
 
-    async def list(self, reason: str) -> None:
-        """List everything and reconcile; sets ``resource_version``."""
-        raise NotImplementedError
+    def _api(self) -> client.ApiClient:
+        if self.api is None:
+            raise RuntimeError(f"reflector of {self.plural} in cluster {self.cluster} has no API client")
+        return self.api
 
-    async def watch(self) -> int:
-        """One watch from ``resource_version`` until it ends; returns the number of events."""
-        raise NotImplementedError
-
-    def failed(self, message: str) -> None:
-        """A list or watch failed for another reason than an expired resourceVersion."""
-
-    async def run(self) -> None:
+    async def run(self, api: client.ApiClient | None = None) -> None:
         """List and watch until cancelled."""
+        if api is not None:
+            self.api = api
         backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
         reason = self.first_list_reason
         expired_in_a_row = 0
@@ -216,7 +319,7 @@ class Reflector:
                     if expired_in_a_row < 2:
                         continue
                 else:
-                    self.failed(message)
+                    self.on_failure(message)
                 delay = backoff.next_delay()
                 metrics.BACKOFF.labels(self.cluster, self.plural).set(delay)
                 level = logging.DEBUG if label == "expired" else logging.WARNING
@@ -224,6 +327,132 @@ class Reflector:
                 if label == "other":
                     log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
                 await asyncio.sleep(delay)
+
+    async def list(self, reason: str) -> None:
+        """Paginated list committed to the store; sets ``resource_version``."""
+        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
+        api = self._api()
+        replacement = self.store.replacement()
+        listed = 0
+
+        def restart() -> None:
+            nonlocal replacement, listed
+            replacement = self.store.replacement()
+            listed = 0
+
+        def collect(obj: dict[str, Any]) -> None:
+            nonlocal listed
+            listed += 1
+            replacement.add(obj)
+
+        def open_page(token: str | None) -> Awaitable[aiohttp.ClientResponse]:
+            return open_request(api, self.resource, timeout, {"limit": self.options.page_size, "continue": token})
+
+        resource_version = await paginated_list(
+            open_page, collect, restart, f"Cluster {self.cluster}: list of {self.plural}"
+        )
+        self._commit(replacement, listed, resource_version, reason)
+
+    def _commit(self, replacement: Replacement, listed: int, resource_version: str, reason: str) -> None:
+        summary = replacement.commit(resource_version)
+        self.resource_version = resource_version
+        metrics.RELISTS.labels(self.cluster, self.plural, reason).inc()
+        self._objects_gauge.set(len(self.store))
+        log.log(
+            logging.DEBUG if reason == "initial" else logging.INFO,
+            "Cluster %s: listed %d %s (%s) at resourceVersion %s (%s)",
+            self.cluster,
+            listed,
+            self.plural,
+            summary,
+            resource_version,
+            reason,
+        )
+        self.on_listed()
+
+    async def watch(self) -> int:
+        """One watch from ``resource_version`` until the server ends it; returns the event count."""
+        timeout, params = watch_request(self.options, self._rng, self.resource_version)
+        resp = await open_request(self._api(), self.resource, timeout, params)
+        metrics.WATCHES.labels(self.cluster, self.plural).inc()
+        self.on_watching()
+        return await apply_events(resp, self.handle_event)
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """Apply one watch event to the store and advance the resourceVersion."""
+        etype = str(event.get("type"))
+        obj = event.get("object") or {}
+        counter = self._events.get(etype) or metrics.EVENTS.labels(self.cluster, self.plural, etype)
+        counter.inc()
+        if etype == "ERROR":
+            code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
+            if code == 410:
+                raise ResourceExpired(message)
+            raise WatchError(code, message)
+        if etype in ("ADDED", "MODIFIED"):
+            self.store.upsert(obj)
+            self._objects_gauge.set(len(self.store))
+        elif etype == "DELETED":
+            self.store.delete(obj)
+            self._objects_gauge.set(len(self.store))
+        elif etype != "BOOKMARK":
+            log.warning("Cluster %s: ignoring watch event of unknown type %r for %s", self.cluster, etype, self.plural)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self.resource_version = str(rv)
+
+
+async def run_with_probe(
+    api: client.ApiClient,
+    options: InformerOptions,
+    cluster: str,
+    reflectors: Iterable[Reflector],
+    on_probe_failure: Callable[[str], None],
+    on_probe_recovery: Callable[[], None],
+) -> None:
+    """Run ``reflectors`` on ``api`` with the liveness probe beside them, until one fails or all are
+    cancelled (the probe giving up raises :class:`ProbeFailed`: the caller reconnects)."""
+    async with asyncio.TaskGroup() as group:
+        for reflector in reflectors:
+            group.create_task(reflector.run(api), name=f"reflector-{cluster}-{reflector.plural}")
+        probe = liveness_probe(api, options, cluster, on_probe_failure, on_probe_recovery)
+        group.create_task(probe, name=f"probe-{cluster}")
+
+
+Session = Callable[[client.ApiClient, Callable[[], None]], Awaitable[None]]
+
+
+async def keep_connected(
+    spec: ClusterSpec,
+    client_factory: ApiClientFactory,
+    options: InformerOptions,
+    session: Session,
+    on_error: Callable[[str], None],
+    *,
+    kind: str,
+    what: str,
+) -> None:
+    """Run ``session(api, connected)`` with a new API client of ``spec`` until cancelled, reconnecting
+    with backoff when it raises (``on_error(message)`` first, counted in the errors metric under
+    ``kind``, logged as "cannot ``what``"). The session calls ``connected()`` once the API server
+    answered, which resets the backoff."""
+    cluster = spec.cluster_id
+    backoff = Backoff(options.backoff_base, options.backoff_cap)
+    while True:
+        try:
+            async with client_factory(spec) as api:
+                await session(api, backoff.reset)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            label, message = describe_error(exc, "connect")
+            metrics.ERRORS.labels(cluster, kind, label).inc()
+            on_error(message)
+            delay = backoff.next_delay()
+            log.error("Cluster %s: cannot %s: %s; retrying in %.1fs", cluster, what, message, delay)
+            if label == "other":
+                log.debug("Cluster %s: unexpected error details", cluster, exc_info=exc)
+            await asyncio.sleep(delay)
 
 
 async def liveness_probe(

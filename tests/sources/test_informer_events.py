@@ -10,18 +10,18 @@ import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kube_ip_tracker.kube.errors import ConnectError, ResourceExpired, WatchError, describe_error
-from kube_ip_tracker.kube.reflector import InformerOptions
+from kube_ip_tracker.kube.reflector import InformerOptions, Reflector
 from kube_ip_tracker.model import Kind
-from kube_ip_tracker.sources.kube import Informer
+from kube_ip_tracker.sources.kube import informer as make_informer
 from kube_ip_tracker.sources.status import ClusterState
 
 from .recording import RecordingWriter
 
 
-def make(kind: Kind = Kind.POD) -> tuple[Informer, RecordingWriter, ClusterState]:
+def make(kind: Kind = Kind.POD) -> tuple[Reflector, RecordingWriter, ClusterState]:
     writer = RecordingWriter()
     state = ClusterState("c1", writer)
-    informer = Informer("c1", kind, api=None, writer=writer, state=state, options=InformerOptions())  # type: ignore[arg-type]
+    informer = make_informer("c1", kind, api=None, writer=writer, state=state, options=InformerOptions())
     informer.resource_version = "1"
     return informer, writer, state
 

@@ -13,6 +13,7 @@ import yaml
 from kubernetes_asyncio import client
 from prometheus_client import REGISTRY
 
+from kube_ip_tracker.kube import reflector
 from kube_ip_tracker.kube.kubeconfig import api_client, static_specs
 from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec, ClusterStatusRecord, Kind
@@ -399,22 +400,22 @@ async def test_paginated_list_restarts_when_continue_token_expires(cluster_facto
         for i in range(5):
             await objects.create_pod(api, "demo", f"p{i}", ips=[f"10.0.0.{i + 1}"])
     requests: list[str | None] = []
-    real_open = kube._open
+    real_open = reflector.open_request
 
-    async def open_and_compact(api, kind, client_timeout, **params):  # type: ignore[no-untyped-def]
-        requests.append(params.get("_continue"))
+    async def open_and_compact(api, resource, client_timeout, params):  # type: ignore[no-untyped-def]
+        requests.append(params.get("continue"))
         if len(requests) == 2:  # the first page's snapshot is compacted away: its continue token expires
             async with cluster.api_client() as admin:
                 await objects.create_namespace(admin, "bump")
             cluster.compact_etcd()
-        return await real_open(api, kind, client_timeout, **params)
+        return await real_open(api, resource, client_timeout, params)
 
-    monkeypatch.setattr(kube, "_open", open_and_compact)
+    monkeypatch.setattr(reflector, "open_request", open_and_compact)
     writer = RecordingWriter()
     (spec,) = static_specs([cluster.kubeconfig])
     async with api_client(spec) as api:
         state = ClusterState(spec.cluster_id, writer)
-        informer = kube.Informer(spec.cluster_id, Kind.POD, api, writer, state, replace(FAST, page_size=2))
+        informer = kube.informer(spec.cluster_id, Kind.POD, api, writer, state, replace(FAST, page_size=2))
         await informer.list("initial")
     assert requests[0] is None and requests[1] is not None
     assert requests.count(None) == 2, requests  # listed again from the start after the 410
