@@ -9,12 +9,13 @@ step by a :class:`~kube_ip_tracker.client.client.TrackerClient`, as a node agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 
 import grpc
@@ -158,6 +159,18 @@ class Agent:
 
     def status(self, cluster: str) -> ClusterStatusRecord | None:
         return self.mirror.cluster_statuses().get(cluster)
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[object, object, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``coro`` as a task for the ``async with`` block, then cancel it and wait for it to end."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def eventually(

@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
+from kube_ip_tracker.testing.trackers import background
 
 pytestmark = pytest.mark.cluster
 
@@ -80,15 +81,8 @@ def put_in_etcd(cluster: LocalCluster, obj: dict[str, Any]) -> None:
     cluster._etcd_post("/v3/kv/put", body)
 
 
-@contextlib.asynccontextmanager
-async def running(informer: NetworkPolicyInformer) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(informer.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(informer: NetworkPolicyInformer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return background(informer.run())
 
 
 async def test_policies_follow_the_api_server_and_invalid_ones_are_skipped(cluster_factory, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from kube_ip_tracker.kube.reflector import InformerOptions, Reflector, Resource
 from kube_ip_tracker.testing import objects
-from kube_ip_tracker.testing.trackers import eventually
+from kube_ip_tracker.testing.trackers import background, eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -70,15 +69,8 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@contextlib.asynccontextmanager
-async def running(reflector: Reflector, api: client.ApiClient) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(reflector.run(api))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(reflector: Reflector, api: client.ApiClient) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return background(reflector.run(api))
 
 
 def configmap(name: str, value: str) -> dict[str, Any]:
