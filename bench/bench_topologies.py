@@ -59,7 +59,7 @@ class _Arrivals:
 
     def __init__(self, agent: Agent) -> None:
         self.seen: dict[str, float] = {}
-        agent.mirror.subscribe(self._on_events)
+        agent.store.subscribe(self._on_events)
 
     def _on_events(self, events: Sequence[object]) -> None:
         now = time.perf_counter()
@@ -96,7 +96,7 @@ async def _ready(agents: list[Agent], clusters: ClusterSet, trackers: list[Track
     names = [c.name for c in clusters]
     for a in agents:
         await eventually(
-            lambda a=a: a.client.ready and all(a.mirror.cluster_synced(n) for n in names),
+            lambda a=a: a.client.ready and all(a.store.cluster_synced(n) for n in names),
             f"{a.tracker.name}'s agent synced",
             trackers,
             60,

@@ -9,10 +9,10 @@ stdout. Modes:
   END_OF_SNAPSHOT; ``until R`` waits until every stream received a message at revision >= R and
   replies with every DELTA's ``[first revision, revision, receive time]`` per stream (``time.monotonic``, the same
   clock in every process on Linux).
-- ``agent TARGET``: the real agent client (:class:`TrackerClient` feeding a :class:`Mirror`).
+- ``agent TARGET``: the real agent client (:class:`TrackerClient` feeding an :class:`AgentStore`).
   ``connect`` starts a fresh client (no resume point) and replies when its snapshot is applied;
   ``stop`` closes the stream but keeps the resume point; ``resume R`` reconnects (resuming) and
-  replies when the mirror reached revision R; ``watch_pods`` then reports every pod upsert as
+  replies when the store reached revision R; ``watch_pods`` then reports every pod upsert as
   ``seen`` (name, IPs, time).
 - ``kube KUBECONFIG NAMESPACE``: a direct pod watch on an API server (kubernetes_asyncio) reporting
   every MODIFIED pod as ``seen`` (name, IPs, time), as ``watch_pods`` does.
@@ -179,12 +179,12 @@ async def raw_mode(target: str, streams: int) -> None:
 
 async def agent_mode(target: str) -> None:
     from kube_ip_tracker.agent import events as ev
-    from kube_ip_tracker.agent.mirror import Mirror
+    from kube_ip_tracker.agent.store import AgentStore
     from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 
     logging.getLogger("kube_ip_tracker").setLevel(logging.ERROR)  # retries while the tracker starts are expected
     client: TrackerClient | None = None
-    mirror = Mirror()
+    mirror = AgentStore()
     revision_changed = asyncio.Event()
     report_pods = False
 
@@ -206,7 +206,7 @@ async def agent_mode(target: str) -> None:
         if command == "connect":
             if client is not None:
                 await client.stop()
-            mirror = Mirror()
+            mirror = AgentStore()
             mirror.subscribe(on_events)
             client = TrackerClient(target, mirror, options)
             started, cpu = time.monotonic(), time.process_time()

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from kube_ip_tracker import index_metrics as metrics
+from kube_ip_tracker.interning import Interner
 from kube_ip_tracker.ipclaims import IPClaims
 from kube_ip_tracker.model import (
     ClusterStatusRecord,
-    ContainerPort,
     Kind,
     NamespaceRecord,
     NodeRecord,
@@ -110,12 +110,6 @@ class Snapshot:
         return sum(1 + len(c.namespaces) + len(c.nodes) + len(c.pods) for c in self.clusters)
 
 
-class Labels(dict[str, str]):
-    """A label map shared between records; never mutated once built."""
-
-    __slots__ = ()
-
-
 class _Cluster:
     __slots__ = ("last_change_time", "name", "namespaces", "nodes", "pod_count", "pods", "status")
 
@@ -133,55 +127,8 @@ class _Cluster:
             yield from by_name.values()
 
 
-class _Interner:
-    """Shares strings, label maps and port tuples between records.
-
-    The label pool is a plain dict (a ``WeakValueDictionary`` lookup runs Python code on every pod);
-    maps no record uses any more are pruned whenever the pool doubled since the last prune, so the
-    amortized cost stays O(1) per lookup and the pool stays within twice the maps in use.
-    """
-
-    _PORTS_POOL_MAX = 50_000
-    _LABELS_PRUNE_MIN = 1024
-
-    def __init__(self) -> None:
-        self._labels: dict[tuple[tuple[str, str], ...], Labels] = {}
-        self._labels_prune_at = self._LABELS_PRUNE_MIN
-        self._ports: dict[tuple[ContainerPort, ...], tuple[ContainerPort, ...]] = {}
-
-    def labels(self, labels: object) -> Labels:
-        items = tuple(labels.items())  # type: ignore[attr-defined]
-        shared = self._labels.get(items)
-        if shared is None:
-            shared = Labels((_intern(k), _intern(v)) for k, v in items)
-            self._labels[items] = shared
-            if len(self._labels) >= self._labels_prune_at:
-                self._prune_labels()
-        return shared
-
-    def _prune_labels(self) -> None:
-        """Drop label maps only the pool references (refcount 2: the pool's value and getrefcount's argument)."""
-        pool = self._labels
-        getrefcount = sys.getrefcount
-        for k in [k for k in pool if getrefcount(pool[k]) <= 2]:
-            del pool[k]
-        self._labels_prune_at = max(self._LABELS_PRUNE_MIN, 2 * len(self._labels))
-
-    @property
-    def labels_pooled(self) -> int:
-        """Label maps in the pool (some may be unused until the next prune)."""
-        return len(self._labels)
-
-    def ports(self, ports: tuple[ContainerPort, ...]) -> tuple[ContainerPort, ...]:
-        if not ports:
-            return ()
-        shared = self._ports.get(ports)
-        if shared is None:
-            if len(self._ports) >= self._PORTS_POOL_MAX:
-                self._ports.clear()
-            shared = tuple(ContainerPort(_intern(p.name), p.port, _intern(p.protocol)) for p in ports)
-            self._ports[shared] = shared
-        return shared
+class _Interner(Interner):
+    """Shares strings, label maps and port tuples between records (:mod:`kube_ip_tracker.interning`)."""
 
     def pod(self, r: PodRecord) -> PodRecord:
         return PodRecord(
@@ -221,7 +168,7 @@ class Index:
         self._log_size = log_size
         self._clock = clock
         self._clusters: dict[str, _Cluster] = {}
-        self._claims = IPClaims()
+        self._claims = IPClaims[PodRecord]()
         self._interner = _Interner()
         self._revision = 0
         self._committed = 0

@@ -2,50 +2,76 @@
 
 Two pods can report the same IP: clusters with overlapping pod CIDRs, or an IP reused while the
 old pod's deletion has not been seen yet. The rule, shared by the tracker index and the agent
-mirror so both always agree:
+store so both always agree:
 
 - the pod with the newest ``creation_timestamp`` owns the IP;
 - on equal timestamps the greater ``(cluster, namespace, name)`` owns it;
 - when the owner goes away (or drops the IP) the best remaining claim owns it again.
 
-Claims hold the :class:`~kube_ip_tracker.model.PodRecord` the caller already stores, so an IP with
-a single claim costs one dict entry.
+Claims hold the object the caller already stores (the index's :class:`~kube_ip_tracker.model.PodRecord`,
+the agent store's compact pod entry: anything with the :class:`Claim` attributes), so an IP with a
+single claim costs one dict entry.
 """
 
 from __future__ import annotations
 
-from kube_ip_tracker.model import PodRecord
+from typing import Generic, Protocol, TypeVar
 
 PodKey = tuple[str, str, str]
 
 
-def _rank(pod: PodRecord) -> tuple[int, str, str, str]:
+class Claim(Protocol):
+    """What the rule reads of a pod."""
+
+    @property
+    def cluster(self) -> str: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def creation_timestamp(self) -> int: ...
+
+    @property
+    def ips(self) -> tuple[str, ...]: ...
+
+    @property
+    def key(self) -> PodKey: ...
+
+
+C = TypeVar("C", bound=Claim)
+
+
+def _rank(pod: Claim) -> tuple[int, str, str, str]:
     return (pod.creation_timestamp, pod.cluster, pod.namespace, pod.name)
 
 
-def wins(a: PodRecord, b: PodRecord) -> bool:
+def wins(a: Claim, b: Claim) -> bool:
     """True when ``a`` owns an IP that ``b`` also claims."""
     return _rank(a) > _rank(b)
 
 
-class IPClaims:
+class IPClaims(Generic[C]):
     """IP -> claiming pods, with the owner picked by :func:`wins`.
 
-    ``add``/``remove`` take whole records; a record is identified by its key, so removing the
+    ``add``/``remove`` take whole claims; a claim is identified by its key, so removing the
     previous version of a pod works even if it is not the same object.
     """
 
     __slots__ = ("_claims", "conflicts")
 
     def __init__(self) -> None:
-        # ip -> PodRecord (one claim) or list[PodRecord] sorted best first (several claims).
-        self._claims: dict[str, PodRecord | list[PodRecord]] = {}
+        # ip -> the claim (one claim) or a list of claims sorted best first (several claims).
+        self._claims: dict[str, C | list[C]] = {}
         self.conflicts = 0  # IPs that are claimed by more than one pod right now
 
     def __len__(self) -> int:
         return len(self._claims)
 
-    def add(self, pod: PodRecord) -> int:
+    def add(self, pod: C) -> int:
         """Record ``pod``'s claims on its IPs; returns how many of them another pod claims too."""
         contested = 0
         claims_of = self._claims
@@ -54,9 +80,9 @@ class IPClaims:
             if current is pod:
                 continue
             key = pod.key
-            if isinstance(current, PodRecord):
+            if not isinstance(current, list):
                 if current.key == key:
-                    self._claims[ip] = pod
+                    claims_of[ip] = pod
                     continue
                 claims = [current]
                 self.conflicts += 1
@@ -65,17 +91,17 @@ class IPClaims:
             contested += 1
             claims.append(pod)
             claims.sort(key=_rank, reverse=True)
-            self._claims[ip] = claims
+            claims_of[ip] = claims
         return contested
 
-    def remove(self, pod: PodRecord) -> None:
+    def remove(self, pod: C) -> None:
         """Drop ``pod``'s claims (by key) on the IPs it lists."""
         key = pod.key
         for ip in pod.ips:
             current = self._claims.get(ip)
             if current is None:
                 continue
-            if isinstance(current, PodRecord):
+            if not isinstance(current, list):
                 if current.key == key:
                     del self._claims[ip]
                 continue
@@ -91,10 +117,10 @@ class IPClaims:
         pod = self.owner_record(ip)
         return None if pod is None else pod.key
 
-    def owner_record(self, ip: str) -> PodRecord | None:
+    def owner_record(self, ip: str) -> C | None:
         """The claim (as added) of the pod owning ``ip``, or ``None``."""
         current = self._claims.get(ip)
-        if current is None or isinstance(current, PodRecord):
+        if current is None or not isinstance(current, list):
             return current
         return current[0]
 
@@ -103,7 +129,7 @@ class IPClaims:
         current = self._claims.get(ip)
         if current is None:
             return []
-        if isinstance(current, PodRecord):
+        if not isinstance(current, list):
             return [current.key]
         return [c.key for c in current]
 

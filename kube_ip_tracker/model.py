@@ -1,4 +1,4 @@
-"""Records shared by the sources, the index, the server and the agent mirror.
+"""Records shared by the sources, the index, the server and the agent store.
 
 Sources turn Kubernetes objects (or upstream tracker messages) into these records and hand them to
 an :class:`IndexWriter`. Records are immutable, so one record can be shared by the index, the change

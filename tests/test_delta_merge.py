@@ -72,7 +72,7 @@ async def test_the_agent_client_applies_merged_deltas_from_a_real_server() -> No
 
     from prometheus_client import REGISTRY
 
-    from kube_ip_tracker.agent.mirror import Mirror
+    from kube_ip_tracker.agent.store import AgentStore
     from kube_ip_tracker.client.client import ClientOptions, TrackerClient
     from kube_ip_tracker.index import Index
     from kube_ip_tracker.model import ClusterStatusRecord
@@ -85,7 +85,7 @@ async def test_the_agent_client_applies_merged_deltas_from_a_real_server() -> No
     index.set_cluster_status(ClusterStatusRecord("c", connected=True, synced=True))
     server = TrackerServer(index, "127.0.0.1:0")
     await server.start()
-    mirror = Mirror()
+    mirror = AgentStore()
     changed = asyncio.Event()
     mirror.subscribe(lambda _events: changed.set())
     client = TrackerClient(f"127.0.0.1:{server.bound_port}", mirror, ClientOptions(backoff_base=0.05))

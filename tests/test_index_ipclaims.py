@@ -1,4 +1,4 @@
-"""The IP ownership rule shared by the index and the agent mirror."""
+"""The IP ownership rule shared by the index and the agent store."""
 
 from __future__ import annotations
 

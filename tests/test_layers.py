@@ -32,6 +32,7 @@ SHARED = (
     "kube_ip_tracker.model",
     "kube_ip_tracker.wire",
     "kube_ip_tracker.ipclaims",
+    "kube_ip_tracker.interning",
     "kube_ip_tracker.client",
     "kube_ip_tracker.kube",
     "kube_ip_tracker.api",

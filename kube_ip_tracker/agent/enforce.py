@@ -112,7 +112,7 @@ class LocalEnforcement:
         self._changed = asyncio.Event()
 
     def _own(self, endpoint: Endpoint) -> bool:
-        return endpoint.pod is not None and endpoint.pod.record.cluster == self.cluster
+        return endpoint.pod is not None and endpoint.pod.identity.cluster == self.cluster
 
     def _unknown_local(self, endpoint: Endpoint) -> bool:
         return (

@@ -1,7 +1,7 @@
-"""Typed change notifications a :class:`~.mirror.Mirror` sends to its listeners.
+"""Typed change notifications the :class:`~.store.AgentStore` sends to its listeners.
 
 Listeners receive the events of one applied message (or of one whole snapshot) as one batch, after
-the mirror's state already reflects them, so a listener may read the mirror while handling them.
+the store's state already reflects them, so a listener may read the store while handling them.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class SnapshotApplied:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The mirror holds a complete state for the first time."""
+    """The store holds a complete state for the first time."""
 
     epoch: str
     revision: int

@@ -2,8 +2,8 @@
 
 It ties together
 
-* a :class:`~kube_ip_tracker.client.TrackerClient` whose :class:`Mirror` holds the pods and
-  namespaces of every cluster, fed into the :class:`PolicyEngine` by a :class:`MirrorFeed`;
+* a :class:`~kube_ip_tracker.client.TrackerClient` whose apply sink is the :class:`AgentStore`:
+  the pods, namespaces and nodes of every cluster, held once, in the :class:`PolicyEngine`'s world;
 * a :class:`NetworkPolicyInformer` on the agent's own cluster (``--kubeconfig``, or in-cluster)
   that compiles the local NetworkPolicies into the same engine;
 * the :class:`Dataplane`, which asks :class:`LocalEnforcement` about the first packet of every
@@ -54,10 +54,9 @@ from kube_ip_tracker.agent.dataplane import (
 )
 from kube_ip_tracker.agent.dataplane.neighbours import MarkCollision, check_marks_free
 from kube_ip_tracker.agent.enforce import LocalEnforcement
-from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
-from kube_ip_tracker.agent.policy_sink import MirrorFeed
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.agent.verdict_log import (
     VerdictLog,
     VerdictLogMode,
@@ -286,7 +285,6 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.engine = PolicyEngine()
-        self.mirror = Mirror()
         verdicts = VerdictLog(config.verdict_log) if config.verdict_log.mode is not VerdictLogMode.OFF else None
         # With --pod-cidr, an address of the range no pod has yet waits for its pod's data (see enforce.py).
         self.enforcement = LocalEnforcement(
@@ -296,18 +294,18 @@ class Agent:
             config.per_policy_limit,
             is_local=self._in_pod_range if config.static_pods else None,
         )
-        self._mirror_changed = asyncio.Event()
+        self._tracker_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
-        self.feed = MirrorFeed(
+        self.store = AgentStore(
             self.engine,
-            config.cluster_id,
+            local_cluster=config.cluster_id,
             node=config.node_name,
             on_change=self._tracker_data_changed,
             on_local_pods=None if config.static_pods else self._local_pods_changed,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
         options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
-        self.client = TrackerClient(config.trackers, self.mirror, options)
+        self.client = TrackerClient(config.trackers, self.store, options)
         self._pods_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -325,18 +323,18 @@ class Agent:
         """Tracker data that can change a verdict changed: no cached verdict outlives it; revalidate soon."""
         self.dataplane.invalidate_verdicts()
         self.enforcement.data_changed()
-        self._mirror_changed.set()
+        self._tracker_changed.set()
 
     def _local_pods_changed(self, addresses: frozenset[str]) -> None:
         self._pods_wanted.set()
 
     async def _sync_local_pods(self) -> None:
-        """Keep the dataplane's pod sets equal to the local pods of the mirror (coalesced, retried)."""
+        """Keep the dataplane's pod sets equal to the local pods of the store (coalesced, retried)."""
         backoff = Backoff(0.2, 10.0)
         while True:
             await self._pods_wanted.wait()
             self._pods_wanted.clear()
-            addresses = sorted(self.feed.local_addresses)
+            addresses = sorted(self.store.local_addresses)
             try:
                 await self.dataplane.set_local_pods(addresses)
                 backoff.reset()
@@ -350,15 +348,15 @@ class Agent:
             self.dataplane.request_revalidation()
             await asyncio.sleep(0.1)  # let a burst of pod changes settle into one update
 
-    async def _revalidate_mirror_changes(self) -> None:
+    async def _revalidate_tracker_changes(self) -> None:
         """Revalidate after tracker data changes, at most once per MIRROR_REVALIDATE_INTERVAL.
 
         Tracker data of many clusters can change many times a second; policy changes (few, and what
         a user waits for) request a revalidation at once instead.
         """
         while True:
-            await self._mirror_changed.wait()
-            self._mirror_changed.clear()
+            await self._tracker_changed.wait()
+            self._tracker_changed.clear()
             self.dataplane.request_revalidation()
             await asyncio.sleep(MIRROR_REVALIDATE_INTERVAL)
 
@@ -368,11 +366,11 @@ class Agent:
         READY.set(1)
         log.info(
             "Agent ready: tracker snapshot applied (%s), %d local NetworkPolicies (%d invalid)",
-            ", ".join(f"{k}={v}" for k, v in self.mirror.counts().items()),
+            ", ".join(f"{k}={v}" for k, v in self.store.counts().items()),
             len(self.informer.policies),
             len(self.informer.invalid),
         )
-        statuses = self.mirror.cluster_statuses()
+        statuses = self.store.cluster_statuses()
         if self.config.cluster_id not in statuses:
             log.warning(
                 "The tracker knows no cluster %r (it has: %s): no pod is this cluster's, so nothing is enforced; "
@@ -399,11 +397,10 @@ class Agent:
                 )
                 await self.dataplane.set_local_pods(previous)
         await self.dataplane.start()
-        self.feed.attach(self.mirror)
         self.client.start().add_done_callback(self._task_done)
         self._spawn(self.informer.run(), "networkpolicy-informer")
         self._spawn(self._report_ready(), "ready", forever=False)
-        self._spawn(self._revalidate_mirror_changes(), "mirror-revalidation")
+        self._spawn(self._revalidate_tracker_changes(), "tracker-revalidation")
         if not self.config.static_pods:
             self._spawn(self._sync_local_pods(), "local-pods")
 
@@ -436,7 +433,6 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.client.stop()
-        self.feed.detach()
         if self.dataplane.running:
             await self.dataplane.stop(remove_rules=remove_rules)
         READY.set(0)

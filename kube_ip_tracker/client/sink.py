@@ -4,7 +4,7 @@ The stream side (:mod:`.stream`, :mod:`.client`) speaks the wire protocol: messa
 revisions, resume, gaps. It hands decoded record changes to an :class:`ApplySink` and nothing else,
 so the same client can feed
 
-* the agent's :class:`~kube_ip_tracker.agent.mirror.Mirror` (a read-optimised local copy), or
+* the agent's :class:`~kube_ip_tracker.agent.store.AgentStore` (the evaluator's world), or
 * a tracker's index when it watches an upstream hub tracker: an implementation stages the snapshot
   per (cluster, kind) and, on commit, calls ``IndexWriter.replace`` for each of them,
   ``set_cluster_status`` for every status, and ``remove_cluster`` for the clusters it fed before
@@ -72,7 +72,7 @@ class SnapshotBuilder(Protocol):
 
 
 class ApplySink(Protocol):
-    """Where a Watch stream's state goes (agent mirror, or a tracker index fed by an upstream)."""
+    """Where a Watch stream's state goes (the agent store, or a tracker index fed by an upstream)."""
 
     def begin_snapshot(self, epoch: str, reset: bool) -> SnapshotBuilder:
         """Start staging a full snapshot of tracker ``epoch`` (``reset``: the tracker said state must be dropped)."""

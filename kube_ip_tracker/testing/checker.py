@@ -35,7 +35,7 @@ Record = PodRecord | NamespaceRecord | NodeRecord
 
 
 class MirrorLike(Protocol):
-    """What the checker reads: the agent's :class:`~kube_ip_tracker.agent.mirror.Mirror` has it."""
+    """What the checker reads: the agent's :class:`~kube_ip_tracker.agent.store.AgentStore` has it."""
 
     def pods(self, cluster: str | None = None) -> Iterator[PodRecord]: ...
 
@@ -132,7 +132,11 @@ async def list_truth(apis: Mapping[str, client.ApiClient], rule: LabelRule = DEF
 
 
 def _normal(record: Record) -> tuple[Any, ...]:
-    """The compared fields: labels as sorted items (a mirror may hold them in another mapping type)."""
+    """The compared fields: labels as sorted items (a mirror may hold them in another mapping type).
+
+    A pod's uid is not compared: the agent store does not keep it (no verdict depends on it); a pod
+    recreated under the same name differs in its creation timestamp.
+    """
     if isinstance(record, PodRecord):
         return (
             sorted(record.labels.items()),
@@ -140,7 +144,6 @@ def _normal(record: Record) -> tuple[Any, ...]:
             record.node,
             tuple(record.ips),
             record.creation_timestamp,
-            record.uid,
         )
     if isinstance(record, NamespaceRecord):
         return (sorted(record.labels.items()),)

@@ -1,8 +1,8 @@
-"""Real ``kube-ip-tracker`` processes and agent mirrors for topology tests and benchmarks.
+"""Real ``kube-ip-tracker`` processes and agent stores for topology tests and benchmarks.
 
 ``TrackerProcess("hub", ["--kubeconfig", path], log_dir)`` runs ``python -m kube_ip_tracker.cli`` with
 this interpreter (so a checkout tests its own code) on a free loopback port, with ``--tracker-id``
-set to its name. :class:`Agent` is a :class:`~kube_ip_tracker.agent.mirror.Mirror` kept in
+set to its name. :class:`Agent` is an :class:`~kube_ip_tracker.agent.store.AgentStore` kept in
 step by a :class:`~kube_ip_tracker.client.client.TrackerClient`, as a node agent holds it.
 """
 
@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
@@ -139,12 +139,12 @@ class TrackerProcess:
 
 
 class Agent:
-    """A node agent's view of one tracker: a mirror fed by a tracker client."""
+    """A node agent's view of one tracker: the agent store fed by a tracker client."""
 
     def __init__(self, tracker: TrackerProcess, options: ClientOptions = AGENT_OPTIONS) -> None:
         self.tracker = tracker
-        self.mirror = Mirror()
-        self.client = TrackerClient(tracker.address, self.mirror, options)
+        self.store = AgentStore()
+        self.client = TrackerClient(tracker.address, self.store, options)
 
     def start(self) -> Agent:
         self.client.start()
@@ -154,11 +154,11 @@ class Agent:
         await self.client.stop()
 
     def pod_names(self, namespace: str) -> set[tuple[str, str]]:
-        """(cluster, name) of the mirror's pods in ``namespace``."""
-        return {(p.cluster, p.name) for p in self.mirror.pods() if p.namespace == namespace}
+        """(cluster, name) of the store's pods in ``namespace``."""
+        return {(p.cluster, p.name) for p in self.store.pods() if p.namespace == namespace}
 
     def status(self, cluster: str) -> ClusterStatusRecord | None:
-        return self.mirror.cluster_statuses().get(cluster)
+        return self.store.cluster_statuses().get(cluster)
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,5 @@
-"""Pieces of ``kube-ip-agent run`` without root or clusters: the mirror feed into the evaluator, the
-own-cluster enforcement rule, several tracker addresses, and flag checking."""
+"""Pieces of ``kube-ip-agent run`` without root or clusters: the agent store (tracker data in the
+evaluator's world), the own-cluster enforcement rule, several tracker addresses, and flag checking."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import pytest
 from kube_ip_tracker.agent.cli import main
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
 from kube_ip_tracker.agent.enforce import LocalEnforcement
-from kube_ip_tracker.agent.mirror import Mirror
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
-from kube_ip_tracker.agent.policy_sink import MirrorFeed
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.resolver import AddressRotation, TrackerAddress
 from kube_ip_tracker.client.sink import ClusterStatusChange, Delete, Upsert
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, PodRecord
@@ -37,16 +36,16 @@ def tcp(src: str, dst: str, port: int = 80) -> PacketInfo:
     return PacketInfo(ipaddress.ip_address(src), ipaddress.ip_address(dst), Protocol.TCP, 40000, port, 6)
 
 
-# --- MirrorFeed ----------------------------------------------------------------------------------
+# --- AgentStore ----------------------------------------------------------------------------------
 
 
-def test_feed_applies_snapshots_and_deltas_and_keeps_local_pod_addresses() -> None:
+def test_store_applies_snapshots_and_deltas_and_keeps_local_pod_addresses() -> None:
     engine = PolicyEngine()
-    mirror = Mirror()
     changes: list[int] = []
     local_sets: list[frozenset[str]] = []
-    feed = MirrorFeed(engine, C1, node="node-1", on_change=lambda: changes.append(1), on_local_pods=local_sets.append)
-    feed.attach(mirror)
+    mirror = AgentStore(
+        engine, local_cluster=C1, node="node-1", on_change=lambda: changes.append(1), on_local_pods=local_sets.append
+    )
 
     snapshot = mirror.begin_snapshot("e1", reset=False)
     snapshot.add(
@@ -89,11 +88,10 @@ def test_feed_applies_snapshots_and_deltas_and_keeps_local_pod_addresses() -> No
     assert engine.world.pod_by_ip("10.1.0.9") is None and local_sets[-1] == frozenset()
 
 
-def test_feed_keeps_local_policies_when_the_tracker_removes_the_cluster() -> None:
+def test_store_keeps_local_policies_when_the_tracker_removes_the_cluster() -> None:
     engine = PolicyEngine()
     engine.set_policy(deny_all(C1, ["Ingress"]))
-    mirror = Mirror()
-    MirrorFeed(engine, C1).attach(mirror)
+    mirror = AgentStore(engine, local_cluster=C1)
     status = ClusterStatusRecord(C1, connected=True, synced=True)
     mirror.apply_delta([ClusterStatusChange(status), Upsert(pod(C1, "web", "10.1.0.1"))], 1)
     mirror.apply_delta([ClusterStatusChange(status, deleted=True)], 2)
@@ -101,23 +99,25 @@ def test_feed_keeps_local_policies_when_the_tracker_removes_the_cluster() -> Non
     assert [p.name for p in engine.world.policies(C1, "demo")] == ["deny"]
 
 
-def test_feed_reports_a_pod_with_an_invalid_ip_and_carries_on(caplog: pytest.LogCaptureFixture) -> None:
+def test_store_reports_a_pod_with_an_invalid_ip_and_carries_on(caplog: pytest.LogCaptureFixture) -> None:
     engine = PolicyEngine()
-    mirror = Mirror()
-    MirrorFeed(engine, C1).attach(mirror)
+    mirror = AgentStore(engine, local_cluster=C1)
     with caplog.at_level(logging.ERROR):
         mirror.apply_delta([Upsert(pod(C1, "broken", "not-an-ip")), Upsert(pod(C1, "web", "10.1.0.1"))], 1)
     assert "Pod cluster-1/demo/broken from the tracker has an invalid IP" in caplog.text
     assert engine.world.pod_by_ip("10.1.0.1") is not None
 
 
-def test_feed_loads_what_the_mirror_already_holds() -> None:
-    mirror = Mirror()
-    mirror.apply_delta([Upsert(pod(C1, "web", "10.1.0.1"))], 1)
+def test_store_is_the_engines_world_and_keeps_one_copy_of_a_pod() -> None:
     engine = PolicyEngine()
-    feed = MirrorFeed(engine, C1)
-    feed.attach(mirror)
-    assert engine.world.pod_by_ip("10.1.0.1") is not None and feed.local_addresses == {"10.1.0.1"}
+    mirror = AgentStore(engine, local_cluster=C1)
+    mirror.apply_delta([Upsert(pod(C1, "web", "10.1.0.1")), Upsert(pod(C1, "web-2", "10.1.0.2", app="web"))], 1)
+    entry = engine.world.pod_by_ip("10.1.0.1")
+    assert entry is not None and entry is mirror.objects.pod(C1, "demo", "web")
+    # Replicas (same cluster, namespace, labels, ports) share one identity record.
+    other = engine.world.pod_by_ip("10.1.0.2")
+    assert other is not None and other.identity is entry.identity
+    assert mirror.local_addresses == {"10.1.0.1", "10.1.0.2"}
 
 
 # --- LocalEnforcement ----------------------------------------------------------------------------
@@ -289,7 +289,7 @@ async def test_agent_is_ready_with_snapshot_and_policies_and_warns_about_an_unkn
     write_kubeconfig(tmp_path / "kc")
     agent = Agent(agent_config(args))
     assert agent.config.dataplane.name == "kipa-typo"
-    snapshot = agent.mirror.begin_snapshot("e", reset=False)
+    snapshot = agent.store.begin_snapshot("e", reset=False)
     snapshot.add([ClusterStatusChange(ClusterStatusRecord(C1, connected=True, synced=True))])
     snapshot.commit(1)
     assert not agent.is_ready()  # the client has applied no snapshot of its own yet

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, start_clusters
@@ -83,13 +83,13 @@ async def populate(cluster: LocalCluster, namespace: str, count: int) -> set[str
     return {f"p-{i}" for i in range(count)}
 
 
-def names(mirror: Mirror, namespace: str) -> set[str]:
+def names(mirror: AgentStore, namespace: str) -> set[str]:
     return {p.name for p in mirror.pods() if p.namespace == namespace}
 
 
-def watch(targets: list[str], options: ClientOptions) -> tuple[Mirror, TrackerClient]:
+def watch(targets: list[str], options: ClientOptions) -> tuple[AgentStore, TrackerClient]:
     """A mirror kept by a started client, as an agent holds it."""
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(targets, mirror, options)
     client.start()
     return mirror, client

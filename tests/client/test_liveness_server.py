@@ -20,10 +20,10 @@ from kube_ip_tracker.server.grpc_server import keepalive_options
 CLIENT = """
 import asyncio, sys
 from kube_ip_tracker.client.client import TrackerClient
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 
 async def main():
-    TrackerClient(sys.argv[1], Mirror()).start()
+    TrackerClient(sys.argv[1], AgentStore()).start()
     await asyncio.Event().wait()
 
 asyncio.run(main())

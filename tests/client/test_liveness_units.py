@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.client.keepalive import TRACKER_MIN_PING_INTERVAL, keepalive_channel_options
 from kube_ip_tracker.server.grpc_server import keepalive_options
@@ -49,7 +49,7 @@ async def test_progress_keeps_a_stream_open_and_silence_ends_it_with_the_mirror_
     servicer = ScriptedTracker([first, [end(5), delta(6, [pod("new", ["10.0.0.9"])])]])
     server, port = await serve(servicer)
     target = f"127.0.0.1:{port}"
-    mirror = Mirror()
+    mirror = AgentStore()
     options = ClientOptions(backoff_base=0.05, backoff_cap=0.1, stream_timeout=2.0)
     client = TrackerClient(target, mirror, options)
     client.start()

@@ -15,7 +15,7 @@ import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
@@ -77,7 +77,7 @@ async def test_ready_only_after_end_of_snapshot() -> None:
     servicer = ScriptedTracker([[snapshot(BASE, 5), release, end(5)]])
     server, port = await serve(servicer)
     target = f"127.0.0.1:{port}"
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
@@ -109,7 +109,7 @@ async def test_gap_makes_the_client_resync_from_scratch(caplog: pytest.LogCaptur
     server, port = await serve(servicer)
     target = f"127.0.0.1:{port}"
     before = metric("kube_ip_tracker_client_resyncs_total", target=target, reason="gap")
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
@@ -138,7 +138,7 @@ async def test_resumes_with_epoch_and_revision_after_the_stream_ends(caplog: pyt
     server, port = await serve(servicer)
     target = f"127.0.0.1:{port}"
     before = metric("kube_ip_tracker_client_reconnects_total", target=target)
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
@@ -175,7 +175,7 @@ async def test_fails_over_between_the_addresses_a_name_resolves_to() -> None:
         resolved.append(host)
         return ["127.0.0.2", "127.0.0.1"]  # nothing listens on .2 yet
 
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(f"kube-ip-tracker.kube-system.svc.cluster.local:{port}", mirror, FAST, resolve=resolve)
     client.start()
     server_b = None
@@ -203,7 +203,7 @@ async def test_never_gives_up_while_no_tracker_is_reachable() -> None:
         port = s.getsockname()[1]
     target = f"127.0.0.1:{port}"
     before = metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE")
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(target, mirror, FAST)
     task = client.start()
     try:
@@ -230,7 +230,7 @@ async def test_silent_tracker_is_abandoned_after_the_first_message_timeout() -> 
     server, port = await serve(servicer)
     target = f"127.0.0.1:{port}"
     client = TrackerClient(
-        target, Mirror(), ClientOptions(backoff_base=0.05, backoff_cap=0.1, first_message_timeout=0.3)
+        target, AgentStore(), ClientOptions(backoff_base=0.05, backoff_cap=0.1, first_message_timeout=0.3)
     )
     client.start()
     try:
@@ -278,7 +278,7 @@ async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_
         target = f"kube-ip-tracker.kube-system.svc:{port}"
         tls = TlsOptions(ca_file=ca.cert_path, cert_file=client_cert, key_file=client_key)
         client = TrackerClient(
-            target, Mirror(), ClientOptions(tls=tls, backoff_base=0.05, backoff_cap=0.1), resolve=resolve
+            target, AgentStore(), ClientOptions(tls=tls, backoff_base=0.05, backoff_cap=0.1), resolve=resolve
         )
         client.start()
         try:
@@ -290,7 +290,10 @@ async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_
 
         # Without a client certificate the server refuses the handshake; the client keeps retrying.
         no_cert = TrackerClient(
-            target, Mirror(), ClientOptions(tls=TlsOptions(ca_file=ca.cert_path), backoff_base=0.05), resolve=resolve
+            target,
+            AgentStore(),
+            ClientOptions(tls=TlsOptions(ca_file=ca.cert_path), backoff_base=0.05),
+            resolve=resolve,
         )
         before = metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE")
         no_cert.start()
@@ -306,7 +309,7 @@ async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_
 
 
 async def test_a_failing_sink_gets_a_full_resync_not_a_resume() -> None:
-    class FlakyMirror(Mirror):
+    class FlakyMirror(AgentStore):
         failures = 1
 
         def apply_delta(self, changes, revision):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.client.tls_reload import ReloadingClientTls
 from kube_ip_tracker.server.tls import TlsConfigError
@@ -75,7 +75,9 @@ async def test_client_uses_rotated_certificate_after_tracker_restart_with_only_t
         tmp_path,
     )
     tracker.start()
-    client = TrackerClient(tracker.address, Mirror(), ClientOptions(tls=pki.tls(), backoff_base=0.05, backoff_cap=0.5))
+    client = TrackerClient(
+        tracker.address, AgentStore(), ClientOptions(tls=pki.tls(), backoff_base=0.05, backoff_cap=0.5)
+    )
     client.start()
     try:
         await eventually(lambda: client.snapshots_applied == 1, "the client is served over mTLS", [tracker])
@@ -135,4 +137,4 @@ def test_bad_files_at_start_are_named(tmp_path: Path, what: str, message: str) -
     else:
         _install(pki.new[0], pki.cert)
     with pytest.raises(TlsConfigError, match=message):
-        TrackerClient("127.0.0.1:1", Mirror(), ClientOptions(tls=TlsOptions(ca, pki.cert, pki.key)))
+        TrackerClient("127.0.0.1:1", AgentStore(), ClientOptions(tls=TlsOptions(ca, pki.cert, pki.key)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, free_port
@@ -105,7 +105,7 @@ async def test_mirror_converges_after_tracker_is_killed_and_restarted(cluster_fa
     port = free_port()
     tracker = tracker_process(clusters.merged_kubeconfig, port)
     tracker.start()
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(f"127.0.0.1:{port}", mirror, ClientOptions(backoff_base=0.1, backoff_cap=1.0))
     client.start()
     try:

@@ -1,6 +1,6 @@
 """The kernel verdict cache on real packets: repeated tuples stay in the kernel, no cached verdict outlives
 a change (policies through the engine and ``request_revalidation``, as the policy informer does; pods and
-namespaces through the real :class:`MirrorFeed`, whose ``on_change`` is the agent's hook), the cache keeps
+namespaces through the real :class:`AgentStore`, whose ``on_change`` is the agent's hook), the cache keeps
 its bound, and no rule survives a shutdown or a restart."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import subprocess
 import pytest
 from prometheus_client import REGISTRY
 
-from kube_ip_tracker.agent import events as ev
 from kube_ip_tracker.agent.dataplane import Dataplane, PacketInfo
 from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.policy.evaluator import PolicyEngine
 from kube_ip_tracker.agent.policy.parse import parse_network_policy
-from kube_ip_tracker.agent.policy_sink import MirrorFeed
-from kube_ip_tracker.model import NamespaceRecord, PodRecord
+from kube_ip_tracker.agent.store import AgentStore
+from kube_ip_tracker.client.sink import Delete, Upsert
+from kube_ip_tracker.model import Kind, NamespaceRecord, PodRecord
 from kube_ip_tracker.testing.netns import Pod, PodNetwork
 from kube_ip_tracker.testing.trackers import eventually
 
@@ -54,20 +54,21 @@ def from_app(app: str) -> list[dict[str, object]]:
 
 
 class World:
-    """Pods web, other (namespace ``front``) and db (``shop``), fed to the engine through a real MirrorFeed."""
+    """Pods web, other (namespace ``front``) and db (``shop``), applied to the engine's world by a real AgentStore."""
 
     def __init__(self, net: PodNetwork) -> None:
         self.web, self.other, self.db = net.add_pod("web"), net.add_pod("other"), net.add_pod("db")
         self.db.serve_tcp(DB_PORT)
         self.engine = PolicyEngine()
         self.decisions: list[PacketInfo] = []
-        self.feed = MirrorFeed(self.engine, CLUSTER)
+        self.store = AgentStore(self.engine, local_cluster=CLUSTER)
+        self.revision = 0
         self.namespaces = {
             "front": NamespaceRecord(CLUSTER, "front", {"team": "front"}),
             SHOP: NamespaceRecord(CLUSTER, SHOP, {"team": "shop"}),
         }
         self.records: dict[str, PodRecord] = {}
-        self.feed.handle([ev.NamespaceUpserted(ns, None) for ns in self.namespaces.values()])
+        self.apply([Upsert(ns) for ns in self.namespaces.values()])
         for pod, namespace, app in ((self.web, "front", "web"), (self.other, "front", "other"), (self.db, SHOP, "db")):
             self.upsert(PodRecord(CLUSTER, namespace, pod.name, {"app": app}, (), "node-1", (str(pod.ip),)))
         self.enforcement = LocalEnforcement(self.engine, CLUSTER)
@@ -77,15 +78,20 @@ class World:
         return self.enforcement.decide(packet)
 
     def attach(self, dataplane: Dataplane) -> None:
-        self.feed.on_change = dataplane.invalidate_verdicts  # what the agent's hook does first
+        self.store.on_change = dataplane.invalidate_verdicts  # what the agent's hook does first
+
+    def apply(self, changes: list[Upsert | Delete]) -> None:
+        """One tracker delta, as the tracker client hands it to the store."""
+        self.revision += 1
+        self.store.apply_delta(changes, self.revision)
 
     def upsert(self, record: PodRecord) -> None:
-        self.feed.handle([ev.PodUpserted(record, self.records.get(record.name))])
+        self.apply([Upsert(record)])
         self.records[record.name] = record
 
     def relabel_namespace(self, name: str, labels: dict[str, str]) -> None:
         new = NamespaceRecord(CLUSTER, name, labels)
-        self.feed.handle([ev.NamespaceUpserted(new, self.namespaces[name])])
+        self.apply([Upsert(new)])
         self.namespaces[name] = new
 
     def set_policy(self, dp: Dataplane, body: dict[str, object]) -> None:
@@ -197,7 +203,7 @@ async def test_an_ip_reused_by_another_pod_applies_to_the_next_connection(
     world.set_policy(dp, policy("db", from_app("web")))
     await cached_allow(world, world.web)
     web = world.records.pop("web")
-    world.feed.handle([ev.PodDeleted(web)])
+    world.apply([Delete(Kind.POD, CLUSTER, web.namespace, web.name)])
     world.upsert(PodRecord(CLUSTER, "front", "intruder", {"app": "intruder"}, (), "node-1", web.ips))
     assert not await world.connects(world.web)  # the same namespace and address, now another pod's
 

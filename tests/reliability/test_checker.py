@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.sink import Delete, Upsert
 from kube_ip_tracker.model import ContainerPort, Kind, NamespaceRecord, NodeRecord, PodRecord
 from kube_ip_tracker.testing.checker import Truth, compare
@@ -24,8 +24,8 @@ def world() -> list[PodRecord | NamespaceRecord | NodeRecord]:
     ]
 
 
-def mirror_of(records: list[PodRecord | NamespaceRecord | NodeRecord]) -> Mirror:
-    mirror = Mirror()
+def mirror_of(records: list[PodRecord | NamespaceRecord | NodeRecord]) -> AgentStore:
+    mirror = AgentStore()
     snap = mirror.begin_snapshot("e1", reset=False)
     snap.add([Upsert(r) for r in records])
     snap.commit(1)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing.checker import Diff, compare, list_truth
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster
@@ -78,13 +78,13 @@ class Run:
         self.last_fault_end = 0.0
         self.kills = 0
         names = [c.name for c in clusters]
-        self.mirrors: dict[str, tuple[Mirror, TrackerClient, list[str]]] = {}
+        self.mirrors: dict[str, tuple[AgentStore, TrackerClient, list[str]]] = {}
         for label, on, wanted in (
             ("all", tracker, names),
             ("filtered", tracker, [names[0], names[2]]),
             ("spoke agent", spoke, names),
         ):
-            mirror = Mirror()
+            mirror = AgentStore()
             opts = ClientOptions(
                 clusters=wanted if label == "filtered" else (),
                 watcher_name=f"agent-{label}",
@@ -94,7 +94,7 @@ class Run:
             self.mirrors[label] = (mirror, TrackerClient(on.target, mirror, opts), wanted)
 
     @property
-    def all(self) -> Mirror:
+    def all(self) -> AgentStore:
         return self.mirrors["all"][0]
 
     async def until(self, check: Callable[[], object], what: str, within: float = 30.0) -> None:

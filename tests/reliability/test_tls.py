@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
@@ -106,7 +106,7 @@ async def test_mtls_refuses_plaintext_wrong_ca_and_certless_clients(tmp_path, tr
             str(pki.client_a[1]),
         ]
     )
-    mirror = Mirror()
+    mirror = AgentStore()
     client = TrackerClient(tracker.target, mirror, ClientOptions(tls=client_tls_from_args(args), backoff_base=0.05))
     client.start()
     try:

@@ -129,7 +129,7 @@ async def test_hub_and_spoke_survives_hub_loss_and_catches_up(clusters: ClusterS
 
     deleted: list[tuple[str, str]] = []
     for ag in agents:
-        ag.mirror.subscribe(
+        ag.store.subscribe(
             lambda events: deleted.extend((e.pod.cluster, e.pod.name) for e in events if isinstance(e, PodDeleted))
         )
     hub.kill()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from kube_ip_tracker.agent.events import PodDeleted
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
@@ -50,7 +50,7 @@ class Spoke:
         self.index = Index()
         self.upstreams = Upstreams(self.index, "spoke", [f"127.0.0.1:{p}" for p in hub_ports], options=FAST)
         self.server = TrackerServer(self.index, "127.0.0.1:0")
-        self.mirror = Mirror()
+        self.mirror = AgentStore()
         self.agent: TrackerClient | None = None
 
     async def start(self) -> None:

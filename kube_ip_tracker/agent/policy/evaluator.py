@@ -92,12 +92,34 @@ _NOT_ISOLATED: Outcome = (Reason.NOT_ISOLATED, None, None)
 _NP_DENIED: Outcome = (Reason.DENIED, None, None)
 
 
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One end of a connection: a pod (and the address used), or a bare address."""
+    """One end of a connection: a pod (and the address used), or a bare address.
 
-    pod: PodEntry | None
-    ip: IPAddress | None
+    The address may be given as text only (``ip_text``); it is parsed the first time :attr:`ip` is
+    read (an ipBlock peer), so most decisions never parse an address.
+    """
+
+    __slots__ = ("_ip", "_text", "pod")
+
+    def __init__(self, pod: PodEntry | None, ip: IPAddress | None = None, ip_text: str | None = None) -> None:
+        self.pod = pod
+        self._ip = ip
+        self._text = ip_text
+
+    @property
+    def ip(self) -> IPAddress | None:
+        if self._ip is None and self._text is not None:
+            self._ip = ipaddress.ip_address(self._text)
+        return self._ip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and self.pod is other.pod and self.ip == other.ip
+
+    def __hash__(self) -> int:
+        return hash((id(self.pod), self.ip))
+
+    def __repr__(self) -> str:
+        return f"Endpoint(pod={self.pod!r}, ip={self.ip})"
 
 
 _PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
@@ -117,7 +139,7 @@ def _port_matches(spec: PortSpec, protocol: str, port: int | None, dst: PodEntry
         # Named ports resolve on the destination pod: name and protocol must both match.
         if dst is None or port is None:
             return False
-        return port in dst.named_ports.get((spec.name, protocol), ())
+        return port in dst.identity.named_ports.get((spec.name, protocol), ())
     if spec.port is None:
         return True
     if port is None:
@@ -138,7 +160,7 @@ def _tier_port_matches(match: PortMatch, protocol: str, port: int | None, dst: P
         return False
     if match.name is not None:
         # destinationNamedPort: a containerPort of the destination pod with this name, number and protocol.
-        return dst is not None and port in dst.named_ports.get((match.name, protocol), ())
+        return dst is not None and port in dst.identity.named_ports.get((match.name, protocol), ())
     if match.protocol != protocol:
         return False
     return match.start is None or match.start <= port <= match.end  # type: ignore[operator]
@@ -216,18 +238,18 @@ class PolicyEngine:
         if isinstance(ip, str):
             entry = world.pod_by_ip(ip)
             if entry is not None:  # fast path: a pod address in canonical form, no parsing
-                return Endpoint(entry, entry.ip_by_text[ip])
+                return Endpoint(entry, ip_text=ip)
             address = ipaddress.ip_address(ip)
             text = str(address)
             return Endpoint(world.pod_by_ip(text) if text != ip else None, address)
-        return Endpoint(world.pod_by_ip(ip), ip)
+        return Endpoint(world.pod_by_ip(str(ip)), ip)
 
     def endpoint_for_pod(self, cluster: str, namespace: str, name: str) -> Endpoint:
         """The endpoint of a named pod, addressed by its primary IP. KeyError if it is unknown."""
         entry = self.world.pod(cluster, namespace, name)
         if entry is None:
             raise KeyError(f"pod {cluster}/{namespace}/{name} not found")
-        return Endpoint(entry, entry.primary_ip)
+        return Endpoint(entry, ip_text=entry.primary_ip)
 
     def decide(
         self, src_ip: str | IPAddress, dst_ip: str | IPAddress, protocol: str | int, port: int | None
@@ -273,8 +295,8 @@ class PolicyEngine:
         if entry is None:
             return _NOT_A_POD
         world = self.world
-        record = entry.record
-        tiers = self.tiers.rules_for(entry, world.namespace_labels(record.cluster, record.namespace))
+        identity = entry.identity
+        tiers = self.tiers.rules_for(identity, world.namespace_labels(identity.cluster, identity.namespace))
         admin = tiers.admin_egress if egress else tiers.admin_ingress
         if admin:
             decided = self._tier(admin, peer, protocol, port, dst)
@@ -334,15 +356,15 @@ class PolicyEngine:
         entry = endpoint.pod
         if entry is None:
             return False
-        record = entry.record
+        identity = entry.identity
         selector = peer.namespace_selector
         if (
             selector is not None
             and not selector.is_empty
-            and not selector.matches(self.world.namespace_labels(record.cluster, record.namespace))
+            and not selector.matches(self.world.namespace_labels(identity.cluster, identity.namespace))
         ):
             return False
-        return peer.pod_selector is None or peer.pod_selector.matches(record.labels)
+        return peer.pod_selector is None or peer.pod_selector.matches(identity.labels)
 
     def _peers_match(self, rule: Rule, policy: CompiledPolicy, peer: Endpoint) -> bool:
         if not rule.peers:
@@ -355,13 +377,13 @@ class PolicyEngine:
         entry = endpoint.pod
         if entry is None:
             return False
-        record = entry.record
+        identity = entry.identity
         if peer.namespace_selector is None:
             # podSelector only: the policy's namespace name, in any cluster.
-            if record.namespace != policy.namespace:
+            if identity.namespace != policy.namespace:
                 return False
         elif not peer.namespace_selector.is_empty and not peer.namespace_selector.matches(
-            self.world.namespace_labels(record.cluster, record.namespace)
+            self.world.namespace_labels(identity.cluster, identity.namespace)
         ):
             return False
-        return peer.pod_selector is None or peer.pod_selector.matches(record.labels)
+        return peer.pod_selector is None or peer.pod_selector.matches(identity.labels)

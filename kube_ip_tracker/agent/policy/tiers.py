@@ -6,8 +6,8 @@ the rules of the policies whose subject selects it into one tuple per tier and d
 order they are evaluated: the first matching rule decides (Accept, Deny, or Pass to the next tier).
 Policies without rules for a direction contribute nothing to it (they do not isolate).
 
-The flattened rules are cached on the pod entry (``PodEntry.tiers``) and reused while the pod's
-cluster has the same policies (a per-cluster generation) and its namespace the same labels (the
+The flattened rules are cached on the pod's identity (``Identity.tiers``: pods sharing cluster,
+namespace, labels and ports share it) and reused while the pod's cluster has the same policies (a per-cluster generation) and its namespace the same labels (the
 labels mapping is replaced, never mutated, when a namespace changes).
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .cluster_compiled import ClusterPolicy, ClusterPolicyKey, ClusterRule, Tier
-from .world import PodEntry
+from .objects import Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +85,9 @@ class TierStore:
         self._counter += 1
         self._generation[cluster] = self._counter
 
-    def rules_for(self, entry: PodEntry, namespace_labels: Mapping[str, str]) -> TierRules:
-        """The rules applying to ``entry`` (a pod of its own cluster's policies), cached on the entry."""
-        cluster = entry.record.cluster
+    def rules_for(self, entry: Identity, namespace_labels: Mapping[str, str]) -> TierRules:
+        """The rules applying to pods of identity ``entry`` (its own cluster's policies), cached on it."""
+        cluster = entry.cluster
         ordered = self._ordered.get(cluster)
         if not ordered:
             return NO_RULES
@@ -99,7 +99,7 @@ class TierStore:
             and (cached[1] is namespace_labels or cached[1] == namespace_labels)
         ):
             return cached[2]
-        labels = entry.record.labels
+        labels = entry.labels
         admin: list[ClusterPolicy] = []
         baseline: list[ClusterPolicy] = []
         for policy in ordered:

@@ -1,29 +1,26 @@
-"""The evaluator's world: pods, namespaces and policies of every cluster, with lookup indexes.
+"""The evaluator's world: the tracker's objects of every cluster plus the local policies.
 
-Indexes kept up to date on every change:
+* :attr:`World.objects` (:class:`~.objects.Objects`): pods, namespaces, nodes and cluster statuses,
+  with pods found by key and by IP (one ownership rule, :mod:`kube_ip_tracker.ipclaims`). The agent
+  store builds a new one for a tracker snapshot and swaps it in whole (:meth:`World.replace_objects`).
+* policies by (cluster, namespace), each bucket with a generation counter.
 
-- pods by key and by IP address,
-- namespace labels by (cluster, name),
-- policies by (cluster, namespace), each bucket with a generation counter.
-
-Per pod, the policies that select it are computed once and cached; the cache entry is reused while
-the pod and its namespace's policy bucket are unchanged, so a decision never scans all policies or
-all pods.
+The policies selecting a pod are computed once per :class:`~.objects.Identity` (pods sharing
+cluster, namespace, labels and ports share one) and cached there; the cache entry is reused while
+the namespace's policy bucket is unchanged, so a decision never scans all policies or all pods.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
 from .compiled import CompiledPolicy, IPAddress
+from .objects import NAME_LABEL, Identities, Objects, PodEntry
 
-PodKey = tuple[str, str, str]
-NAME_LABEL = "kubernetes.io/metadata.name"
+__all__ = ["EMPTY_SELECTION", "NAME_LABEL", "PodEntry", "PolicyBucket", "Selection", "World"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,44 +32,6 @@ class Selection:
 
 
 EMPTY_SELECTION = Selection()
-
-
-class PodEntry:
-    """A pod as the evaluator sees it: record, parsed IPs, named ports and cached selection."""
-
-    __slots__ = (
-        "ip_by_text",
-        "ips",
-        "named_ports",
-        "record",
-        "selection",
-        "selection_bucket",
-        "selection_gen",
-        "tiers",
-    )
-
-    def __init__(self, record: PodRecord) -> None:
-        self.record = record
-        self.ips: tuple[IPAddress, ...] = tuple(ipaddress.ip_address(ip) for ip in record.ips)
-        # Canonical text form -> address, so lookups by string need no parsing.
-        self.ip_by_text: dict[str, IPAddress] = {str(ip): ip for ip in self.ips}
-        named: dict[tuple[str, str], set[int]] = {}
-        for port in record.ports:
-            if port.name:
-                named.setdefault((port.name, port.protocol), set()).add(port.port)
-        self.named_ports: dict[tuple[str, str], frozenset[int]] = {
-            key: frozenset(ports) for key, ports in named.items()
-        }
-        self.selection: Selection = EMPTY_SELECTION
-        self.selection_bucket: PolicyBucket | None = None
-        self.selection_gen = -1
-        # (tier generation, namespace labels, TierRules): the Admin/Baseline rules cached by tiers.py.
-        self.tiers: tuple[int, Mapping[str, str], Any] | None = None
-
-    @property
-    def primary_ip(self) -> IPAddress | None:
-        """The pod's first IP (status.podIP), or None for a pod without an address."""
-        return self.ips[0] if self.ips else None
 
 
 class PolicyBucket:
@@ -92,120 +51,82 @@ class PolicyBucket:
 
 
 class World:
-    """Pods, namespaces and policies of every cluster, with incremental updates."""
+    """The tracker's objects and the policies of every cluster, with incremental updates."""
 
     def __init__(self) -> None:
-        self._pods: dict[PodKey, PodEntry] = {}
-        self._by_ip: dict[str, dict[PodKey, PodEntry]] = {}
-        self._namespaces: dict[tuple[str, str], Mapping[str, str]] = {}
+        self._identities = Identities()
+        self.objects = Objects(self._identities)
         self._buckets: dict[tuple[str, str], PolicyBucket] = {}
         self._policy_count = 0
-        self._nodes: dict[tuple[str, str], NodeRecord] = {}
-        self._nodes_by_ip: dict[str, dict[tuple[str, str], NodeRecord]] = {}
+
+    def new_objects(self) -> Objects:
+        """An empty set of objects sharing this world's identities (to stage a snapshot in)."""
+        return Objects(self._identities)
+
+    def replace_objects(self, objects: Objects) -> Objects:
+        """Make ``objects`` the world's objects at once (policies stay); returns the replaced ones."""
+        previous, self.objects = self.objects, objects
+        return previous
 
     # ---- namespaces -------------------------------------------------------------------------
 
     def set_namespace(self, record: NamespaceRecord) -> None:
         """Add or replace a namespace. ``kubernetes.io/metadata.name`` is set as the API server does."""
-        labels = dict(record.labels)
-        labels[NAME_LABEL] = record.name
-        self._namespaces[(record.cluster, record.name)] = labels
+        self.objects.set_namespace(record)
 
     def delete_namespace(self, cluster: str, name: str) -> None:
         """Remove a namespace (its pods and policies stay until deleted themselves)."""
-        self._namespaces.pop((cluster, name), None)
+        self.objects.delete_namespace(cluster, name)
 
     def namespace_labels(self, cluster: str, name: str) -> Mapping[str, str]:
         """Labels of a namespace; an unknown namespace has only its immutable name label."""
-        labels = self._namespaces.get((cluster, name))
-        if labels is None:
-            return {NAME_LABEL: name}
-        return labels
+        return self.objects.labels_of_namespace(cluster, name)
 
     # ---- nodes ------------------------------------------------------------------------------
 
     def set_node(self, record: NodeRecord) -> None:
         """Add or replace a node (its labels and InternalIPs: what ``nodes`` peers match).
         Raises ValueError for an unparsable IP."""
-        texts = [str(ipaddress.ip_address(ip)) for ip in record.internal_ips]
-        self.delete_node(record.cluster, record.name)
-        self._nodes[record.key] = record
-        for text in texts:
-            self._nodes_by_ip.setdefault(text, {})[record.key] = record
+        self.objects.set_node(record)
 
     def delete_node(self, cluster: str, name: str) -> None:
         """Remove a node; unknown keys are ignored."""
-        record = self._nodes.pop((cluster, name), None)
-        if record is None:
-            return
-        for ip in record.internal_ips:
-            text = str(ipaddress.ip_address(ip))
-            owners = self._nodes_by_ip.get(text)
-            if owners is not None:
-                owners.pop(record.key, None)
-                if not owners:
-                    del self._nodes_by_ip[text]
+        self.objects.delete_node(cluster, name)
 
     def nodes_at(self, ip: IPAddress) -> Iterator[NodeRecord]:
         """The nodes (of any cluster) that have ``ip`` as an InternalIP."""
-        owners = self._nodes_by_ip.get(str(ip))
-        return iter(owners.values()) if owners else iter(())
+        return self.objects.nodes_at(str(ip))
 
     # ---- pods -------------------------------------------------------------------------------
 
     def set_pod(self, record: PodRecord) -> PodEntry:
         """Add or replace a pod. Raises ValueError for an unparsable IP."""
-        entry = PodEntry(record)
-        old = self._pods.get(record.key)
-        if old is not None and old.record.labels == record.labels:
-            # Same labels (e.g. only the IP or node changed): the cached selection still holds.
-            entry.selection = old.selection
-            entry.selection_bucket = old.selection_bucket
-            entry.selection_gen = old.selection_gen
-        self.delete_pod(*record.key)
-        self._pods[record.key] = entry
-        for text in entry.ip_by_text:
-            self._by_ip.setdefault(text, {})[record.key] = entry
-        return entry
+        return self.objects.set_pod(record)[0]
 
     def delete_pod(self, cluster: str, namespace: str, name: str) -> None:
         """Remove a pod; unknown keys are ignored."""
-        key = (cluster, namespace, name)
-        entry = self._pods.pop(key, None)
-        if entry is None:
-            return
-        for text in entry.ip_by_text:
-            owners = self._by_ip.get(text)
-            if owners is not None:
-                owners.pop(key, None)
-                if not owners:
-                    del self._by_ip[text]
+        self.objects.delete_pod(cluster, namespace, name)
 
     def pod(self, cluster: str, namespace: str, name: str) -> PodEntry | None:
         """The pod with this key, or None."""
-        return self._pods.get((cluster, namespace, name))
+        return self.objects.pod(cluster, namespace, name)
 
-    def pod_by_ip(self, ip: str | IPAddress) -> PodEntry | None:
-        """The pod owning ``ip`` (canonical text or address); if several do (overlapping clusters,
-        a stale pod), the newest wins."""
-        owners = self._by_ip.get(ip if isinstance(ip, str) else str(ip))
-        if not owners:
-            return None
-        if len(owners) == 1:
-            return next(iter(owners.values()))
-        return max(owners.values(), key=lambda e: (e.record.creation_timestamp, e.record.key))
+    def pod_by_ip(self, ip: str) -> PodEntry | None:
+        """The pod owning ``ip`` (canonical text); if several do (overlapping clusters, a stale
+        pod), the newest wins (:mod:`kube_ip_tracker.ipclaims`)."""
+        return self.objects.claims.owner_record(ip)
 
     def pods(self) -> Iterator[PodEntry]:
         """Every pod (for tooling and tests, never used on the decision path)."""
-        return iter(self._pods.values())
+        return self.objects.iter_pods()
 
     @property
     def namespace_count(self) -> int:
-        return len(self._namespaces)
+        return len(self.objects.namespaces)
 
     @property
     def pod_count(self) -> int:
-        return len(self._pods)
+        return self.objects.pod_count
 
     # ---- policies ---------------------------------------------------------------------------
 
@@ -245,26 +166,21 @@ class World:
 
     def remove_cluster(self, cluster: str) -> None:
         """Drop every pod, namespace, node and policy of ``cluster``."""
-        for key in [key for key in self._pods if key[0] == cluster]:
-            self.delete_pod(*key)
-        for key in [key for key in self._namespaces if key[0] == cluster]:
-            del self._namespaces[key]
+        self.objects.remove_cluster(cluster)
         for key in [key for key in self._buckets if key[0] == cluster]:
             self._policy_count -= len(self._buckets.pop(key).policies)
-        for key in [key for key in self._nodes if key[0] == cluster]:
-            self.delete_node(*key)
 
     # ---- selection cache --------------------------------------------------------------------
 
     def selection(self, entry: PodEntry) -> Selection:
-        """Policies selecting ``entry`` (only its own cluster and namespace), cached per pod."""
-        record = entry.record
-        bucket = self._buckets.get((record.cluster, record.namespace))
+        """Policies selecting ``entry`` (only its own cluster and namespace), cached per identity."""
+        identity = entry.identity
+        bucket = self._buckets.get((identity.cluster, identity.namespace))
         if bucket is None:
             return EMPTY_SELECTION
-        if entry.selection_bucket is bucket and entry.selection_gen == bucket.generation:
-            return entry.selection
-        labels = record.labels
+        if identity.selection_bucket is bucket and identity.selection_gen == bucket.generation:
+            return identity.selection  # type: ignore[return-value]
+        labels = identity.labels
         selecting = [p for p in bucket.ordered if p.pod_selector.matches(labels)]
         selection = Selection(
             ingress=tuple(p for p in selecting if p.affects_ingress),
@@ -272,7 +188,7 @@ class World:
         )
         if not selection.ingress and not selection.egress:
             selection = EMPTY_SELECTION
-        entry.selection = selection
-        entry.selection_bucket = bucket
-        entry.selection_gen = bucket.generation
+        identity.selection = selection
+        identity.selection_bucket = bucket
+        identity.selection_gen = bucket.generation
         return selection

@@ -1,4 +1,4 @@
-"""The agent mirror fed by hand-built WatchResponse messages through the stream state machine."""
+"""The agent store fed by hand-built WatchResponse messages through the stream state machine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from kube_ip_tracker.agent import events as ev
-from kube_ip_tracker.agent.mirror import Mirror
+from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.client.stream import ResyncRequired, WatchSession
 from kube_ip_tracker.testing.messages import (
@@ -43,8 +43,8 @@ class Recorder:
         return {e.pod.name for e in self.last() if isinstance(e, kind)}  # type: ignore[attr-defined]
 
 
-def loaded(changes: Sequence[pb.Change] = BASE, revision: int = 5) -> tuple[Mirror, WatchSession]:
-    mirror = Mirror()
+def loaded(changes: Sequence[pb.Change] = BASE, revision: int = 5) -> tuple[AgentStore, WatchSession]:
+    mirror = AgentStore()
     session = WatchSession(mirror)
     session.handle(snapshot(changes, revision))
     session.handle(synced("a", revision))
@@ -53,7 +53,7 @@ def loaded(changes: Sequence[pb.Change] = BASE, revision: int = 5) -> tuple[Mirr
 
 
 def test_snapshot_is_invisible_until_end_of_snapshot_then_ready() -> None:
-    mirror = Mirror()
+    mirror = AgentStore()
     recorder = Recorder()
     mirror.subscribe(recorder)
     session = WatchSession(mirror)
@@ -130,7 +130,7 @@ def test_empty_reset_snapshot_clears_everything() -> None:
 
 
 def test_fresh_watcher_of_an_empty_tracker_gets_end_of_snapshot_only() -> None:
-    mirror = Mirror()
+    mirror = AgentStore()
     session = WatchSession(mirror)
     session.handle(end(0))
     assert mirror.ready and session.live and list(mirror.pods()) == []
@@ -180,7 +180,7 @@ def test_gap_in_revisions_requires_resync_and_changes_nothing() -> None:
 
 
 def test_filtered_watcher_accepts_gaps_but_not_going_back() -> None:
-    mirror = Mirror()
+    mirror = AgentStore()
     session = WatchSession(mirror, checked_continuity=False)
     session.handle(snapshot(BASE, 5))
     session.handle(end(5))
@@ -213,7 +213,7 @@ def test_resume_answered_by_other_epoch_without_snapshot_requires_resync() -> No
     [delta(1, [pod("x", ["10.0.0.1"])]), progress(1), WR(kind=WR.KIND_UNSPECIFIED, epoch=EPOCH)],
 )
 def test_messages_out_of_order_before_end_of_snapshot(msg: pb.WatchResponse) -> None:
-    session = WatchSession(Mirror())
+    session = WatchSession(AgentStore())
     with pytest.raises(ResyncRequired) as info:
         session.handle(msg)
     assert info.value.reason == "protocol"
@@ -228,7 +228,7 @@ def test_snapshot_after_end_of_snapshot_and_epoch_switch_are_rejected() -> None:
 
 
 def test_change_without_object_is_a_protocol_error() -> None:
-    session = WatchSession(Mirror())
+    session = WatchSession(AgentStore())
     with pytest.raises(ResyncRequired, match="no object"):
         session.handle(snapshot([pb.Change(deleted=True)], 1))
 
