@@ -110,7 +110,7 @@ class AgentStore:
     ) -> None:
         self.engine = engine if engine is not None else PolicyEngine()
         self.local_cluster = local_cluster
-        self.node = node or None
+        self.local_node = node or None
         self.on_change = on_change
         self.on_local_pods = on_local_pods
         self._listeners: list[ev.Listener] = []
@@ -269,7 +269,9 @@ class AgentStore:
     # -- local pods --------------------------------------------------------------------------
 
     def _is_local(self, entry: PodEntry) -> bool:
-        return entry.identity.cluster == self.local_cluster and (self.node is None or entry.node == self.node)
+        return entry.identity.cluster == self.local_cluster and (
+            self.local_node is None or entry.node == self.local_node
+        )
 
     def _track_local(self, entry: PodEntry, batch: _Batch) -> None:
         if self._is_local(entry):

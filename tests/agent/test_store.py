@@ -91,3 +91,21 @@ def test_events_are_built_only_while_someone_listens() -> None:
     unsubscribe()
     store.apply_delta([Delete(Kind.POD, "c1", "demo", "db")], 3)
     assert len(batches) == 1 and store.pod_by_ip("10.0.0.2") is None
+
+
+def test_tracker_nodes_reach_the_evaluator_and_their_changes_ask_for_revalidation() -> None:
+    import ipaddress
+
+    from kube_ip_tracker.model import NodeRecord
+
+    changes: list[int] = []
+    store = AgentStore(on_change=lambda: changes.append(1))
+    store.apply_delta([Upsert(NodeRecord("c1", "node-1", {"zone": "a"}, ("192.168.0.1",)))], 1)
+    nodes = list(store.engine.world.nodes_at(ipaddress.ip_address("192.168.0.1")))
+    assert [n.name for n in nodes] == ["node-1"] and changes == [1]
+    store.apply_delta([Upsert(NodeRecord("c1", "node-1", {"zone": "a"}, ("192.168.0.1",)))], 2)
+    assert changes == [1]  # unchanged
+    store.apply_delta([Upsert(NodeRecord("c1", "node-2", {}, ("not-an-ip",)))], 3)
+    assert store.node("c1", "node-2") is None  # rejected, logged
+    store.apply_delta([Delete(Kind.NODE, "c1", "", "node-1")], 4)
+    assert list(store.engine.world.nodes_at(ipaddress.ip_address("192.168.0.1"))) == [] and len(changes) == 2
