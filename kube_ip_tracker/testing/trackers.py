@@ -27,6 +27,7 @@ from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.model import ClusterStatusRecord, NamespaceRecord, PodRecord
+from kube_ip_tracker.testing import polling
 from kube_ip_tracker.testing.clusters import free_port
 from kube_ip_tracker.wire import namespace_from_proto, pod_from_proto
 
@@ -181,15 +182,6 @@ async def eventually(
     interval: float = 0.05,
 ) -> None:
     """Wait until ``check()`` (sync or async) is truthy; fail naming ``what`` with the trackers' logs."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            logs = "\n".join(t.log_tail() for t in trackers)
-            raise AssertionError(f"not reached within {within}s: {what}\n{logs}")
-        await asyncio.sleep(interval)
+    await polling.eventually(
+        check, what, within=within, interval=interval, detail=lambda: "\n".join(t.log_tail() for t in trackers)
+    )

@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
-from kube_ip_tracker.testing import certs, objects
+from kube_ip_tracker.testing import certs, objects, polling
 from kube_ip_tracker.testing.clusters import LocalCluster, free_port
 from kube_ip_tracker.testing.netns import Pod, PodNetwork
 
@@ -97,12 +96,10 @@ def metric(port: int, name: str) -> float | None:
 
 
 async def eventually(predicate: Callable[[], bool], what: str, agent: Process, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {within}s; agent log:\n{agent.tail()}")
+    """Poll a blocking ``predicate`` off the event loop; fail with the agent's log."""
+    await polling.eventually(
+        predicate, what, within=within, interval=0.1, in_thread=True, detail=lambda: f"agent log:\n{agent.tail()}"
+    )
 
 
 def deny_ingress(name: str) -> dict[str, object]:

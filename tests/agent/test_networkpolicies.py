@@ -8,8 +8,6 @@ import base64
 import contextlib
 import json
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
+from kube_ip_tracker.testing.polling import eventually
 from kube_ip_tracker.testing.trackers import background
 
 pytestmark = pytest.mark.cluster
@@ -33,15 +32,6 @@ FAST = InformerOptions(page_size=2, backoff_base=0.05, backoff_cap=0.5, watch_ti
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {within}s")
 
 
 def policy(name: str, allowed_app: str | None = None, *, namespace: str = NS) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from kubernetes_asyncio import client
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.kube.kubeconfig import static_specs
 from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing.polling import eventually
 
-from .test_networkpolicies import FAST, NS, allowed, eventually, metric, policy, running, world
+from .test_networkpolicies import FAST, NS, allowed, metric, policy, running, world
 
 pytestmark = pytest.mark.cluster
 

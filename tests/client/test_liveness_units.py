@@ -12,8 +12,9 @@ from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.client.keepalive import TRACKER_MIN_PING_INTERVAL, keepalive_channel_options
 from kube_ip_tracker.server.grpc_server import keepalive_options
 from kube_ip_tracker.testing.messages import BASE, EPOCH, delta, end, pod, progress, snapshot
+from kube_ip_tracker.testing.polling import eventually
 
-from .test_scripted import ScriptedTracker, metric, serve, wait_for
+from .test_scripted import ScriptedTracker, metric, serve
 
 
 def test_options_refuse_settings_that_cannot_work() -> None:
@@ -59,14 +60,21 @@ async def test_progress_keeps_a_stream_open_and_silence_ends_it_with_the_mirror_
         for tick in ticks:  # 8 PROGRESS 0.25 s apart: 2 s in all, longer than the deadline
             await asyncio.sleep(0.25)
             tick.set()
-        await wait_for(lambda: metric("kube_ip_tracker_client_messages_total", target=target, kind="PROGRESS") == 8)
+        await eventually(
+            lambda: metric("kube_ip_tracker_client_messages_total", target=target, kind="PROGRESS") == 8,
+            "metric('kube_ip_tracker_client_messages_total', target=target, kind='PROGRESS') == 8",
+        )
         assert client.connected and len(servicer.requests) == 1
 
-        await wait_for(lambda: len(servicer.requests) == 2, within=10)  # silence after the last PROGRESS
+        await eventually(
+            lambda: len(servicer.requests) == 2, "len(servicer.requests) == 2", within=10
+        )  # silence after the last PROGRESS
         assert metric("kube_ip_tracker_client_errors_total", target=target, code="silent") >= 1
         resumed = servicer.requests[1]
         assert (resumed.epoch, resumed.revision) == (EPOCH, 5)
-        await wait_for(lambda: mirror.pod_by_ip("10.0.0.9") is not None, within=10)
+        await eventually(
+            lambda: mirror.pod_by_ip("10.0.0.9") is not None, "mirror.pod_by_ip('10.0.0.9') is not None", within=10
+        )
         assert mirror.pod_by_ip("10.0.0.1") is not None  # kept across the reconnect, no new snapshot
         assert mirror.snapshots == 1
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import grpc.aio
@@ -20,6 +20,7 @@ from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.client import ClientOptions, TrackerClient
 from kube_ip_tracker.testing.messages import BASE, EPOCH, delta, end, pod, snapshot
+from kube_ip_tracker.testing.polling import eventually
 
 FAST = ClientOptions(backoff_base=0.05, backoff_cap=0.2, first_message_timeout=2.0)
 
@@ -63,15 +64,6 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` until true; ``TimeoutError`` after ``within`` seconds."""
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"condition not met within {within}s")
-
-
 async def test_ready_only_after_end_of_snapshot() -> None:
     release = asyncio.Event()
     servicer = ScriptedTracker([[snapshot(BASE, 5), release, end(5)]])
@@ -81,7 +73,7 @@ async def test_ready_only_after_end_of_snapshot() -> None:
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
-        await wait_for(lambda: client.connected)
+        await eventually(lambda: client.connected, "client.connected")
         await asyncio.sleep(0.1)
         assert not client.ready and not mirror.ready and mirror.pod_by_ip("10.0.0.1") is None
         assert metric("kube_ip_tracker_client_ready", target=target) == 0
@@ -113,7 +105,7 @@ async def test_gap_makes_the_client_resync_from_scratch(caplog: pytest.LogCaptur
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
-        await wait_for(lambda: mirror.snapshots == 2)
+        await eventually(lambda: mirror.snapshots == 2, "mirror.snapshots == 2")
         assert [r.epoch for r in servicer.requests] == ["", ""]
         assert mirror.pod_by_ip("10.0.0.9") is None  # the delta after the gap was never applied
         assert mirror.pod_by_ip("10.0.0.3") is None  # replaced by the new snapshot
@@ -142,7 +134,7 @@ async def test_resumes_with_epoch_and_revision_after_the_stream_ends(caplog: pyt
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
-        await wait_for(lambda: mirror.pod_by_ip("10.0.0.4") is not None)
+        await eventually(lambda: mirror.pod_by_ip("10.0.0.4") is not None, "mirror.pod_by_ip('10.0.0.4') is not None")
         assert (servicer.requests[1].epoch, servicer.requests[1].revision) == (EPOCH, 6)
         assert mirror.snapshots == 1 and mirror.pod_by_ip("10.0.0.3") is not None
         assert f"Connected to tracker 127.0.0.1:{port} (epoch {EPOCH}), resuming from revision 6" in caplog.text
@@ -186,7 +178,9 @@ async def test_fails_over_between_the_addresses_a_name_resolves_to() -> None:
         second = ScriptedTracker([[end(5), delta(6, [pod("api", ["10.0.0.3"])])]])
         server_b, _ = await serve(second, "127.0.0.2", port)
         await server_a.stop(None)  # tracker pod A goes away: the client moves to B and resumes
-        await wait_for(lambda: mirror.pod_by_ip("10.0.0.3") is not None, within=10)
+        await eventually(
+            lambda: mirror.pod_by_ip("10.0.0.3") is not None, "mirror.pod_by_ip('10.0.0.3') is not None", within=10
+        )
         assert client.endpoint == f"127.0.0.2:{port}"
         assert (second.requests[0].epoch, second.requests[0].revision) == (EPOCH, 5)
         assert len(resolved) >= 1
@@ -207,8 +201,9 @@ async def test_never_gives_up_while_no_tracker_is_reachable() -> None:
     client = TrackerClient(target, mirror, FAST)
     task = client.start()
     try:
-        await wait_for(
-            lambda: metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE") >= before + 3
+        await eventually(
+            lambda: metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE") >= before + 3,
+            "metric('kube_ip_tracker_client_errors_total', target=target, code='UNAVAILABLE') >= before + 3",
         )
         assert not task.done() and not client.ready
         assert metric("kube_ip_tracker_client_backoff_seconds", target=target) > 0
@@ -298,8 +293,9 @@ async def test_mutual_tls_checks_the_configured_name_while_dialing_the_resolved_
         before = metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE")
         no_cert.start()
         try:
-            await wait_for(
-                lambda: metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE") > before
+            await eventually(
+                lambda: metric("kube_ip_tracker_client_errors_total", target=target, code="UNAVAILABLE") > before,
+                "metric('kube_ip_tracker_client_errors_total', target=target, code='UNAVAILABLE') > before",
             )
             assert not no_cert.ready
         finally:
@@ -330,7 +326,7 @@ async def test_a_failing_sink_gets_a_full_resync_not_a_resume() -> None:
     client = TrackerClient(target, mirror, FAST)
     client.start()
     try:
-        await wait_for(lambda: mirror.pod_by_ip("10.0.0.4") is not None)
+        await eventually(lambda: mirror.pod_by_ip("10.0.0.4") is not None, "mirror.pod_by_ip('10.0.0.4') is not None")
         assert [r.epoch for r in servicer.requests] == ["", ""]
         assert mirror.pod_by_ip("10.0.0.3") is not None and mirror.snapshots == 2
         assert metric("kube_ip_tracker_client_resyncs_total", target=target, reason="internal") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -24,6 +24,7 @@ from kube_ip_tracker.model import (
     PodRecord,
 )
 from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.testing.polling import eventually
 
 FAST = ClientOptions(backoff_base=0.05, backoff_cap=0.3)
 
@@ -56,15 +57,6 @@ def filled_index(clusters: tuple[str, ...] = ("a", "b")) -> Index:
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` until true; ``TimeoutError`` after ``within`` seconds."""
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"condition not met within {within}s")
 
 
 class Servers:
@@ -125,10 +117,16 @@ async def test_snapshot_then_deltas(servers: Servers, clients: list[TrackerClien
     index.upsert(pod("api", "10.0.0.3"))
     index.delete(Kind.POD, "a", "default", "db")
     index.upsert(NamespaceRecord("a", "default", {"team": "renamed"}))
-    await wait_for(lambda: mirror.pod_by_ip("10.0.0.2") is None and mirror.pod_by_ip("10.0.0.3") is not None)
-    await wait_for(lambda: dict(mirror.namespace("a", "default").labels) == {"team": "renamed"})  # type: ignore[union-attr]
+    await eventually(
+        lambda: mirror.pod_by_ip("10.0.0.2") is None and mirror.pod_by_ip("10.0.0.3") is not None,
+        "mirror.pod_by_ip('10.0.0.2') is None and mirror.pod_by_ip('10.0.0.3') is not None",
+    )
+    await eventually(
+        lambda: dict(mirror.namespace("a", "default").labels) == {"team": "renamed"},
+        "dict(mirror.namespace('a', 'default').labels) == {'team': 'renamed'}",
+    )  # type: ignore[union-attr]
     index.remove_cluster("b")
-    await wait_for(lambda: "b" not in mirror.cluster_statuses())
+    await eventually(lambda: "b" not in mirror.cluster_statuses(), "'b' not in mirror.cluster_statuses()")
     assert pod_keys(mirror) == {("a", "default", "web"), ("a", "default", "api")}
     assert list(mirror.namespaces("b")) == [] and list(mirror.nodes("b")) == []
     assert mirror.snapshots == 1 and client.revision == mirror.revision > 0
@@ -149,13 +147,15 @@ async def test_resume_after_reconnect_gets_only_missed_changes(
     revision = client.revision
     snapshots_sent = metric("kube_ip_tracker_client_messages_total", target=target, kind="SNAPSHOT")
     await servers.stop(server)
-    await wait_for(lambda: not client.connected)
+    await eventually(lambda: not client.connected, "not client.connected")
     # Changes while disconnected.
     index.delete(Kind.POD, "a", "default", "web")
     index.upsert(pod("late", "10.0.0.9"))
     assert mirror.pod_by_ip("10.0.0.1") is not None
     await servers.start(index, f"127.0.0.1:{port}")  # same index: same epoch, change log kept
-    await wait_for(lambda: mirror.pod_by_ip("10.0.0.9") is not None, within=10)
+    await eventually(
+        lambda: mirror.pod_by_ip("10.0.0.9") is not None, "mirror.pod_by_ip('10.0.0.9') is not None", within=10
+    )
     assert mirror.pod_by_ip("10.0.0.1") is None
     assert mirror.snapshots == 1 and client.revision > revision
     assert metric("kube_ip_tracker_client_messages_total", target=target, kind="SNAPSHOT") == snapshots_sent
@@ -182,7 +182,7 @@ async def test_new_tracker_epoch_gives_reset_snapshot_without_stale_entries(
     fresh.upsert(pod("web", "10.0.0.1"))
     fresh.upsert(pod("new", "10.0.0.5"))
     await servers.start(fresh, f"127.0.0.1:{port}")
-    await wait_for(lambda: mirror.snapshots == 2, within=10)
+    await eventually(lambda: mirror.snapshots == 2, "mirror.snapshots == 2", within=10)
     assert client.epoch != old_epoch and mirror.epoch == client.epoch
     assert pod_keys(mirror) == {("a", "default", "web"), ("a", "default", "new")}
     assert set(mirror.cluster_statuses()) == {"a"} and not mirror.cluster_synced("b")
@@ -223,7 +223,9 @@ async def test_failover_between_tracker_addresses_resumes(servers: Servers, clie
     assert client.endpoint == f"127.0.0.1:{port}"
     await servers.stop(first)
     index.upsert(pod("after", "10.0.0.42"))
-    await wait_for(lambda: mirror.pod_by_ip("10.0.0.42") is not None, within=10)
+    await eventually(
+        lambda: mirror.pod_by_ip("10.0.0.42") is not None, "mirror.pod_by_ip('10.0.0.42') is not None", within=10
+    )
     assert client.endpoint == f"127.0.0.2:{port}"
     assert mirror.snapshots == 1  # same index behind both: resumed, no snapshot
     await servers.stop(second)
@@ -261,8 +263,9 @@ async def test_index_sink_keeps_a_downstream_index_in_step(servers: Servers, cli
     assert set(mirror.cluster_statuses()) == {"a", "b"}
     upstream.delete(Kind.POD, "b", "default", "web")
     upstream.upsert(pod("api", "10.0.0.3"))
-    await wait_for(
-        lambda: pod_keys(mirror) == {("a", "default", "web"), ("a", "default", "db"), ("a", "default", "api")}
+    await eventually(
+        lambda: pod_keys(mirror) == {("a", "default", "web"), ("a", "default", "db"), ("a", "default", "api")},
+        "pod_keys(mirror) == {('a', 'default', 'web'), ('a', 'default', 'db'), ('a', 'default', 'api')}",
     )
 
 
@@ -278,7 +281,7 @@ async def test_resume_point_refused_by_the_tracker_is_dropped(servers: Servers, 
     behind = Index(epoch=client.epoch)
     behind.upsert(pod("only", "10.0.0.77"))
     await servers.start(behind, f"127.0.0.1:{port}")
-    await wait_for(lambda: mirror.snapshots == 2, within=10)
+    await eventually(lambda: mirror.snapshots == 2, "mirror.snapshots == 2", within=10)
     assert pod_keys(mirror) == {("a", "default", "only")}
     assert metric("kube_ip_tracker_client_resyncs_total", target=f"127.0.0.1:{port}", reason="refused") == 1
 
@@ -317,7 +320,7 @@ async def test_mirror_agrees_with_the_index_after_random_changes_and_reconnects(
             server = await servers.start(index, f"127.0.0.1:{port}")
         target = index.revision
         conflicts_seen = max(conflicts_seen, index.ip_conflicts)
-        await wait_for(lambda t=target: client.revision == t, within=10)
+        await eventually(lambda t=target: client.revision == t, "client.revision == t", within=10)
         # The agent store keeps no uid (no verdict depends on it): compare everything else.
         assert {p.key: p for p in mirror.pods()} == {p.key: replace(p, uid="") for p in index.pods()}
         for ip in [*ips, "10.0.0.99"]:
@@ -345,11 +348,11 @@ async def test_cluster_filter_gets_only_those_clusters_across_gaps_and_resume(
     index.upsert(pod("a-only", "10.0.0.50"))
     index.upsert(pod("b-new", "10.1.0.50", cluster="b"))
     index.upsert(pod("a-again", "10.0.0.51"))
-    await wait_for(lambda: mirror.pod_by_ip("10.1.0.50") is not None)
+    await eventually(lambda: mirror.pod_by_ip("10.1.0.50") is not None, "mirror.pod_by_ip('10.1.0.50') is not None")
     await servers.stop(server)
     index.upsert(pod("a-down", "10.0.0.52"))
     index.delete(Kind.POD, "b", "default", "web")
     await servers.start(index, f"127.0.0.1:{port}")
-    await wait_for(lambda: mirror.pod_by_ip("10.1.0.1") is None, within=10)
+    await eventually(lambda: mirror.pod_by_ip("10.1.0.1") is None, "mirror.pod_by_ip('10.1.0.1') is None", within=10)
     assert pod_keys(mirror) == {("b", "default", "b-new")}
     assert mirror.snapshots == 1  # resumed, despite the gaps

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.cluster_labels import CLUSTER_LABEL, CLUSTER_NAME_LABEL
-from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing import objects, polling
 from kube_ip_tracker.testing.clusters import free_port
 
 pytestmark = pytest.mark.cluster
@@ -87,19 +87,14 @@ class Tracker:
             raise
 
     async def eventually(self, check: Callable[[], object], what: str, within: float = 30.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
+        def alive_and_checked() -> object:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"tracker exited with {self.proc.returncode} before {what}:\n{self.log()[-4000:]}")
-            if loop.time() > deadline:
-                raise AssertionError(f"not reached within {within}s: {what}; tracker log:\n{self.log()[-4000:]}")
-            await asyncio.sleep(0.1)
+            return check()
+
+        await polling.eventually(
+            alive_and_checked, what, within=within, interval=0.1, detail=lambda: f"tracker log:\n{self.log()[-4000:]}"
+        )
 
     async def terminate(self) -> int:
         if self.channel is not None:

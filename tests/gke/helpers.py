@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sources.recording import eventually
-
 from kube_ip_tracker.gke.names import GkeClusterName
+from kube_ip_tracker.testing.polling import eventually
 
 __all__ = ["LOCATION", "PROJECT", "cid", "eventually", "gke_name"]
 

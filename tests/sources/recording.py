@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +78,3 @@ class RecordingWriter:
 
     def node(self, cluster: str, name: str) -> NodeRecord | None:
         return self.objects[Kind.NODE].get((cluster, "", name))  # type: ignore[return-value]
-
-
-async def eventually(predicate: Callable[[], object], what: str, within: float = 15.0) -> None:
-    """Poll ``predicate`` every 20ms until true, else fail naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {within}s: {what}")
-        await asyncio.sleep(0.02)

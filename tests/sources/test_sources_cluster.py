@@ -22,9 +22,10 @@ from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
+from kube_ip_tracker.testing.polling import eventually
 from kube_ip_tracker.testing.proxy import TcpProxy
 
-from .recording import RecordingWriter, eventually
+from .recording import RecordingWriter
 
 pytestmark = pytest.mark.cluster
 

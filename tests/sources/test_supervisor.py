@@ -10,8 +10,9 @@ from kube_ip_tracker.sources.kube import ClusterSource
 from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
 from kube_ip_tracker.testing.clusters import free_port
+from kube_ip_tracker.testing.polling import eventually
 
-from .recording import RecordingWriter, eventually
+from .recording import RecordingWriter
 
 
 class FakeSource:
