@@ -49,7 +49,9 @@ def find_kube_apiserver() -> str:
             raise ClusterStartError(f"KUBE_APISERVER={explicit} is not an executable file")
         return explicit
     cache = Path(os.environ.get("KIT_CACHE_DIR", Path.home() / ".cache" / "kube-ip-tracker"))
-    cached = sorted(cache.glob("kube-apiserver-*"))
+    # The Debian source build (kube-apiserver-1.20...), not a module build (kube-apiserver-vX.Y.Z) whose
+    # flags this file does not pass yet.
+    cached = sorted(cache.glob("kube-apiserver-[0-9]*"))
     cached = [p for p in cached if p.is_file() and os.access(p, os.X_OK)]
     if cached:
         return str(cached[-1])
