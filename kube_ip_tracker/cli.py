@@ -1,8 +1,9 @@
 """``kube-ip-tracker``: watch the Pods, Namespaces and Nodes of many clusters and serve them over gRPC.
 
 Clusters come from ``--kubeconfig`` files (each context is a cluster named after it),
-``--kubeconfig-dir`` (one file per cluster, followed while running), GKE discovery
-(``--gcp-cluster-names``, re-read every ``--reconcile-interval``; docs/gke.md), or the in-cluster
+``--kubeconfig-dir`` (one file per cluster, followed while running), GKE and EKS discovery
+(``--gcp-cluster-names``, ``--aws-cluster-names``, re-read every ``--reconcile-interval``;
+docs/gke.md, docs/eks.md), or the in-cluster
 configuration when none is given (cluster id ``--cluster-id``). Health turns SERVING once every
 configured cluster has been listed completely, or after ``--ready-timeout``.
 
@@ -34,6 +35,7 @@ from kube_ip_tracker.cloud import flags as cloud_flags
 from kube_ip_tracker.cloud.reconcile import Reconciler
 from kube_ip_tracker.ctl import main as ctl_main
 from kube_ip_tracker.durations import parse_duration
+from kube_ip_tracker.eks import flags as eks_flags
 from kube_ip_tracker.gke import flags as gke_flags
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.kube.kubeconfig import (
@@ -251,6 +253,7 @@ ARGUMENT_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_cluster_label_arguments,
     add_source_timeout_arguments,
     gke_flags.add_arguments,  # after add_cluster_arguments: reuses its --cluster-removal-grace
+    eks_flags.add_arguments,
     add_upstream_arguments,
     add_logging_arguments,
 ]
@@ -279,6 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.kubeconfig_dir_interval <= 0:
         parser.error("--kubeconfig-dir-interval must be positive")
     gke_flags.validate(parser, args)  # a malformed --gcp-cluster-names entry exits 2, named
+    eks_flags.validate(parser, args)  # the same for --aws-cluster-names
     try:
         informer_options(args)
     except ValueError as exc:
@@ -290,10 +294,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_static_clusters(args: argparse.Namespace) -> list[ClusterSpec]:
-    """Specs from --kubeconfig, or the in-cluster spec when no kubeconfig or GKE flag is given."""
+    """Specs from --kubeconfig, or the in-cluster spec when no kubeconfig, GKE or EKS flag is given."""
     if args.kubeconfig:
         return static_specs(args.kubeconfig)
-    if args.kubeconfig_dir or args.gcp_cluster_names:
+    if args.kubeconfig_dir or args.gcp_cluster_names or args.aws_cluster_names:
         return []
     check_in_cluster()
     return [in_cluster_spec(args.cluster_id)]
@@ -373,16 +377,17 @@ async def mark_ready(
     server.set_serving(True)
 
 
-DiscoveryConfigError = gke_flags.GkeConfigError
+DiscoveryConfigError = (gke_flags.GkeConfigError, eks_flags.EksConfigError)
 
 
 async def create_reconcilers(args: argparse.Namespace, supervisor: ClusterSupervisor) -> list[Reconciler[Any]]:
     """The reconcilers of the providers with configured clusters; DiscoveryConfigError when one cannot be set up."""
     reconcilers: list[Reconciler[Any]] = []
     try:
-        gke = await gke_flags.create_reconciler(args, supervisor)
-        if gke is not None:
-            reconcilers.append(gke)
+        for create in (gke_flags.create_reconciler, eks_flags.create_reconciler):
+            reconciler = await create(args, supervisor)
+            if reconciler is not None:
+                reconcilers.append(reconciler)
     except BaseException:
         await close_reconcilers(reconcilers)
         raise

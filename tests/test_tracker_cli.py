@@ -171,3 +171,23 @@ def test_gke_clusters_without_google_credentials_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "--gcp-cluster-names is set but Google application default credentials are unusable" in result.stderr
     assert "no.json" in result.stderr and "in-cluster" not in result.stderr
+
+
+def test_malformed_eks_cluster_name_exits_2_naming_it() -> None:
+    result = run_tracker("--aws-cluster-names", "us-east-1/ok,prod")
+    assert result.returncode == 2
+    assert "invalid EKS cluster entry 'prod': expected 'REGION/NAME'" in result.stderr
+
+
+def test_eks_clusters_without_aws_credentials_exit_1(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    result = run_tracker("--aws-cluster-names", "us-east-1/a", env=env)
+    assert result.returncode == 1
+    assert "--aws-cluster-names is set but no AWS credentials were found" in result.stderr
+    assert "in-cluster" not in result.stderr

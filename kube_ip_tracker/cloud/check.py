@@ -3,9 +3,14 @@ one discovery pass, printed one line per cluster."""
 
 from __future__ import annotations
 
-from typing import TextIO
+import argparse
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
 
 from kube_ip_tracker.cloud.discovery import FetchResult
+from kube_ip_tracker.cloud.reconcile import Reconciler
 from kube_ip_tracker.model import ClusterSpec
 
 
@@ -31,3 +36,32 @@ class NoSupervisor:
 
     def specs(self) -> dict[str, ClusterSpec]:
         return {}
+
+
+async def check_once(reconciler: Reconciler[Any], out: TextIO) -> int:
+    """One discovery pass printed with :func:`format_result`; 0 when every cluster is ready, else 1."""
+    try:
+        result = await reconciler.discovery.fetch(reconciler.names())
+    finally:
+        await reconciler.close()
+    format_result(result, out, reconciler.provider.ready_status)
+    return 0 if result.complete else 1
+
+
+def main(
+    provider: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    validate: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
+    run_check: Callable[[argparse.Namespace], Awaitable[int]],
+    argv: Sequence[str] | None,
+) -> int:
+    """The command line of ``python -m kube_ip_tracker.<provider>.check``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m kube_ip_tracker.{provider.lower()}.check",
+        description=f"Check that the {provider} clusters given to kube-ip-tracker can be discovered with this identity.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    validate(parser, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run_check(args))

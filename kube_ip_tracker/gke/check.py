@@ -8,8 +8,6 @@ why it cannot use it. Exit status 0 when every cluster was found RUNNING, 1 othe
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -19,12 +17,6 @@ from google.cloud import container_v1
 
 from kube_ip_tracker.cloud import check as cloud_check
 from kube_ip_tracker.gke import flags
-from kube_ip_tracker.gke.discovery import FetchResult
-
-
-def format_result(result: FetchResult, out: TextIO) -> None:
-    """One line per cluster: ``OK``/``NOT RUNNING``/``ERROR``, the GKE name, then id and endpoint or the reason."""
-    cloud_check.format_result(result, out, "RUNNING")
 
 
 async def run_check(
@@ -47,24 +39,11 @@ async def run_check(
     if reconciler is None:
         print("no GKE clusters configured (--gcp-cluster-names)", file=out)
         return 2
-    try:
-        result = await reconciler.discovery.fetch(reconciler.names())
-    finally:
-        await reconciler.close()
-    format_result(result, out)
-    return 0 if result.complete else 1
+    return await cloud_check.check_once(reconciler, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kube_ip_tracker.gke.check",
-        description="Check that the GKE clusters given to kube-ip-tracker can be discovered with this identity.",
-    )
-    flags.add_arguments(parser)
-    args = parser.parse_args(argv)
-    flags.validate(parser, args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run_check(args))
+    return cloud_check.main("GKE", flags.add_arguments, flags.validate, run_check, argv)
 
 
 if __name__ == "__main__":

@@ -456,8 +456,12 @@ def start_clusters(
     authorization_mode: str = "AlwaysAllow",
     extra_tokens: Sequence[str] = (),
     token_users: Sequence[TokenUser] = (),
+    extra_apiserver_args: Sequence[str] = (),
 ) -> ClusterSet:
-    """Start ``count`` clusters (named cluster-1..N unless ``names``) under base_dir; all or none."""
+    """Start ``count`` clusters (named cluster-1..N unless ``names``) under base_dir; all or none.
+
+    ``extra_apiserver_args`` go to every API server (e.g. an authentication webhook's flags).
+    """
     names = list(names) if names else [f"cluster-{i + 1}" for i in range(count)]
     if len(names) != count:
         raise ValueError(f"{count} clusters but {len(names)} names")
@@ -472,6 +476,7 @@ def start_clusters(
                 authorization_mode=authorization_mode,
                 extra_tokens=extra_tokens,
                 token_users=token_users,
+                extra_apiserver_args=extra_apiserver_args,
             )
             clusters.append(cluster)
             cluster.launch(apiserver, etcd)

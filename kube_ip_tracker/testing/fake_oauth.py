@@ -16,13 +16,14 @@ import threading
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as ga_exceptions
 from google.auth import jwt
+
+from kube_ip_tracker.testing.loopback_http import LoopbackHttpServer
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -78,7 +79,7 @@ class Grant:
     token: str
 
 
-class FakeTokenEndpoint:
+class FakeTokenEndpoint(LoopbackHttpServer):
     """Loopback HTTP token endpoint handing out ``tokens`` in order, each valid ``lifetime`` seconds.
 
     Requests with a bad assertion, a missing scope, or after the tokens ran out get the
@@ -95,12 +96,11 @@ class FakeTokenEndpoint:
         self.rejections: list[str] = []
         self._tokens = list(tokens)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread: threading.Thread | None = None
+        super().__init__("fake-oauth")
 
     @property
     def token_uri(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        return f"{self.url}/token"
 
     def tokens_issued(self) -> list[str]:
         with self._lock:
@@ -136,39 +136,9 @@ class FakeTokenEndpoint:
             self.rejections.append(f"{error}: {description}")
         return 400, {"error": error, "error_description": description}
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                status, body = endpoint.answer(form) if self.path == "/token" else (404, {"error": "not_found"})
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:  # quiet
-                return
-
-        return Handler
-
-    def start(self) -> FakeTokenEndpoint:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-oauth", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FakeTokenEndpoint:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method == "POST" and path == "/token":
+            status, answer = self.answer(urllib.parse.parse_qs(body.decode()))
+        else:
+            status, answer = 404, {"error": "not_found"}
+        return status, {"Content-Type": "application/json"}, json.dumps(answer).encode()
