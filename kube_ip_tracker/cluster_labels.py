@@ -117,9 +117,13 @@ class NamespaceStamper:
         """:meth:`apply` to a cluster's complete list of namespaces; namespaces not in it are forgotten."""
         served = [self.apply(record) for record in records]
         names = {record.name for record in served}
-        for key in [k for k in self._reported if k[0] == cluster and k[1] not in names]:
-            del self._reported[key]
+        self.keep_only(lambda key: key[0] != cluster or key[1] in names)
         return served
+
+    def keep_only(self, wanted: Callable[[tuple[str, str]], bool]) -> None:
+        """Forget the namespaces whose (cluster, name) is not ``wanted`` (after a snapshot, say)."""
+        for key in [k for k in self._reported if not wanted(k)]:
+            del self._reported[key]
 
     def forget(self, cluster: str, name: str) -> None:
         """The namespace is gone."""
@@ -127,8 +131,7 @@ class NamespaceStamper:
 
     def forget_cluster(self, cluster: str) -> None:
         """The cluster is gone."""
-        for key in [k for k in self._reported if k[0] == cluster]:
-            del self._reported[key]
+        self.keep_only(lambda key: key[0] != cluster)
         self._invalid_ids.discard(cluster)
 
     def mismatched(self) -> set[tuple[str, str]]:

@@ -43,6 +43,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from kube_ip_tracker import cluster_labels
 from kube_ip_tracker.agent.dataplane import (
     ConfigError,
     Dataplane,
@@ -67,6 +68,7 @@ from kube_ip_tracker.agent.verdict_log import (
 from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.client.resolver import parse_address
+from kube_ip_tracker.cluster_labels import DEFAULT_RULE, LabelRule
 from kube_ip_tracker.kube.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
 from kube_ip_tracker.listen import optional_listen_address
 from kube_ip_tracker.logs import add_logging_arguments
@@ -174,6 +176,8 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         help="this node; without --pod-cidr the agent enforces the pods the tracker reports on it "
         "(default $NODE_NAME; without it, every pod of --cluster-id)",
     )
+    labels = parser.add_argument_group("cluster labels")
+    cluster_labels.add_arguments(labels, "every namespace received from the tracker")
     add_arguments(parser)
     group = parser.add_argument_group("host sharing")
     group.add_argument(
@@ -229,6 +233,7 @@ class AgentConfig:
     metrics_address: str
     verdict_log: VerdictLogOptions = dataclasses.field(default_factory=VerdictLogOptions)
     per_policy_limit: int = 0
+    cluster_labels: LabelRule = DEFAULT_RULE
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -273,6 +278,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         metrics_address=args.metrics_address,
         verdict_log=verdict_log_options(args),
         per_policy_limit=args.metrics_per_policy_limit if args.metrics_per_policy else 0,
+        cluster_labels=cluster_labels.rule_from_args(args),
     )
 
 
@@ -302,6 +308,7 @@ class Agent:
             node=config.node_name,
             on_change=self._tracker_data_changed,
             on_local_pods=None if config.static_pods else self._local_pods_changed,
+            cluster_labels=config.cluster_labels,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
         options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)

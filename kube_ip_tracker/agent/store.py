@@ -8,6 +8,11 @@ the snapshot lacks is gone afterwards. Policies are not touched: they come from 
 NetworkPolicy informer, so a cluster removed by the tracker loses its pods and namespaces but never
 the agent's own policies.
 
+Every namespace record enters through one place, where the ``--cluster-labels`` rule
+(:mod:`kube_ip_tracker.cluster_labels`) stamps it with its cluster's id, as the trackers do for the
+clusters they watch: a no-op behind a tracker that stamped already, the protection behind one
+running ``off`` (docs/agent.md, "Cluster labels").
+
 What changed is told to
 
 * ``on_change()``: after a batch that can change a verdict (a pod moving to another node does not;
@@ -33,6 +38,7 @@ from kube_ip_tracker.agent import events as ev
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy.objects import Objects, PodEntry
 from kube_ip_tracker.client.sink import Delete, RecordChange, Upsert
+from kube_ip_tracker.cluster_labels import LabelRule, Mode, NamespaceStamper
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, NodeRecord, PodRecord
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,14 @@ REJECTED = Counter(
 REJECTED_NODES = Counter(
     "kube_ip_agent_mirror_nodes_rejected_total",
     "Nodes from the tracker the agent could not take (an unparsable InternalIP); logged with the node name.",
+)
+# The store applies the rule it is given; ``kube-ip-agent run`` gives its --cluster-labels (default enforce).
+PASS_THROUGH = LabelRule(Mode.OFF)
+LABEL_MISMATCHES = Counter(
+    "kube_ip_agent_cluster_label_mismatches_total",
+    "Namespaces from the tracker whose --cluster-label-keys held another value than their cluster's id "
+    "(counted once per namespace and value found; overwritten in enforce mode, kept in fill).",
+    ["cluster"],
 )
 LOCAL_PODS = Gauge("kube_ip_agent_local_pod_addresses", "Addresses of local pods the dataplane enforces.")
 _POD_UPSERTS = APPLIED.labels("pod", "upsert")
@@ -107,8 +121,11 @@ class AgentStore:
         node: str | None = None,
         on_change: Callable[[], None] | None = None,
         on_local_pods: Callable[[frozenset[str]], None] | None = None,
+        cluster_labels: LabelRule = PASS_THROUGH,
     ) -> None:
         self.engine = engine if engine is not None else PolicyEngine()
+        # Namespaces enter the store here, stamped with their cluster's id (safe against a tracker running off).
+        self.stamper = NamespaceStamper(cluster_labels, "agent", lambda cluster: LABEL_MISMATCHES.labels(cluster).inc())
         self.local_cluster = local_cluster
         self.local_node = node or None
         self.on_change = on_change
@@ -193,6 +210,7 @@ class AgentStore:
             batch.events.append(ev.PodUpserted(record, None if previous is None else previous.record))
 
     def _set_namespace(self, objects: Objects, record: NamespaceRecord, batch: _Batch | None) -> None:
+        record = self.stamper.apply(record)
         previous = objects.set_namespace(record)
         _NS_UPSERTS.inc()
         if batch is None or previous == record:
@@ -231,6 +249,7 @@ class AgentStore:
                 if batch is not None:
                     self._pod_gone(entry, batch)
         elif change.kind is Kind.NAMESPACE:
+            self.stamper.forget(change.cluster, change.name)
             ns = objects.delete_namespace(change.cluster, change.name)
             if ns is not None:
                 _NS_DELETES.inc()
@@ -263,6 +282,7 @@ class AgentStore:
                 self._delete(objects, Delete(Kind.NODE, cluster, "", key[1]), batch)
         known = cluster in objects.clusters
         objects.remove_cluster(cluster)
+        self.stamper.forget_cluster(cluster)
         if batch is not None and batch.events is not None and known:
             batch.events.append(ev.ClusterRemoved(cluster))
 
@@ -302,6 +322,7 @@ class AgentStore:
 
     def _swap(self, objects: Objects, epoch: str, revision: int, reset: bool) -> None:
         old = self.engine.world.replace_objects(objects)
+        self.stamper.keep_only(objects.namespaces.__contains__)
         self.epoch, self.revision = epoch, revision
         self.snapshots += 1
         events = _diff(old, objects) if self._listeners else []

@@ -3,29 +3,35 @@
 Cluster-1 has an unlabelled namespace (``plain``), one labelled as cluster-2 (``spoof``) and one
 with only the first key, set to cluster-2 (``partial``). Cluster-2 has ``web`` with two servers:
 ``web1`` admits namespaces labelled cluster-1, ``web2`` those labelled cluster-2. The verdicts are
-decided by the agent's evaluator on what the tracker serves.
+decided by the agent's evaluator on what the tracker serves, and by the agent's store (which applies
+the agent's own ``--cluster-labels``) behind a tracker running ``off``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
-from kube_ip_tracker.cluster_labels import CLUSTER_LABEL, CLUSTER_NAME_LABEL
+from kube_ip_tracker.agent.store import AgentStore
+from kube_ip_tracker.client.client import TrackerClient
+from kube_ip_tracker.cluster_labels import CLUSTER_LABEL, CLUSTER_NAME_LABEL, LabelRule, Mode
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import ClusterSet, start_clusters
-from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
+from kube_ip_tracker.testing.trackers import AGENT_OPTIONS, TrackerProcess, eventually
 
 pytestmark = pytest.mark.cluster
 
 C1, C2 = "cluster-1", "cluster-2"
 MISMATCHES = "kube_ip_tracker_cluster_label_mismatches_total"
+AGENT_MISMATCHES = "kube_ip_agent_cluster_label_mismatches_total"
 NAMESPACES = {
     C1: {"plain": {}, "spoof": {CLUSTER_LABEL: C2, CLUSTER_NAME_LABEL: C2}, "partial": {CLUSTER_LABEL: C2}},
     C2: {"web": {}},
@@ -230,3 +236,40 @@ async def test_a_spoke_serves_its_hubs_labels_and_stamps_the_clusters_it_watches
     assert mismatch_counts(spoke) == {C2: 1.0} and len(mismatch_lines(spoke, "late")) == 1
     async with clusters[1].api_client() as api:  # leave cluster-2 without mismatches
         await objects.label_namespace(api, "late", {CLUSTER_LABEL: None})
+
+
+@pytest.mark.parametrize("agent_mode", [Mode.ENFORCE, Mode.OFF])
+async def test_the_agent_stamps_what_a_tracker_running_off_serves(
+    clusters: ClusterSet, launch: Launch, agent_mode: Mode, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = launch(
+        f"off-{agent_mode.value}", "--kubeconfig", str(clusters.merged_kubeconfig), "--cluster-labels", "off"
+    )
+    engine = engine_of([])  # the policies only; the store fills in pods and namespaces
+    store = AgentStore(engine, local_cluster=C2, cluster_labels=LabelRule(agent_mode))  # as kube-ip-agent run holds it
+    client = TrackerClient(tracker.address, store, AGENT_OPTIONS)
+    before = REGISTRY.get_sample_value(AGENT_MISMATCHES, {"cluster": C1}) or 0.0
+    caplog.set_level(logging.WARNING, "kube_ip_tracker.cluster_labels")
+    client.start()
+    try:
+        want = {(c, n) for c, names in NAMESPACES.items() for n in names} | {(c, name) for c, _, name, *_ in PODS}
+
+        def complete() -> bool:
+            have = {(n.cluster, n.name) for n in store.namespaces()} | {(p.cluster, p.name) for p in store.pods()}
+            return want <= have
+
+        await eventually(complete, "the agent store holds both clusters", [tracker])
+    finally:
+        await client.stop()
+    spoofed = store.namespace(C1, "spoof")
+    assert spoofed is not None
+    lines = [r.getMessage() for r in caplog.records if "namespace spoof is labelled" in r.getMessage()]
+    counted = (REGISTRY.get_sample_value(AGENT_MISMATCHES, {"cluster": C1}) or 0.0) - before
+    if agent_mode is Mode.ENFORCE:
+        assert dict(spoofed.labels) == STAMPED
+        assert allowed(engine, "plain", "web1") and not allowed(engine, "spoof", "web2")
+        assert len(lines) == 1 and "(agent --cluster-labels=enforce)" in lines[0] and counted == 2.0
+    else:  # the agent trusts the tracker: a tracker running off leaves the spoof in place
+        assert dict(spoofed.labels) == NAMESPACES[C1]["spoof"]
+        assert not allowed(engine, "plain", "web1") and allowed(engine, "spoof", "web2")
+        assert not lines and counted == 0.0
