@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from kube_ip_tracker.testing.certs import write_self_signed
+from kube_ip_tracker.testing.crds import install_crds
 
 log = logging.getLogger(__name__)
 
@@ -457,10 +458,13 @@ def start_clusters(
     extra_tokens: Sequence[str] = (),
     token_users: Sequence[TokenUser] = (),
     extra_apiserver_args: Sequence[str] = (),
+    crds: bool = True,
 ) -> ClusterSet:
     """Start ``count`` clusters (named cluster-1..N unless ``names``) under base_dir; all or none.
 
     ``extra_apiserver_args`` go to every API server (e.g. an authentication webhook's flags).
+    ``crds``: install the ClusterNetworkPolicy/AdminNetworkPolicy/BaselineAdminNetworkPolicy CRDs
+    (:mod:`kube_ip_tracker.testing.crds`).
     """
     names = list(names) if names else [f"cluster-{i + 1}" for i in range(count)]
     if len(names) != count:
@@ -482,6 +486,8 @@ def start_clusters(
             cluster.launch(apiserver, etcd)
         for cluster in clusters:
             _wait_ready_or_relaunch(cluster, apiserver, etcd)
+            if crds:
+                install_crds(cluster)
     except BaseException:
         clusters.stop()
         raise

@@ -86,3 +86,40 @@ async def delete_pod(api: client.ApiClient, namespace: str, name: str) -> None:
 async def delete_namespace(api: client.ApiClient, name: str) -> None:
     """Delete a namespace (without a controller-manager its content is not garbage-collected)."""
     await client.CoreV1Api(api).delete_namespace(name)
+
+
+# ---- ClusterNetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy (cluster-scoped CRDs) ----
+
+POLICY_GROUP = "policy.networking.k8s.io"
+CLUSTER_POLICY_KINDS = {  # kind -> (version, plural)
+    "ClusterNetworkPolicy": ("v1alpha2", "clusternetworkpolicies"),
+    "AdminNetworkPolicy": ("v1alpha1", "adminnetworkpolicies"),
+    "BaselineAdminNetworkPolicy": ("v1alpha1", "baselineadminnetworkpolicies"),
+}
+
+
+async def apply_cluster_policy(api: client.ApiClient, obj: Mapping[str, Any], dry_run: bool = False) -> Any:
+    """Create the cluster-scoped policy ``obj`` (its ``kind`` picks the CRD), or replace it if it exists."""
+    version, plural = CLUSTER_POLICY_KINDS[str(obj["kind"])]
+    custom = client.CustomObjectsApi(api)
+    body = dict(obj)
+    extra = {"dry_run": "All"} if dry_run else {}
+    try:
+        return await custom.create_cluster_custom_object(POLICY_GROUP, version, plural, body, **extra)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    name = obj["metadata"]["name"]
+    current = await custom.get_cluster_custom_object(POLICY_GROUP, version, plural, name)
+    body = {**body, "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+    return await custom.replace_cluster_custom_object(POLICY_GROUP, version, plural, name, body, **extra)
+
+
+async def delete_cluster_policy(api: client.ApiClient, kind: str, name: str) -> None:
+    """Delete a cluster-scoped policy (gone already is fine)."""
+    version, plural = CLUSTER_POLICY_KINDS[kind]
+    try:
+        await client.CustomObjectsApi(api).delete_cluster_custom_object(POLICY_GROUP, version, plural, name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -166,6 +166,15 @@ def parse_baseline_admin_network_policy(obj: Any, cluster: str, *, strict: bool 
     return _parse(BANP, obj, cluster, strict)
 
 
+def parse_by_kind(obj: Any, cluster: str, *, strict: bool = True) -> ClusterPolicy:
+    """Validate an object of any of the three kinds, chosen by its ``kind``."""
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    flavour = FLAVOURS.get(kind) if isinstance(kind, str) else None
+    if flavour is None:
+        raise PolicyError("kind", f"must be one of {', '.join(FLAVOURS)}, got {kind!r}")
+    return _parse(flavour, obj, cluster, strict)
+
+
 class _Context:
     """Per-object parse state: the flavour, strictness and the warnings collected so far."""
 
@@ -495,5 +504,6 @@ __all__ = [
     "cluster_policy_name",
     "parse_admin_network_policy",
     "parse_baseline_admin_network_policy",
+    "parse_by_kind",
     "parse_cluster_network_policy",
 ]
