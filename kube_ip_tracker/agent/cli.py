@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from kube_ip_tracker.agent.explain.command import add_explain_command, explain_probe
+from kube_ip_tracker.agent.explain.render import render
 from kube_ip_tracker.agent.policy.cluster_compiled import RuleRef
 from kube_ip_tracker.agent.policy.errors import PolicyError
 from kube_ip_tracker.agent.policy.evaluator import Reason
@@ -48,11 +50,18 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("files", nargs="+", metavar="FILE", help="world file (JSON)")
     evaluate.add_argument("--check", action="store_true", help="compare verdicts with each probe's expect")
+    evaluate.add_argument(
+        "--explain", action="store_true", help="after each file's verdicts, print every probe's decision trace"
+    )
     evaluate.set_defaults(handler=cmd_evaluate)
 
 
 # Each entry registers one subcommand; its handler is called as handler(args, out, err) -> exit code.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_evaluate_command, add_run_command]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_evaluate_command,
+    add_run_command,
+    add_explain_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +87,7 @@ def _describe_end(end: object) -> str:
     return f"{end.cluster}/{end.namespace}/{end.pod}"  # type: ignore[attr-defined]
 
 
-def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: TextIO) -> int:
+def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: TextIO, explain: bool = False) -> int:
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -104,6 +113,10 @@ def _evaluate_file(path: str, check: bool, tally: _Tally, out: TextIO, err: Text
     engine = world.engine()
     verdicts = [decide_probe(engine, probe) for probe in world.probes]
     print(json.dumps({"file": path, "verdicts": [str(v) for v in verdicts]}), file=out)
+    if explain:
+        for index, probe in enumerate(world.probes):
+            _verdict, trace = explain_probe(engine, probe)
+            print(f"\n{path}: probes[{index}]\n{render(trace)}", file=out)
     if not check:
         return EXIT_OK
     status = EXIT_OK
@@ -137,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     worst = EXIT_OK
     for path in args.files:
         try:
-            status = _evaluate_file(path, args.check, tally, out, err)
+            status = _evaluate_file(path, args.check, tally, out, err, args.explain)
         except Exception as exc:  # never a traceback on the command line
             log.debug("internal error evaluating %s", path, exc_info=True)
             print(f"{path}: internal error: {type(exc).__name__}: {exc}", file=err)

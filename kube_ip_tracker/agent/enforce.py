@@ -81,8 +81,8 @@ class LocalVerdict:
 def endpoint_name(endpoint: Endpoint) -> str:
     """``cluster/namespace/pod``, or the address of an endpoint that is no known pod."""
     if endpoint.pod is not None:
-        r = endpoint.pod.record
-        return f"{r.cluster}/{r.namespace}/{r.name}"
+        pod = endpoint.pod
+        return f"{pod.cluster}/{pod.namespace}/{pod.name}"
     return str(endpoint.ip)
 
 

@@ -61,6 +61,7 @@ def _direction(
     direction: str,
     reason: Reason,
     policy: tuple[str, str, str] | None,
+    policy_rule: int | None,
     rule: RuleRef | None,
     subject: Endpoint,
 ) -> DirectionOutcome:
@@ -81,7 +82,7 @@ def _direction(
         return DirectionOutcome(direction, True, True, NO_TIER, (), None, NOT_ISOLATED)
     if reason is Reason.ALLOWED:
         names = (policy_name(policy),) if policy is not None else ()
-        return DirectionOutcome(direction, True, True, NETWORK_POLICY, names, None, ALLOWED_BY_RULE)
+        return DirectionOutcome(direction, True, True, NETWORK_POLICY, names, policy_rule, ALLOWED_BY_RULE)
     assert subject.pod is not None  # only a pod can be isolated
     selection = engine.world.selection(subject.pod)
     isolating = selection.egress if direction == "egress" else selection.ingress
@@ -99,12 +100,13 @@ def direction_outcomes(
 ) -> tuple[DirectionOutcome, DirectionOutcome]:
     """(egress, ingress) outcomes of ``verdict``; a direction not enforced here allows, as far as this agent goes."""
     outcomes = []
-    for direction, enforced, reason, policy, rule, subject in (
-        ("egress", egress_enforced, verdict.egress, verdict.egress_policy, verdict.egress_rule, src),
-        ("ingress", ingress_enforced, verdict.ingress, verdict.ingress_policy, verdict.ingress_rule, dst),
+    v = verdict
+    for direction, enforced, reason, policy, policy_rule, rule, subject in (
+        ("egress", egress_enforced, v.egress, v.egress_policy, v.egress_policy_rule, v.egress_rule, src),
+        ("ingress", ingress_enforced, v.ingress, v.ingress_policy, v.ingress_policy_rule, v.ingress_rule, dst),
     ):
         if enforced:
-            outcomes.append(_direction(engine, direction, reason, policy, rule, subject))
+            outcomes.append(_direction(engine, direction, reason, policy, policy_rule, rule, subject))
         else:
             outcomes.append(DirectionOutcome(direction, False, True, NO_TIER, (), None, NOT_ENFORCED_HERE))
     return outcomes[0], outcomes[1]

@@ -55,6 +55,9 @@ from kube_ip_tracker.agent.dataplane import (
 )
 from kube_ip_tracker.agent.dataplane.neighbours import MarkCollision, check_marks_free
 from kube_ip_tracker.agent.enforce import LocalEnforcement
+from kube_ip_tracker.agent.explain.client import SOCKET_DIR
+from kube_ip_tracker.agent.explain.request import answer
+from kube_ip_tracker.agent.explain.server import ExplainServer, ExplainSocketError
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.store import AgentStore
@@ -214,6 +217,12 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         help="with --metrics-per-policy, at most N policies get their own series; the others count as "
         f'policy="(other)" (default {DEFAULT_PER_POLICY_LIMIT})',
     )
+    other.add_argument(
+        "--explain-socket",
+        default=None,
+        metavar="PATH",
+        help=f"Unix socket for 'kube-ip-agent explain' (root-only; default {SOCKET_DIR}/<--name>.sock; '' disables)",
+    )
     add_verdict_log_arguments(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=cmd_run)
@@ -232,6 +241,7 @@ class AgentConfig:
     static_pods: bool
     metrics_address: str
     verdict_log: VerdictLogOptions = dataclasses.field(default_factory=VerdictLogOptions)
+    explain_socket: str = ""
     per_policy_limit: int = 0
     cluster_labels: LabelRule = DEFAULT_RULE
 
@@ -277,6 +287,9 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         static_pods=bool(dataplane.local_pods),
         metrics_address=args.metrics_address,
         verdict_log=verdict_log_options(args),
+        explain_socket=str(SOCKET_DIR / f"{dataplane.name}.sock")
+        if args.explain_socket is None
+        else args.explain_socket,
         per_policy_limit=args.metrics_per_policy_limit if args.metrics_per_policy else 0,
         cluster_labels=cluster_labels.rule_from_args(args),
     )
@@ -313,6 +326,9 @@ class Agent:
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
         options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
         self.client = TrackerClient(config.trackers, self.store, options)
+        self.explain: ExplainServer | None = None
+        if config.explain_socket:
+            self.explain = ExplainServer(config.explain_socket, lambda req: answer(self.engine, req, config.cluster_id))
         self._pods_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -404,6 +420,8 @@ class Agent:
                 )
                 await self.dataplane.set_local_pods(previous)
         await self.dataplane.start()
+        if self.explain is not None:
+            await self.explain.start()
         self.client.start().add_done_callback(self._task_done)
         self._spawn(self.informer.run(), "networkpolicy-informer")
         self._spawn(self._report_ready(), "ready", forever=False)
@@ -440,6 +458,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.client.stop()
+        if self.explain is not None:
+            await self.explain.stop()
         if self.dataplane.running:
             await self.dataplane.stop(remove_rules=remove_rules)
         READY.set(0)
@@ -487,6 +507,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
             return EXIT_CONFIG
         except DataplaneError as exc:
             log.error("Cannot start the dataplane: %s", exc)
+            return EXIT_CONFIG
+        except ExplainSocketError as exc:
+            log.error("Cannot serve explain requests: %s (--explain-socket)", exc)
             return EXIT_CONFIG
         stopped = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(agent.failed.wait())

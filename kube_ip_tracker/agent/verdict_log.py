@@ -34,6 +34,7 @@ SUPPRESSED = Counter(
     "Verdicts not logged: duplicate (same tuple within --log-verdicts-interval) or rate (over --log-verdicts-rate).",
     ["reason"],
 )
+ERRORS = Counter("kube_ip_agent_verdict_log_errors_total", "Verdicts that could not be described (not logged).")
 _DUPLICATE = SUPPRESSED.labels("duplicate")
 _RATE = SUPPRESSED.labels("rate")
 
@@ -122,7 +123,12 @@ class VerdictLog:
         repeats = self.limiter.admit((key, allowed))
         if repeats is None:
             return False
-        line = fields()
+        try:
+            line = fields()
+        except Exception:  # a line that cannot be built must never change the verdict
+            ERRORS.inc()
+            log.exception("Cannot describe the verdict for %s; it is enforced, not logged", key)
+            return False
         if repeats:
             line["suppressed"] = repeats
         verdict = "allow" if allowed else "deny"

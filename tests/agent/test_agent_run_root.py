@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -187,6 +188,20 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
             await eventually(lambda: not client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "new denied", agent)
             await eventually(lambda: not stream.exchange(timeout=0.5), "open connection cut", agent)
             assert metric(metrics_port, "kube_ip_agent_networkpolicies") == 1.0
+            # The verdict log names the policy; explain (root-only socket of this agent) agrees.
+            assert f'policy="{NAMESPACE}/deny-web"' in agent.tail(200), agent.tail()
+            sock = Path("/run/kube-ip-agent") / f"{name}.sock"
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+            ends = ["--from", f"{cluster.name}/{NAMESPACE}/client", "--to", f"{cluster.name}/{NAMESPACE}/web"]
+            explained = await asyncio.to_thread(
+                subprocess.run,
+                [*AGENT_CMD[:-1], "explain", "--socket", str(sock), *ends, "--port", f"{WEB_PORT}/TCP"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert explained.returncode == 1, explained.stderr  # denied
+            assert f"deny: NetworkPolicy {NAMESPACE}/deny-web (isolated, no rule matched)" in explained.stdout
 
             await net_api.delete_namespaced_network_policy("deny-web", NAMESPACE)
             await eventually(lambda: client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), "allowed again", agent)
@@ -203,6 +218,7 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
         assert agent.terminate() == 0, agent.tail()
         assert iptables_chains(name) == [], agent.tail()
         assert "Stopped" in agent.tail(5)
+        assert not (Path("/run/kube-ip-agent") / f"{name}.sock").exists()
 
 
 async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(

@@ -15,6 +15,7 @@ from kube_ip_tracker.agent.cli import build_parser
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
 from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
+from kube_ip_tracker.agent.policy.cluster_parse import parse_cluster_network_policy
 from kube_ip_tracker.agent.verdict_log import Limiter, VerdictLog, VerdictLogMode, VerdictLogOptions
 from kube_ip_tracker.cli import parse_args as tracker_args
 from kube_ip_tracker.logs import JsonFormatter, KlogFormatter
@@ -195,12 +196,14 @@ def test_lines_name_the_deciding_direction_policy_and_ends(
     )
     assert line["ingress"] == "not enforced here"
     line = logged(c1, tcp("10.1.0.2", "10.1.0.1"), caplog)
-    assert (line["verdict"], line["direction"], line["policy"], line["reason"]) == (
+    assert (line["verdict"], line["direction"], line["policy"], line["rule"], line["reason"]) == (
         "allow",
         "ingress",
         "demo/web-80",
+        1,
         "allowed by rule",
     )
+    assert line["ingress"] == "allow: NetworkPolicy demo/web-80 rule 1 (allowed by rule)"
     line = logged(c1, tcp("192.0.2.9", "10.1.0.1", 22), caplog)  # an address outside the ClusterSet
     assert (line["src"], line["verdict"], line["policy"], line["port"]) == ("192.0.2.9", "deny", "demo/web-80", 22)
 
@@ -243,3 +246,46 @@ def test_decisions_are_counted_by_tier_and_optionally_per_policy(engine: PolicyE
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 2, 1, 1]
     assert LocalEnforcement(engine, C2).per_policy_limit == 0  # opt-in
+
+
+def test_an_admin_tier_rule_is_named_by_policy_name_and_rule_index(
+    engine: PolicyEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = {
+        "metadata": {"name": "guard"},
+        "spec": {
+            "tier": "Admin",
+            "priority": 10,
+            "subject": {"namespaces": {}},
+            "ingress": [
+                {
+                    "name": "dns",
+                    "action": "Accept",
+                    "from": [{"namespaces": {}}],
+                    "protocols": [{"udp": {"destinationPort": {"number": 53}}}],
+                },
+                {
+                    "name": "no-ssh",
+                    "action": "Deny",
+                    "from": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 22}}}],
+                },
+            ],
+        },
+    }
+    engine.set_cluster_policy(parse_cluster_network_policy(guard, C1))
+    enforcement = LocalEnforcement(engine, C1, VerdictLog(VerdictLogOptions(VerdictLogMode.ALL, 0.0, 1e9)))
+    line = logged(enforcement, tcp("10.1.0.2", "10.1.0.1", 22), caplog)
+    assert (line["verdict"], line["direction"], line["tier"], line["policy"], line["rule"], line["reason"]) == (
+        "deny",
+        "ingress",
+        "Admin",
+        "ClusterNetworkPolicy/guard",
+        1,
+        "Deny rule no-ssh",
+    )
+    before = sample("kube_ip_agent_policy_decisions_total", direction="ingress", result="deny", tier="Admin")
+    enforcement.decide(tcp("10.1.0.2", "10.1.0.1", 22))
+    assert (
+        sample("kube_ip_agent_policy_decisions_total", direction="ingress", result="deny", tier="Admin") == before + 1
+    )

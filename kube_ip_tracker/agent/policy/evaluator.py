@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
+from typing import Protocol
 
 from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
@@ -51,8 +52,9 @@ class Verdict:
     """The decision for one connection, with the reason for each direction.
 
     Per direction, what decided: ``*_rule`` names the Admin or Baseline rule (tier, policy, rule
-    index and name, action); ``*_policy`` the NetworkPolicy whose rule allowed. A NetworkPolicy
-    deny has neither (every selecting policy was checked); the default allow has neither.
+    index and name, action); ``*_policy`` the NetworkPolicy whose rule allowed, ``*_policy_rule``
+    that rule's index in the policy's ``ingress``/``egress`` list. A NetworkPolicy deny has neither
+    (every selecting policy was checked); the default allow has neither.
     """
 
     allowed: bool
@@ -62,6 +64,8 @@ class Verdict:
     ingress_policy: PolicyKey | None = None
     egress_rule: RuleRef | None = None
     ingress_rule: RuleRef | None = None
+    egress_policy_rule: int | None = None
+    ingress_policy_rule: int | None = None
 
     def __str__(self) -> str:
         return "allow" if self.allowed else "deny"
@@ -85,11 +89,25 @@ def _tier_of(reason: Reason, rule: RuleRef | None) -> str | None:
     return None
 
 
-# What one direction's evaluation returns: the reason, the NetworkPolicy that allowed, the tier rule.
-Outcome = tuple[Reason, PolicyKey | None, RuleRef | None]
-_NOT_A_POD: Outcome = (Reason.NOT_A_POD, None, None)
-_NOT_ISOLATED: Outcome = (Reason.NOT_ISOLATED, None, None)
-_NP_DENIED: Outcome = (Reason.DENIED, None, None)
+# What one direction's evaluation returns: the reason, the NetworkPolicy that allowed, the tier rule,
+# the index of the NetworkPolicy rule that allowed.
+Outcome = tuple[Reason, PolicyKey | None, RuleRef | None, int | None]
+_NOT_A_POD: Outcome = (Reason.NOT_A_POD, None, None, None)
+_NOT_ISOLATED: Outcome = (Reason.NOT_ISOLATED, None, None, None)
+_NP_DENIED: Outcome = (Reason.DENIED, None, None, None)
+
+
+class Tracer(Protocol):
+    """Told what a decision considers, in order (``kube-ip-agent explain``); decisions without one tell nothing."""
+
+    def tier_rule(self, direction: str, rule: ClusterRule, matched: bool) -> None:
+        """An Admin or Baseline rule that applies to the pod was checked (``matched``: its action applies)."""
+
+    def selected(self, direction: str, subject: PodEntry, policies: tuple[CompiledPolicy, ...]) -> None:
+        """The NetworkPolicies of ``direction`` that select ``subject`` (empty: the tier does not decide)."""
+
+    def rule(self, direction: str, policy: CompiledPolicy, index: int, matched: bool) -> None:
+        """Rule ``index`` of ``policy``'s rules for ``direction`` was checked (``matched``: it allows)."""
 
 
 class Endpoint:
@@ -170,9 +188,9 @@ def _outcome(rule: ClusterRule) -> Outcome | None:
     """What a matching tier rule decides; None for Pass (on to the next tier)."""
     action = rule.action
     if action is Action.ACCEPT:
-        return (Reason.ALLOWED, None, rule.ref)
+        return (Reason.ALLOWED, None, rule.ref, None)
     if action is Action.DENY:
-        return (Reason.DENIED, None, rule.ref)
+        return (Reason.DENIED, None, rule.ref, None)
     return None
 
 
@@ -267,19 +285,29 @@ class PolicyEngine:
         """Decide a connection between two named pods ``(cluster, namespace, name)`` (conformance probes)."""
         return self.decide_endpoints(self.endpoint_for_pod(*src), self.endpoint_for_pod(*dst), protocol, port)
 
-    def decide_endpoints(self, src: Endpoint, dst: Endpoint, protocol: str | int, port: int | None) -> Verdict:
-        """Decide a connection between two endpoints."""
+    def decide_endpoints(
+        self, src: Endpoint, dst: Endpoint, protocol: str | int, port: int | None, tracer: Tracer | None = None
+    ) -> Verdict:
+        """Decide a connection between two endpoints; ``tracer`` is told every rule considered (explain)."""
         proto = normalize_protocol(protocol)
-        egress, egress_policy, egress_rule = self._egress(src, dst, proto, port)
-        ingress, ingress_policy, ingress_rule = self._ingress(src, dst, proto, port)
+        egress, egress_policy, egress_rule, egress_index = self._direction(
+            src.pod, dst, True, proto, port, dst.pod, tracer
+        )
+        ingress, ingress_policy, ingress_rule, ingress_index = self._direction(
+            dst.pod, src, False, proto, port, dst.pod, tracer
+        )
         allowed = egress is not Reason.DENIED and ingress is not Reason.DENIED
-        return Verdict(allowed, egress, ingress, egress_policy, ingress_policy, egress_rule, ingress_rule)
-
-    def _egress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
-        return self._direction(src.pod, dst, True, protocol, port, dst.pod)
-
-    def _ingress(self, src: Endpoint, dst: Endpoint, protocol: str, port: int | None) -> Outcome:
-        return self._direction(dst.pod, src, False, protocol, port, dst.pod)
+        return Verdict(
+            allowed,
+            egress,
+            ingress,
+            egress_policy,
+            ingress_policy,
+            egress_rule,
+            ingress_rule,
+            egress_index,
+            ingress_index,
+        )
 
     def _direction(
         self,
@@ -289,6 +317,7 @@ class PolicyEngine:
         protocol: str,
         port: int | None,
         dst: PodEntry | None,
+        tracer: Tracer | None = None,
     ) -> Outcome:
         """One direction for the pod ``entry`` (source for egress, destination for ingress) and the
         other end ``peer``: Admin tier, NetworkPolicy, Baseline tier, default allow."""
@@ -296,29 +325,42 @@ class PolicyEngine:
             return _NOT_A_POD
         world = self.world
         identity = entry.identity
+        direction = "egress" if egress else "ingress"
         tiers = self.tiers.rules_for(identity, world.namespace_labels(identity.cluster, identity.namespace))
         admin = tiers.admin_egress if egress else tiers.admin_ingress
         if admin:
-            decided = self._tier(admin, peer, protocol, port, dst)
+            decided = self._tier(admin, peer, protocol, port, dst, direction, tracer)
             if decided is not None:
                 return decided
         selection = world.selection(entry)
         policies = selection.egress if egress else selection.ingress
+        if tracer is not None:
+            tracer.selected(direction, entry, policies)
         if policies:
             for policy in policies:
-                for rule in policy.egress if egress else policy.ingress:
-                    if _ports_match(rule, protocol, port, dst) and self._peers_match(rule, policy, peer):
-                        return (Reason.ALLOWED, policy.key, None)
+                for index, rule in enumerate(policy.egress if egress else policy.ingress):
+                    matched = _ports_match(rule, protocol, port, dst) and self._peers_match(rule, policy, peer)
+                    if tracer is not None:
+                        tracer.rule(direction, policy, index, matched)
+                    if matched:
+                        return (Reason.ALLOWED, policy.key, None, index)
             return _NP_DENIED
         baseline = tiers.baseline_egress if egress else tiers.baseline_ingress
         if baseline:
-            decided = self._tier(baseline, peer, protocol, port, dst)
+            decided = self._tier(baseline, peer, protocol, port, dst, direction, tracer)
             if decided is not None:
                 return decided
         return _NOT_ISOLATED
 
     def _tier(
-        self, rules: tuple[ClusterRule, ...], peer: Endpoint, protocol: str, port: int | None, dst: PodEntry | None
+        self,
+        rules: tuple[ClusterRule, ...],
+        peer: Endpoint,
+        protocol: str,
+        port: int | None,
+        dst: PodEntry | None,
+        direction: str,
+        tracer: Tracer | None,
     ) -> Outcome | None:
         """The first matching rule's outcome; None when none matches or the first match is a Pass."""
         peer_matches = self._tier_peer_matches
@@ -328,13 +370,36 @@ class PolicyEngine:
                     if _tier_port_matches(match, protocol, port, dst):
                         break
                 else:
+                    if tracer is not None:
+                        tracer.tier_rule(direction, rule, False)
                     continue
-            if rule.all_peers:
+            matched = rule.all_peers
+            if not matched:
+                for candidate in rule.peers:
+                    if peer_matches(candidate, peer):
+                        matched = True
+                        break
+            if tracer is not None:
+                tracer.tier_rule(direction, rule, matched)
+            if matched:
                 return _outcome(rule)
-            for candidate in rule.peers:
-                if peer_matches(candidate, peer):
-                    return _outcome(rule)
         return None
+
+    def ports_match(self, rule: Rule, protocol: str | int, port: int | None, dst: Endpoint) -> bool:
+        """Whether a NetworkPolicy rule's ``ports`` admit ``protocol``/``port`` to ``dst`` (explain traces)."""
+        return _ports_match(rule, normalize_protocol(protocol), port, dst.pod)
+
+    def peer_matches(self, peer: Peer, policy: CompiledPolicy, endpoint: Endpoint) -> bool:
+        """Whether one ``from``/``to`` entry of ``policy`` matches ``endpoint`` (explain traces)."""
+        return self._peer_matches(peer, policy, endpoint)
+
+    def tier_port_matches(self, match: PortMatch, protocol: str | int, port: int | None, dst: Endpoint) -> bool:
+        """Whether one Admin/Baseline port match admits ``protocol``/``port`` to ``dst`` (explain traces)."""
+        return _tier_port_matches(match, normalize_protocol(protocol), port, dst.pod)
+
+    def tier_peer_matches(self, peer: ClusterPeer, endpoint: Endpoint) -> bool:
+        """Whether one Admin/Baseline peer matches ``endpoint`` (explain traces)."""
+        return self._tier_peer_matches(peer, endpoint)
 
     def _tier_peer_matches(self, peer: ClusterPeer, endpoint: Endpoint) -> bool:
         kind = peer.kind

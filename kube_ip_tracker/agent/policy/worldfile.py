@@ -280,7 +280,8 @@ def _parse_probe(value: Any, path: str, pods: dict[tuple[str, str, str], PodReco
     return Probe(src=src, dst=dst, protocol=protocol, port=port, expect=expect)
 
 
-def _endpoint(engine: PolicyEngine, end: ProbeEnd) -> Endpoint:
+def probe_endpoint(engine: PolicyEngine, end: ProbeEnd) -> Endpoint:
+    """The endpoint of a probe end in a world loaded into ``engine``."""
     if end.ip:
         return engine.endpoint_for_ip(end.ip)
     return engine.endpoint_for_pod(end.cluster, end.namespace, end.pod)
@@ -289,7 +290,7 @@ def _endpoint(engine: PolicyEngine, end: ProbeEnd) -> Endpoint:
 def decide_probe(engine: PolicyEngine, probe: Probe) -> Verdict:
     """The verdict for one probe of a world loaded into ``engine``."""
     return engine.decide_endpoints(
-        _endpoint(engine, probe.src), _endpoint(engine, probe.dst), probe.protocol, probe.port
+        probe_endpoint(engine, probe.src), probe_endpoint(engine, probe.dst), probe.protocol, probe.port
     )
 
 
