@@ -179,3 +179,33 @@ async def test_neighbour_discovery_is_never_queued_so_denials_do_not_cut_a_pod_o
     neighbour = a.exec("ip", "-6", "neigh", "show", "fe80::1", "dev", "eth0").stdout
     assert "lladdr" in neighbour and "PERMANENT" not in neighbour, neighbour
     assert [c for c in calls if c.protocol is not Protocol.TCP] == [], "neighbour discovery reached the agent"
+
+
+def nft_list_set(table: str, name: str) -> str:
+    return subprocess.run(
+        ["nft", "list", "set", "inet", table, name], capture_output=True, text=True, check=True
+    ).stdout
+
+
+async def test_ipv6_repeated_tuples_are_decided_from_the_verdict_cache(
+    net: PodNetwork, make_dataplane: DataplaneFactory, dp_name: str
+) -> None:
+    a, b = dual_stack(net, "a"), dual_stack(net, "b")
+    b.serve_tcp(PORT, ip=b.ip_of(6))
+    calls: list[PacketInfo] = []
+    allowed = True
+
+    def decide(packet: PacketInfo) -> bool:
+        calls.append(packet)
+        return allowed
+
+    dp = make_dataplane(decide, local_pods=parse_networks(all_ips(net)), verdict_cache_size=128, fail_open=False)
+    await dp.start()
+    for _ in range(3):
+        assert await asyncio.to_thread(a.tcp_probe, b.ip_of(6), PORT, 1.0)
+    assert len(calls) == 1, "repeated IPv6 tuples are decided in the kernel"
+    listed = await asyncio.to_thread(nft_list_set, dp_name, "verdicts6")
+    assert str(a.ip_of(6)) in listed, listed
+    allowed = False
+    dp.invalidate_verdicts()
+    assert not await asyncio.to_thread(a.tcp_probe, b.ip_of(6), PORT, 0.5)
