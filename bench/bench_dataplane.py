@@ -42,7 +42,7 @@ from bench import report
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-FULL = {"rounds": 3, "seconds": 2.0, "processes_per_client": 2}
+FULL = {"rounds": 5, "seconds": 2.0, "processes_per_client": 2}
 QUICK = {"rounds": 1, "seconds": 0.5, "processes_per_client": 1}
 CLIENT_PODS = 2
 PORT = 8080
@@ -90,8 +90,11 @@ class Proc:
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        self.send(spec)
+
+    def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
 
     def read(self) -> dict[str, Any]:
@@ -185,8 +188,6 @@ class Bench:
     def clients_run(self, protocol: str, mode: Mode) -> dict[str, Any]:
         """Run every client process for ``seconds``; their counts and latencies pooled."""
         per_pod = self.shape["processes_per_client"]
-        start = time.monotonic() + 1.0  # every process started and imported by then
-        end = start + self.shape["seconds"]
         procs = []
         for k, pod in enumerate(self.clients):
             for j in range(per_pod):
@@ -195,11 +196,15 @@ class Bench:
                     "target": str(self.server.ip),
                     "port": PORT,
                     "protocol": protocol,
-                    "start": start,
-                    "end": end,
                     "sources": self.sources[k][j * share : (j + 1) * share] if mode.first_seen else [],
                 }
                 procs.append(Proc(_python("client", netns=pod.netns), spec))
+        for p in procs:
+            p.read()  # ready
+        start = time.monotonic() + 0.05
+        window = {"start": start, "end": start + self.shape["seconds"]}
+        for p in procs:
+            p.send(window)
         replies = [p.read() for p in procs]
         for p in procs:
             p.close()

@@ -2,8 +2,8 @@
 
 - ``server``: run inside the server pod (``ip netns exec``): accepts TCP connections on ``port``
   and closes them; echoes every UDP datagram on ``port``. Runs until stdin closes.
-- ``client``: run inside a client pod: from ``start`` to ``end`` (``time.monotonic``, the same clock
-  in every process) opens TCP connections (connect, then close with a reset so no TIME_WAIT piles
+- ``client``: run inside a client pod: prints ``{"ready": true}``, reads ``{"start": ..., "end": ...}``
+  (``time.monotonic``, the same clock in every process), and from start to end opens TCP connections (connect, then close with a reset so no TIME_WAIT piles
   up) or sends UDP requests from a fresh socket each and waits for the echo. With ``sources``, each
   connection binds the next of these addresses (first-seen tuples; stops when they run out).
   Prints one JSON line: count, errors, elapsed seconds and the latencies in microseconds.
@@ -77,7 +77,9 @@ def client(spec: dict[str, Any]) -> None:
     sources: list[str] = spec.get("sources") or []
     udp = spec["protocol"] == "udp"
     timeout = spec.get("timeout", 1.0)
-    start, end = spec["start"], spec["end"]
+    print(json.dumps({"ready": True}), flush=True)
+    window = json.loads(sys.stdin.readline())  # every client is started (and imported) by now
+    start, end = window["start"], window["end"]
     latencies: list[float] = []
     errors = 0
     count = 0
