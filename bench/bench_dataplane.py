@@ -8,7 +8,9 @@ admitting the clients to the server's port), in its own process so its CPU time 
 
 Modes, side by side in each round (rounds alternate the modes, so load changes hit all alike):
 
-- ``no rules``: no agent, the kernel alone;
+- ``no rules``: no agent, the kernel alone (no rule uses conntrack, so connections are not tracked);
+- ``conntrack only``: one nft rule per hook that counts new conntrack entries, so every connection
+  is tracked as under the agent's rules: the share of the cost that is conntrack's;
 - ``cache off``: every new connection's first packet goes to the agent over NFQUEUE;
 - ``repeated`` (cache on): every connection has the same (source, destination, protocol, port)
   tuple per client process, so after the first one the kernel's verdict cache decides;
@@ -62,10 +64,12 @@ class Mode:
     agent: bool
     cache: bool = False
     first_seen: bool = False
+    conntrack: bool = False
 
 
 MODES = (
     Mode("no rules", agent=False),
+    Mode("conntrack only", agent=False, conntrack=True),
     Mode("cache off", agent=True),
     Mode("repeated", agent=True, cache=True),
     Mode("first-seen", agent=True, cache=True, first_seen=True),
@@ -220,7 +224,21 @@ class Bench:
             "p99_us": report.percentile(latencies, 0.99),
         }
 
+    def conntrack_table(self) -> str:
+        """A table whose only rule makes conntrack track every connection (ct state new counter)."""
+        chains = "".join(
+            f"  chain {hook} {{ type filter hook {hook} priority filter; policy accept; ct state new counter }}\n"
+            for hook in ("forward", "input", "output")
+        )
+        return f"table inet {self.name}-ct {{\n{chains}}}\n"
+
     def measure(self, protocol: str, mode: Mode) -> dict[str, Any]:
+        if mode.conntrack:
+            subprocess.run(["nft", "-f", "-"], input=self.conntrack_table(), text=True, check=True)
+            try:
+                return {**self.clients_run(protocol, mode), "agent_cpu_ms_per_1000": 0.0, "agent_sys_ms_per_1000": 0.0}
+            finally:
+                subprocess.run(["nft", "delete", "table", "inet", f"{self.name}-ct"], check=False)
         if not mode.agent:
             return {**self.clients_run(protocol, mode), "agent_cpu_ms_per_1000": 0.0, "agent_sys_ms_per_1000": 0.0}
         agent = self.start_agent(mode)
@@ -347,6 +365,47 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def _what_remains(results: dict[str, Any]) -> list[str]:
+    """Where the missed targets' time goes, from this run's figures."""
+    if not report.missed(results):
+        return []
+    lines = []
+    for protocol in PROTOCOLS:
+        rows = results["summary"].get(protocol, {})
+        first = rows.get("first-seen")
+        if first is None:
+            continue
+        cpu, kernel = first["agent_cpu_ms_per_1000"], first["agent_sys_ms_per_1000"]
+        lines.append(
+            f"- {protocol.upper()} first-seen: each connection costs the agent {cpu:g} us of CPU ({kernel:g} us of "
+            f"it in the kernel); at {FIRST_SEEN_RATE_TARGET:,.0f} new connections/s that is "
+            f"{FIRST_SEEN_RATE_TARGET * cpu / 1e6:.0%} of a core for the agent alone."
+        )
+    return [
+        "What remains where a target is missed:",
+        "",
+        *lines,
+        "- The Python side of a queued packet has no single hot spot (profile below): parsing, the decision, "
+        "metrics and the verdict bookkeeping each take a few percent; the verdict call (`_give`, one "
+        "syscall per packet, which also carries the packet on through the stack) is the largest share. "
+        "netfilterqueue 1.1 gives one verdict syscall per packet and no batch verdict "
+        "(NFQNL_MSG_VERDICT_BATCH); a batched or compiled queue consumer is what would remove most of it.",
+        "- Percentiles of milliseconds in every mode, no rules included, are scheduling delays of a machine "
+        "whose load average (below) is several times its 2 cores: client processes wait for a core. They make "
+        'the per-round "added" p99 noisy, sometimes negative; the added p50 is the steadier figure of what '
+        "the rules cost per connection.",
+        *(
+            [
+                "- `conntrack only` shows the share of the cost that is conntrack's: the no-rules mode tracks no "
+                "connection, every mode with rules tracks each one."
+            ]
+            if "conntrack only" in results["summary"].get("tcp", {})
+            else []
+        ),
+        "",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     shape = results["shape"]
     out = [
@@ -395,6 +454,7 @@ def markdown(results: dict[str, Any]) -> str:
         "errors",
     )
     out += [report.table(header, rows), ""]
+    out += _what_remains(results)
     profile = results.get("profile")
     if profile:
         out += [
