@@ -227,7 +227,7 @@ class Bench:
     def conntrack_table(self) -> str:
         """A table whose only rule makes conntrack track every connection (ct state new counter)."""
         chains = "".join(
-            f"  chain {hook} {{ type filter hook {hook} priority filter; policy accept; ct state new counter }}\n"
+            f"  chain {hook} {{ type filter hook {hook} priority filter; policy accept; ct state new counter; }}\n"
             for hook in ("forward", "input", "output")
         )
         return f"table inet {self.name}-ct {{\n{chains}}}\n"
