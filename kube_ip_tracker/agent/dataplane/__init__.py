@@ -8,6 +8,7 @@ callback and an ``is_ready() -> bool`` callback, inside the agent's asyncio loop
     await dataplane.start()                      # bind the queue, then swap the rules in atomically
     await dataplane.set_local_pods(["10.244.1.0/24"])   # when this node's pods change
     dataplane.request_revalidation()             # on every policy / pod change: cut what is now denied
+    dataplane.invalidate_verdicts()              # with verdict_cache_size > 0: in the same turn as any change
     await dataplane.stop()                       # remove the rules (stop(remove_rules=False) keeps them)
 
 The rule layout is described in :mod:`.rules`. ``decide`` runs on the event loop: keep it fast (an
