@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create the venv and install the package (editable) with test tools
 
-kube-apiserver: system-deps ## build (once) and cache kube-apiserver from Debian's source package
-	@hack/build-kube-apiserver.sh >/dev/null
+kube-apiserver: system-deps ## build (once) and cache kube-apiserver from Go modules (KIT_KUBE_APISERVER=debian: Debian's 1.20 too)
+	@hack/build-kube-apiserver-module.sh >/dev/null
+	@if [ "$${KIT_KUBE_APISERVER:-module}" = debian ]; then hack/build-kube-apiserver.sh >/dev/null; fi
 
 setup: system-deps kube-apiserver install ## everything the tests and the demo need
 

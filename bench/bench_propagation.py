@@ -166,7 +166,8 @@ async def _measure(shape: dict[str, int], base: Path) -> dict[str, Any]:
         await asyncio.to_thread(clusters.stop)
     t_ms = [a * 1e3 for a, _ in samples]
     d_ms = [b * 1e3 for _, b in samples]
-    out: dict[str, Any] = {**shape, "populate_s": round(populate_s, 1)}
+    major, minor = cluster.apiserver_version or (0, 0)
+    out: dict[str, Any] = {**shape, "populate_s": round(populate_s, 1), "apiserver": f"{major}.{minor}"}
     for name, values in (("tracker", t_ms), ("direct", d_ms)):
         out[name] = {
             "p50_ms": round(report.percentile(values, 0.5), 1),
@@ -202,7 +203,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "## 4. Propagation through a real API server",
         "",
-        f"One local cluster (etcd + kube-apiserver v1.20) with {r['pods']:,} running pods (created in "
+        f"One local cluster (etcd + kube-apiserver v{r.get('apiserver', '1.20')}) with {r['pods']:,} running pods (created in "
         f"{r['populate_s']} s). The real `kube-ip-tracker` process watches it; the agent client (`TrackerClient` "
         "+ `Mirror`) and a direct pod watch (kubernetes_asyncio) on the same API server run in their own "
         f"processes. {r['samples']} samples, one after the other: a pod's IP is patched through the status "

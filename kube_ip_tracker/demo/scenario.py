@@ -2,8 +2,8 @@
 
 Two clusters share one flat pod network. Cluster ``cluster-N`` uses the ``N``-th /24 of the demo
 subnet (``10.100.N.0/24`` by default). Every namespace carries ``cluster.clusterset.k8s.io=<cluster>``.
-``kubernetes.io/metadata.name`` is not set by the demo: the 1.20 API server does not add it (1.21
-does) and the evaluator treats it as implied, as a newer API server would have set it.
+``kubernetes.io/metadata.name`` is not set by the demo: API servers since 1.21 (the default build)
+add it, and for the 1.20 one (``KIT_KUBE_APISERVER=debian``) the evaluator treats it as implied.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -34,31 +36,83 @@ from kube_ip_tracker.testing.crds import install_crds
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = PROJECT_ROOT / "hack" / "build-kube-apiserver.sh"
 READY_TIMEOUT = 60.0
+
+#: Environment variable selecting the kube-apiserver build the clusters run (see :data:`BUILD_SCRIPTS`).
+APISERVER_BUILD_ENV = "KIT_KUBE_APISERVER"
+#: The builds: ``module`` (default) is a current release built from the k8s.io/kubernetes Go module
+#: with Go 1.26; ``debian`` is 1.20.2 from Debian 12's source package, the compatibility target.
+BUILD_SCRIPTS = {
+    "module": PROJECT_ROOT / "hack" / "build-kube-apiserver-module.sh",
+    "debian": PROJECT_ROOT / "hack" / "build-kube-apiserver.sh",
+}
+DEFAULT_BUILD = "module"
 
 
 class ClusterStartError(RuntimeError):
     """A local cluster did not come up; the message carries the tail of its log."""
 
 
-def find_kube_apiserver() -> str:
-    """Path of a kube-apiserver binary: $KUBE_APISERVER, else the cached build (built on first use)."""
+def selected_build() -> str:
+    """The build named by $KIT_KUBE_APISERVER (``module`` when unset)."""
+    build = os.environ.get(APISERVER_BUILD_ENV, "") or DEFAULT_BUILD
+    if build not in BUILD_SCRIPTS:
+        raise ClusterStartError(f"{APISERVER_BUILD_ENV}={build!r}: expected one of {', '.join(BUILD_SCRIPTS)}")
+    return build
+
+
+def other_builds() -> list[str]:
+    """The builds other than :func:`selected_build` (compatibility runs in slow tests)."""
+    return [b for b in BUILD_SCRIPTS if b != selected_build()]
+
+
+def find_kube_apiserver(build: str | None = None) -> str:
+    """Path of a kube-apiserver binary: $KUBE_APISERVER, else the cached ``build`` (built on first use).
+
+    ``build`` defaults to :func:`selected_build`; an explicit ``build`` wins over $KUBE_APISERVER.
+    """
     explicit = os.environ.get("KUBE_APISERVER")
-    if explicit:
+    if explicit and build is None:
         if not os.access(explicit, os.X_OK):
             raise ClusterStartError(f"KUBE_APISERVER={explicit} is not an executable file")
         return explicit
-    cache = Path(os.environ.get("KIT_CACHE_DIR", Path.home() / ".cache" / "kube-ip-tracker"))
-    # The Debian source build (kube-apiserver-1.20...), not a module build (kube-apiserver-vX.Y.Z) whose
-    # flags this file does not pass yet.
-    cached = sorted(cache.glob("kube-apiserver-[0-9]*"))
-    cached = [p for p in cached if p.is_file() and os.access(p, os.X_OK)]
-    if cached:
-        return str(cached[-1])
-    log.info("no cached kube-apiserver; building it with %s", BUILD_SCRIPT)
-    out = subprocess.run([str(BUILD_SCRIPT)], check=True, capture_output=True, text=True)
+    return _built(build or selected_build())
+
+
+@functools.cache
+def _built(build: str) -> str:
+    if build not in BUILD_SCRIPTS:
+        raise ClusterStartError(f"unknown kube-apiserver build {build!r}: expected one of {', '.join(BUILD_SCRIPTS)}")
+    script = BUILD_SCRIPTS[build]
+    log.info("kube-apiserver build %r: %s (builds and caches it on first use)", build, script)
+    out = subprocess.run([str(script)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ClusterStartError(f"{script} failed with {out.returncode}:\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
+
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.\d+")
+
+
+@functools.cache
+def apiserver_version(binary: str) -> tuple[int, int]:
+    """(major, minor) of a kube-apiserver binary, from ``--version`` or, when unstamped, its file name.
+
+    Debian's GOPATH build reports ``v0.0.0-master``; its cached file name carries the package version
+    (``kube-apiserver-1.20.5+really1.20.2-...``, of which the ``really`` part is the source).
+    """
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    reported = _VERSION.search(out.stdout)
+    if reported and reported.group(1) != "0":
+        return int(reported.group(1)), int(reported.group(2))
+    name = Path(binary).name
+    named = _VERSION.search(name.partition("really")[2]) or _VERSION.search(name)
+    if named:
+        return int(named.group(1)), int(named.group(2))
+    raise ClusterStartError(
+        f"{binary}: cannot tell its Kubernetes version (--version says {out.stdout.strip()!r}); "
+        "name the file kube-apiserver-1.X.Y"
+    )
 
 
 def find_etcd() -> str:
@@ -186,6 +240,8 @@ class LocalCluster:
     port: int = field(default_factory=free_port)
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
+    #: (major, minor) of the running kube-apiserver, known once launched.
+    apiserver_version: tuple[int, int] | None = field(default=None, init=False)
     _etcd: _Process | None = field(default=None, init=False, repr=False)
     _apiserver: _Process | None = field(default=None, init=False, repr=False)
 
@@ -225,11 +281,9 @@ class LocalCluster:
         self.write_token_file()
         self._write_kubeconfig()
         self._etcd = _Process("etcd", self._etcd_argv(etcd or find_etcd()), self.base_dir / "etcd.log")
-        self._apiserver = _Process(
-            "kube-apiserver",
-            self._apiserver_argv(kube_apiserver or find_kube_apiserver()),
-            self.base_dir / "kube-apiserver.log",
-        )
+        binary = kube_apiserver or find_kube_apiserver()
+        self.apiserver_version = apiserver_version(binary)
+        self._apiserver = _Process("kube-apiserver", self._apiserver_argv(binary), self.base_dir / "kube-apiserver.log")
         self._etcd.start()
         self._apiserver.start()
 
@@ -393,11 +447,11 @@ class LocalCluster:
         pki = self.base_dir / "pki"
         return [
             binary,
+            *version_specific_apiserver_args(self.apiserver_version or apiserver_version(binary)),
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.port}",
-            "--insecure-port=0",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'serving.crt'}",
             f"--tls-private-key-file={pki / 'serving.key'}",
@@ -413,6 +467,18 @@ class LocalCluster:
             "--v=1",
             *self.extra_apiserver_args,
         ]
+
+
+def version_specific_apiserver_args(version: tuple[int, int]) -> list[str]:
+    """Flags that only some kube-apiserver versions take (the rest of the argv works on 1.20 and 1.3x)."""
+    args = []
+    if version < (1, 24):
+        args.append("--insecure-port=0")  # removed in 1.24; before 1.20 it defaulted to 8080
+    else:
+        # New servers refuse a loopback --advertise-address for the `kubernetes` Service's endpoints;
+        # nothing here needs that Service, so its endpoint reconciler is off.
+        args.append("--endpoint-reconciler-type=none")
+    return args
 
 
 class ClusterSet(list[LocalCluster]):
@@ -459,17 +525,19 @@ def start_clusters(
     token_users: Sequence[TokenUser] = (),
     extra_apiserver_args: Sequence[str] = (),
     crds: bool = True,
+    build: str | None = None,
 ) -> ClusterSet:
     """Start ``count`` clusters (named cluster-1..N unless ``names``) under base_dir; all or none.
 
     ``extra_apiserver_args`` go to every API server (e.g. an authentication webhook's flags).
     ``crds``: install the ClusterNetworkPolicy/AdminNetworkPolicy/BaselineAdminNetworkPolicy CRDs
     (:mod:`kube_ip_tracker.testing.crds`).
+    ``build`` names the kube-apiserver build (:data:`BUILD_SCRIPTS`); default :func:`find_kube_apiserver`'s.
     """
     names = list(names) if names else [f"cluster-{i + 1}" for i in range(count)]
     if len(names) != count:
         raise ValueError(f"{count} clusters but {len(names)} names")
-    apiserver, etcd = find_kube_apiserver(), find_etcd()
+    apiserver, etcd = find_kube_apiserver(build), find_etcd()
     clusters = ClusterSet(base_dir)
     try:
         for name in names:

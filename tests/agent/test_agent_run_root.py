@@ -221,6 +221,44 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
         assert not (Path("/run/kube-ip-agent") / f"{name}.sock").exists()
 
 
+async def test_end_port_range_from_the_api_server_is_enforced_on_packets(
+    cluster_factory, processes: list[Process], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An ``endPort`` range (1.21+ API servers keep it) opens exactly its ports to real connections."""
+    (cluster,) = cluster_factory(1)
+    if cluster.apiserver_version < (1, 21):
+        pytest.skip(f"kube-apiserver {cluster.apiserver_version} drops endPort (tests/agent/test_networkpolicies.py)")
+    ports = (8080, 8085, 8090, 8091)
+    with PodNetwork(host_address=True) as net:
+        web, client_pod = await web_and_client(cluster, net)
+        for port in ports[1:]:
+            web.serve_tcp(port)
+        tracker_port, metrics_port = free_port(), free_port()
+        processes.append(Process(tracker_argv(cluster, tracker_port), tmp_path / "tracker.log"))
+        name = f"kipt-{secrets.token_hex(3)}"
+        agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port, 20000 + secrets.randbelow(40000))
+        processes.append(agent)
+        await eventually(lambda: metric(metrics_port, "kube_ip_agent_local_pod_addresses") == 2.0, "ready", agent, 60)
+        assert all(client_pod.tcp_probe(web.ip, port) for port in ports), agent.tail()
+
+        range_policy = deny_ingress("web-range")
+        range_policy["spec"]["ingress"] = [  # type: ignore[index]
+            {
+                "from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                "ports": [{"protocol": "TCP", "port": 8081, "endPort": 8090}],
+            }
+        ]
+        async with cluster.api_client() as api:
+            await client.NetworkingV1Api(api).create_namespaced_network_policy(NAMESPACE, range_policy)
+
+        def reachable() -> dict[int, bool]:
+            return {port: client_pod.tcp_probe(web.ip, port, timeout=0.5) for port in ports}
+
+        expected = {8080: False, 8085: True, 8090: True, 8091: False}
+        await eventually(lambda: reachable() == expected, f"only 8081-8090 reachable ({expected})", agent)
+        assert agent.terminate() == 0, agent.tail()
+
+
 async def test_restarted_agent_enforces_its_pods_before_the_tracker_answers(
     cluster_factory, processes: list[Process], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -200,3 +200,55 @@ async def test_unreachable_api_server_is_retried_until_it_answers(cluster_factor
         assert not informer.synced and not task.done()
         cluster.start_apiserver()
         await asyncio.wait_for(informer.wait_synced(), 30)
+
+
+def db_port_policy(name: str, port: int, end_port: int | None = None) -> dict[str, Any]:
+    """Ingress to app=db from app=web on TCP ``port`` (through ``end_port`` when given)."""
+    body = policy(name, "web")
+    ports: dict[str, Any] = {"protocol": "TCP", "port": port}
+    if end_port is not None:
+        ports["endPort"] = end_port
+    body["spec"]["ingress"][0]["ports"] = [ports]
+    return body
+
+
+@pytest.mark.every_apiserver
+async def test_end_port_range_through_the_api_server_is_enforced_as_stored(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """endPort (1.21+, GA in 1.25) reaches the agent through the API and opens exactly the range.
+
+    A 1.20 server does not know the field and drops it: the stored policy allows only ``port``,
+    which the agent enforces as such (narrower than written, never wider).
+    """
+    (cluster,) = cluster_factory(1)
+    (spec,) = static_specs([cluster.kubeconfig])
+    keeps_end_port = cluster.apiserver_version >= (1, 21)
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, NS)
+        net = client.NetworkingV1Api(api)
+        await net.create_namespaced_network_policy(NS, db_port_policy("db-range", 5000, 5010))
+        stored = await net.read_namespaced_network_policy("db-range", NS)
+    assert stored.spec.ingress[0].ports[0].end_port == (5010 if keeps_end_port else None)
+
+    engine = world(spec.cluster_id)
+    informer = NetworkPolicyInformer(spec, engine, options=FAST)
+
+    def decide(src: str, port: int, protocol: str = "TCP") -> bool:
+        return engine.decide(src, "10.0.0.3", protocol, port).allowed
+
+    async with running(informer), cluster.api_client() as api:
+        await asyncio.wait_for(informer.wait_synced(), 30)
+        assert decide("10.0.0.1", 5000)
+        assert decide("10.0.0.1", 5005) is keeps_end_port
+        assert decide("10.0.0.1", 5010) is keeps_end_port
+        assert not decide("10.0.0.1", 4999) and not decide("10.0.0.1", 5011)
+        assert not decide("10.0.0.1", 5005, "UDP") and not decide("10.0.0.2", 5005)
+
+        if keeps_end_port:
+            # The server validates the range as the agent's parser does: endPort below port is refused.
+            net = client.NetworkingV1Api(api)
+            with pytest.raises(client.ApiException) as err:
+                await net.create_namespaced_network_policy(NS, db_port_policy("backwards", 6000, 5999))
+            assert err.value.status == 422 and "endPort" in err.value.body
+            # Narrowing the range through the API narrows what is allowed.
+            await net.replace_namespaced_network_policy("db-range", NS, db_port_policy("db-range", 5000, 5004))
+            await eventually(lambda: not decide("10.0.0.1", 5005) and decide("10.0.0.1", 5004), "narrowed range")

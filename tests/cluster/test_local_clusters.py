@@ -97,3 +97,49 @@ def test_free_ports_are_below_the_ephemeral_range_and_distinct() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     assert all(p < _ephemeral_low() for p in ports)
+
+
+@pytest.mark.every_apiserver
+async def test_each_build_reports_its_version_and_labels_namespaces_as_that_version_does(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1)
+    major, minor = cluster.apiserver_version
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, "named")
+        labels = (await client.CoreV1Api(api).read_namespace("named")).metadata.labels or {}
+        reported = (await client.VersionApi(api).get_code()).git_version
+    # The module build is stamped with its release; Debian's GOPATH build says v0.0.0-master.
+    assert reported.startswith(f"v{major}.{minor}.") or reported.startswith("v0.0.0")
+    # 1.21+ sets the label the agent otherwise implies.
+    assert (labels.get("kubernetes.io/metadata.name") == "named") is ((major, minor) >= (1, 21))
+
+
+def test_default_build_is_a_current_release() -> None:
+    from kube_ip_tracker.testing.clusters import apiserver_version, find_kube_apiserver
+
+    assert apiserver_version(find_kube_apiserver("module")) >= (1, 34)
+
+
+def test_apiserver_version_comes_from_the_binary_or_its_file_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.testing.clusters import ClusterStartError, apiserver_version, version_specific_apiserver_args
+
+    def binary(name: str, says: str) -> str:
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\necho 'Kubernetes {says}'\n")
+        path.chmod(0o755)
+        return str(path)
+
+    assert apiserver_version(binary("kube-apiserver-v1.37.2", "v1.37.2")) == (1, 37)
+    assert apiserver_version(binary("kube-apiserver-1.20.5+really1.20.2-1.1", "v0.0.0-master+faecb19")) == (1, 20)
+    with pytest.raises(ClusterStartError, match="cannot tell its Kubernetes version"):
+        apiserver_version(binary("kube-apiserver", "v0.0.0-master"))
+    assert "--insecure-port=0" in version_specific_apiserver_args((1, 20))
+    assert "--insecure-port=0" not in version_specific_apiserver_args((1, 37))
+
+
+def test_unknown_build_name_is_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from kube_ip_tracker.testing.clusters import ClusterStartError, find_kube_apiserver
+
+    monkeypatch.delenv("KUBE_APISERVER", raising=False)
+    monkeypatch.setenv("KIT_KUBE_APISERVER", "1.20")
+    with pytest.raises(ClusterStartError, match="KIT_KUBE_APISERVER='1.20': expected one of module, debian"):
+        find_kube_apiserver()

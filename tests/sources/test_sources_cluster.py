@@ -27,7 +27,7 @@ from kube_ip_tracker.testing.proxy import TcpProxy
 
 from .recording import RecordingWriter
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.every_apiserver]
 
 # page_size=2: every list in these tests takes several pages (limit/continue).
 FAST = InformerOptions(
@@ -59,6 +59,12 @@ def kubeconfig_file(path: Path, cluster: LocalCluster, *, server: str | None = N
         data["clusters"][0]["cluster"]["server"] = server  # type: ignore[index]
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def namespace_labels(cluster: LocalCluster, name: str, labels: dict[str, str]) -> dict[str, str]:
+    """The labels a namespace created with ``labels`` has: 1.21+ servers add kubernetes.io/metadata.name."""
+    implied = {"kubernetes.io/metadata.name": name} if (cluster.apiserver_version or (0, 0)) >= (1, 21) else {}
+    return {**labels, **implied}
 
 
 def metric(name: str, **labels: str) -> float:
@@ -143,12 +149,18 @@ async def test_two_clusters_pod_lifecycle_reaches_index(cluster_factory, writer,
     before = len(writer.calls)
     async with clusters[0].api_client() as api:
         await objects.label_namespace(api, "demo", {"team": "changed"})
-        await eventually(lambda: writer.namespace("cluster-1", "demo").labels == {"team": "changed"}, "ns relabelled")
+        await eventually(
+            lambda: (
+                writer.namespace("cluster-1", "demo").labels
+                == namespace_labels(clusters[0], "demo", {"team": "changed"})
+            ),
+            "ns relabelled",
+        )
         await objects.create_pod(api, "demo", "sentinel", ips=["10.0.1.3"])
         await eventually(lambda: writer.pod("cluster-1", "demo", "sentinel") is not None, "sentinel added")
     ns_calls = [c for c in writer.calls[before:] if c[0] == "upsert" and c[1].__class__.__name__ == "NamespaceRecord"]
     assert len(ns_calls) == 1
-    assert writer.namespace("cluster-2", "demo").labels == {"team": "t1"}
+    assert writer.namespace("cluster-2", "demo").labels == namespace_labels(clusters[1], "demo", {"team": "t1"})
 
 
 async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, writer, supervisor, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -183,7 +195,10 @@ async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, w
         proxy.restore()
 
         await eventually(lambda: set(writer.pods()) == {("demo", "kept"), ("demo", "new")}, "pods relisted", 30)
-        await eventually(lambda: writer.namespace(spec.cluster_id, "demo").labels == {"v": "2"}, "namespace relisted")
+        await eventually(
+            lambda: writer.namespace(spec.cluster_id, "demo").labels == namespace_labels(cluster, "demo", {"v": "2"}),
+            "namespace relisted",
+        )
         assert writer.pod(spec.cluster_id, "demo", "kept").labels == {"v": "2"}
         assert (
             metric("kube_ip_tracker_source_lists_total", cluster=spec.cluster_id, kind="pods", reason="expired")
