@@ -431,7 +431,8 @@ class TokenWebhook(LoopbackHttpServer):
         return user
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
-        cluster = path.removeprefix("/authenticate/")
+        # Newer API servers add ?timeout=... to webhook requests.
+        cluster = urllib.parse.urlsplit(path).path.removeprefix("/authenticate/")
         review = json.loads(body or b"{}")
         token = str((review.get("spec") or {}).get("token", ""))
         status: dict[str, Any]

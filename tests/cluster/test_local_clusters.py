@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from kubernetes_asyncio import client, watch
@@ -141,5 +143,5 @@ def test_unknown_build_name_is_refused(monkeypatch) -> None:  # type: ignore[no-
 
     monkeypatch.delenv("KUBE_APISERVER", raising=False)
     monkeypatch.setenv("KIT_KUBE_APISERVER", "1.20")
-    with pytest.raises(ClusterStartError, match="KIT_KUBE_APISERVER='1.20': expected one of module, debian"):
+    with pytest.raises(ClusterStartError, match=re.escape("KIT_KUBE_APISERVER='1.20': expected one of module, debian")):
         find_kube_apiserver()
