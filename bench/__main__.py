@@ -32,7 +32,7 @@ ROOT = BENCH_DIR.parent
 DEFAULT_RESULTS = BENCH_DIR / "results"
 DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 # The order of sections in the document (others follow alphabetically).
-ORDER = ("index", "snapshot", "fanout", "propagation", "resume", "evaluator", "topologies", "dataplane")
+ORDER = ("index", "snapshot", "fanout", "propagation", "resume", "evaluator", "agent", "topologies", "dataplane")
 
 log = logging.getLogger("bench")
 

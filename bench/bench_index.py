@@ -54,9 +54,12 @@ def _fresh(s: str) -> str:
 
 
 def generate(
-    pods: int, clusters: int, nodes: int, namespaces: int, seed: int = 1
+    pods: int, clusters: int, nodes: int, namespaces: int, seed: int = 1, replicas: int = 20
 ) -> Iterator[PodRecord | NamespaceRecord | NodeRecord | ClusterStatusRecord]:
-    """Records in the order a source would write them: statuses, namespaces, nodes, then pods."""
+    """Records in the order a source would write them: statuses, namespaces, nodes, then pods.
+
+    Pods come in deployments of ``replicas`` (one label set each: ``pods // replicas`` label sets).
+    """
     rng = random.Random(seed)
     cluster_names = [f"cluster-{c}" for c in range(clusters)]
     for c in cluster_names:
@@ -73,7 +76,7 @@ def generate(
         yield NodeRecord(
             c, n, {"topology.kubernetes.io/zone": f"zone-{i % 3}", "pool": n[:10]}, (f"172.16.{i // 250}.{i % 250}",)
         )
-    deployments = max(1, pods // 20)
+    deployments = max(1, pods // replicas)
     for i in range(pods):
         d = i % deployments
         c = cluster_names[d % clusters]
@@ -188,7 +191,7 @@ def _snapshot_size(records: list, pods: int) -> dict[str, float]:
     }
 
 
-def _memory(pods: int, clusters: int, nodes: int, namespaces: int) -> dict[str, float]:
+def _memory(pods: int, clusters: int, nodes: int, namespaces: int, replicas: int = 20) -> dict[str, float]:
     """RSS growth and traced allocations of an index fed by a generator, each in a fresh process.
 
     Separate processes: tracemalloc's own bookkeeping (a trace per live block) would count in RSS.
@@ -197,21 +200,23 @@ def _memory(pods: int, clusters: int, nodes: int, namespaces: int) -> dict[str, 
     for what in ("rss", "traced"):
         done = subprocess.run(
             [sys.executable, "-m", "bench.bench_index", "--memory", what, str(pods), str(clusters), str(nodes),
-             str(namespaces)],
+             str(namespaces), str(replicas)],
             cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
         )  # fmt: skip
         out.update(json.loads(done.stdout))
     return out
 
 
-def _memory_here(what: str, pods: int, clusters: int, nodes: int, namespaces: int) -> dict[str, float]:
+def _memory_here(
+    what: str, pods: int, clusters: int, nodes: int, namespaces: int, replicas: int = 20
+) -> dict[str, float]:
     """RSS growth (``what`` = "rss") or traced allocations ("traced") of an index fed by a generator."""
     gc.collect()
     rss_before = _rss_bytes()
     if what == "traced":
         tracemalloc.start()
     index = Index(log_size=100_000)
-    _load(index, generate(pods, clusters, nodes, namespaces, seed=2))
+    _load(index, generate(pods, clusters, nodes, namespaces, seed=2, replicas=replicas))
     gc.collect()
     if what == "traced":
         traced = tracemalloc.get_traced_memory()[0]
@@ -354,7 +359,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     if sys.argv[1:2] == ["--memory"]:
-        print(json.dumps(_memory_here(sys.argv[2], *(int(a) for a in sys.argv[3:7]))))
+        print(json.dumps(_memory_here(sys.argv[2], *(int(a) for a in sys.argv[3:8]))))
         return
     print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
 

@@ -14,6 +14,12 @@ stdout. Modes:
   ``stop`` closes the stream but keeps the resume point; ``resume R`` reconnects (resuming) and
   replies when the store reached revision R; ``watch_pods`` then reports every pod upsert as
   ``seen`` (name, IPs, time).
+- ``store TARGET CLUSTER NODE``: the agent's data path as ``agent/run.py`` wires it (a
+  :class:`TrackerClient` whose sink is the :class:`AgentStore` in a :class:`PolicyEngine`, local
+  pods of CLUSTER on NODE tracked). ``connect [profile]`` measures RSS, starts the client, replies
+  with the seconds (wall, CPU) until the snapshot is applied and the RSS growth (optionally the
+  cProfile top of that time); ``decide N POLICIES`` adds POLICIES NetworkPolicies (bench_agent's
+  shapes) and replies with decisions per CPU second over N random probes.
 - ``kube KUBECONFIG NAMESPACE``: a direct pod watch on an API server (kubernetes_asyncio) reporting
   every MODIFIED pod as ``seen`` (name, IPs, time), as ``watch_pods`` does.
 """
@@ -241,6 +247,77 @@ async def agent_mode(target: str) -> None:
         await client.stop()
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def store_mode(target: str, cluster: str, node: str) -> None:
+    import cProfile
+    import gc
+
+    from bench import report
+    from bench.bench_agent import decision_rates, memory_breakdown
+    from kube_ip_tracker.agent.enforce import LocalEnforcement
+    from kube_ip_tracker.agent.policy import PolicyEngine
+    from kube_ip_tracker.agent.store import AgentStore
+    from kube_ip_tracker.client.client import ClientOptions, TrackerClient
+
+    logging.getLogger("kube_ip_tracker").setLevel(logging.ERROR)
+    changes = [0, 0]
+    engine = PolicyEngine()
+    store = AgentStore(
+        engine,
+        local_cluster=cluster,
+        node=node,
+        on_change=lambda: changes.__setitem__(0, changes[0] + 1),
+        on_local_pods=lambda addresses: changes.__setitem__(1, len(addresses)),
+    )
+    enforcement = LocalEnforcement(engine, cluster)
+    options = ClientOptions(watcher_name="bench-store", backoff_base=0.05, backoff_cap=0.5)
+    client: TrackerClient | None = None
+    stdin = await _lines()
+    while line := (await stdin.readline()).decode().strip():
+        command, _, arg = line.partition(" ")
+        if command == "quit":
+            break
+        if command == "connect":
+            gc.collect()
+            before = rss_bytes()
+            client = TrackerClient(target, store, options)
+            profiler = cProfile.Profile() if arg == "profile" else None
+            started, cpu = time.monotonic(), time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            client.start()
+            await client.wait_ready()
+            if profiler is not None:
+                profiler.disable()
+            seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu
+            gc.collect()
+            counts = store.counts()
+            _reply(
+                {
+                    "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
+                    "rss_growth": rss_bytes() - before,
+                    "counts": counts,
+                    "identities": len(store.objects.identities),
+                    "local_pod_addresses": changes[1],
+                    "breakdown": memory_breakdown(store.objects),
+                    "profile": report.profile_rows(profiler) if profiler is not None else [],
+                }
+            )
+        elif command == "decide":
+            probes, policies = (int(a) for a in arg.split())
+            _reply(decision_rates(engine, enforcement, probes, policies))
+    if client is not None:
+        await client.stop()
+
+
 async def _wait_or(event: asyncio.Event, done: Callable[[], bool]) -> None:
     """Wait for ``event`` (or poll ``done`` every 10 ms: revisions also move without mirror events)."""
     while not done():
@@ -292,8 +369,10 @@ def main(argv: list[str]) -> None:
             asyncio.run(agent_mode(args[0]))
         elif mode == "kube":
             asyncio.run(kube_mode(args[0], args[1]))
+        elif mode == "store":
+            asyncio.run(store_mode(args[0], args[1], args[2]))
         else:
-            raise SystemExit(f"unknown worker mode {mode!r} (raw, agent, kube)")
+            raise SystemExit(f"unknown worker mode {mode!r} (raw, agent, kube, store)")
     except KeyboardInterrupt:
         pass
     except Exception as e:
