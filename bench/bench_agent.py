@@ -201,6 +201,12 @@ async def _measure(shape: dict[str, int], replicas: int, repeats: int, profile: 
     from kube_ip_tracker.index import Index
     from kube_ip_tracker.server import TrackerServer
 
+    empty = TrackerServer(Index(), "127.0.0.1:0")
+    await empty.start()
+    try:  # what the client and its channel cost with no pods at all
+        fixed = (await _store_run(f"127.0.0.1:{empty.bound_port}", decide=False))["rss_growth"]
+    finally:
+        await empty.stop(0)
     records = list(generate(**shape, replicas=replicas))
     index_load = [_index_load_seconds(records) for _ in range(repeats)]
     index = Index(log_size=100_000)
@@ -222,6 +228,10 @@ async def _measure(shape: dict[str, int], replicas: int, repeats: int, profile: 
     out["agent_snapshot_cpu_s"] = report.spread([r["cpu_seconds"] for r in runs])
     out["agent_rss_bytes_per_pod"] = round(statistics.median(r["rss_growth"] for r in runs) / pods, 1)
     out["agent_rss_bytes_per_pod_runs"] = [round(r["rss_growth"] / pods, 1) for r in runs]
+    out["agent_fixed_rss_bytes"] = fixed
+    out["agent_rss_bytes_per_pod_less_fixed"] = round(
+        (statistics.median(r["rss_growth"] for r in runs) - fixed) / pods, 1
+    )
     out["agent_counts"] = runs[0]["counts"]
     out["identities"] = runs[0]["identities"]
     out["local_pod_addresses"] = runs[0]["local_pod_addresses"]
@@ -266,7 +276,9 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append(
             (
                 f"{r['label_sets']:,} ({r['replicas']} pods each)",
-                f"{r['agent_rss_bytes_per_pod']} ({r['agent_rss_bytes_per_pod_runs']})",
+                f"{r['agent_rss_bytes_per_pod']} ({r['agent_rss_bytes_per_pod_runs']}); "
+                f"{r.get('agent_rss_bytes_per_pod_less_fixed', 'n/a')} without the client's "
+                f"{r.get('agent_fixed_rss_bytes', 0) / 1e6:.1f} MB",
                 f"{r['index_rss_bytes_per_pod']}",
                 f"{r['agent_snapshot_s']['median']} ({r['agent_snapshot_s']['runs']})",
                 f"{r['agent_snapshot_cpu_s']['median']}",

@@ -15,6 +15,7 @@ single claim costs one dict entry.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
 
 PodKey = tuple[str, str, str]
@@ -36,7 +37,8 @@ class Claim(Protocol):
     def creation_timestamp(self) -> int: ...
 
     @property
-    def ips(self) -> tuple[str, ...]: ...
+    def ips(self) -> tuple[Hashable, ...]:
+        """The keys the claims are held under (the index: IP text; the agent store: numeric keys)."""
 
     @property
     def key(self) -> PodKey: ...
@@ -65,7 +67,7 @@ class IPClaims(Generic[C]):
 
     def __init__(self) -> None:
         # ip -> the claim (one claim) or a list of claims sorted best first (several claims).
-        self._claims: dict[str, C | list[C]] = {}
+        self._claims: dict[Hashable, C | list[C]] = {}
         self.conflicts = 0  # IPs that are claimed by more than one pod right now
 
     def __len__(self) -> int:
@@ -112,19 +114,19 @@ class IPClaims(Generic[C]):
             else:
                 self._claims[ip] = rest
 
-    def owner(self, ip: str) -> PodKey | None:
+    def owner(self, ip: Hashable) -> PodKey | None:
         """Key of the pod owning ``ip``, or ``None``."""
         pod = self.owner_record(ip)
         return None if pod is None else pod.key
 
-    def owner_record(self, ip: str) -> C | None:
+    def owner_record(self, ip: Hashable) -> C | None:
         """The claim (as added) of the pod owning ``ip``, or ``None``."""
         current = self._claims.get(ip)
         if current is None or not isinstance(current, list):
             return current
         return current[0]
 
-    def claimants(self, ip: str) -> list[PodKey]:
+    def claimants(self, ip: Hashable) -> list[PodKey]:
         """Keys of every pod claiming ``ip``, owner first."""
         current = self._claims.get(ip)
         if current is None:

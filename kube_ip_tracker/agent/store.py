@@ -29,6 +29,7 @@ built from the compact entries, for tooling and tests; decisions read the world 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
@@ -71,6 +72,26 @@ _POD_UPSERTS = APPLIED.labels("pod", "upsert")
 _POD_DELETES = APPLIED.labels("pod", "delete")
 _NS_UPSERTS = APPLIED.labels("namespace", "upsert")
 _NS_DELETES = APPLIED.labels("namespace", "delete")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (AttributeError, OSError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return the C allocator's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A snapshot frees a whole state (and the decoding leaves freed message buffers and dict tables
+    behind); without this the process keeps that memory in its heap (~70 B per pod at 100k pods).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class _Batch:
@@ -296,8 +317,9 @@ class AgentStore:
     def _track_local(self, entry: PodEntry, batch: _Batch) -> None:
         if self._is_local(entry):
             key = (entry.identity.namespace, entry.name)
-            if self._local.get(key) != entry.ips:
-                self._local[key] = entry.ips
+            texts = entry.ip_texts
+            if self._local.get(key) != texts:
+                self._local[key] = texts
                 batch.local_dirty = True
         else:
             self._forget_local(entry, batch)
@@ -328,7 +350,7 @@ class AgentStore:
         events = _diff(old, objects) if self._listeners else []
         if self.local_cluster is not None:
             self._local = {
-                (entry.identity.namespace, entry.name): entry.ips
+                (entry.identity.namespace, entry.name): entry.ip_texts
                 for entry in objects.iter_pods(self.local_cluster)
                 if self._is_local(entry)
             }
@@ -351,6 +373,8 @@ class AgentStore:
         if self.on_change is not None:
             self.on_change()  # a snapshot is rare: every verdict is rechecked rather than the states diffed
         self._notify(events)
+        del old, events
+        release_free_memory()
 
     # -- listeners ---------------------------------------------------------------------------
 

@@ -142,7 +142,7 @@ def policy_sets(draw: st.DrawFn, min_size: int = 0) -> list[tuple[str, dict[str,
 
 
 def all_probes(engine: PolicyEngine) -> list[tuple[str, str, str, int]]:
-    ips = [str(entry.ips[0]) for entry in engine.world.pods()] + ["192.0.2.9"]
+    ips = [entry.primary_ip for entry in engine.world.pods()] + ["192.0.2.9"]
     return [(src, dst, proto, port) for src in ips for dst in ips for proto in ("TCP", "UDP") for port in (53, 80)]
 
 
@@ -613,7 +613,7 @@ def tier_operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
 
 
 def tier_probes(engine: PolicyEngine) -> dict[tuple[str, str, str, int], bool]:
-    ips = [str(entry.ips[0]) for entry in engine.world.pods()] + ["192.0.2.9", "172.18.0.1", "172.18.0.2"]
+    ips = [entry.primary_ip for entry in engine.world.pods()] + ["192.0.2.9", "172.18.0.1", "172.18.0.2"]
     return {
         (src, dst, proto, port): engine.decide(src, dst, proto, port).allowed
         for src in ips

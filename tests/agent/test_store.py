@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
 from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.sink import Delete, Upsert
@@ -62,11 +64,15 @@ def test_a_pod_is_an_address_and_a_reference_and_reads_back_as_a_record() -> Non
     store = AgentStore()
     store.apply_delta([Upsert(pod("web", "10.0.0.1")), Upsert(pod("dual", "10.0.0.2", "FD00:0::2"))], 1)
     entry = store.objects.pod("c1", "demo", "web")
-    assert entry is not None and entry.addresses == "10.0.0.1" and entry.ips == ("10.0.0.1",)
-    # Addresses are held in canonical form, as the dataplane looks them up.
+    # An address is held as a number (what a parsed packet address gives without any text).
+    assert entry is not None and entry.addresses == int(ipaddress.ip_address("10.0.0.1"))
+    assert entry.ip_texts == ("10.0.0.1",) and entry.primary_ip == "10.0.0.1"
     dual = store.objects.pod("c1", "demo", "dual")
-    assert dual is not None and dual.addresses == ("10.0.0.2", "fd00::2")
+    assert dual is not None and dual.ip_texts == ("10.0.0.2", "fd00::2")  # canonical text
     assert store.engine.world.pod_by_ip("fd00::2") is dual
+    assert store.engine.world.pod_by_ip(ipaddress.ip_address("fd00::2")) is dual
+    # An IPv4 address and the IPv6 address of the same number are different keys.
+    assert store.engine.world.pod_by_ip("::10.0.0.1") is None
     found = store.pod_by_ip("10.0.0.1")
     assert found is not None
     assert found[0] == PodRecord("c1", "demo", "web", {"app": "web"}, HTTP, "node-1", ("10.0.0.1",))  # no uid
@@ -94,8 +100,6 @@ def test_events_are_built_only_while_someone_listens() -> None:
 
 
 def test_tracker_nodes_reach_the_evaluator_and_their_changes_ask_for_revalidation() -> None:
-    import ipaddress
-
     from kube_ip_tracker.model import NodeRecord
 
     changes: list[int] = []

@@ -31,6 +31,7 @@ from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
 from .cluster_compiled import Action, ClusterPeer, ClusterPolicy, ClusterRule, PeerKind, PortMatch, RuleRef
 from .compiled import CompiledPolicy, IPAddress, Peer, PolicyKey, PortSpec, Rule
+from .objects import address_key, ip_key
 from .tiers import TierStore
 from .world import PodEntry, World
 
@@ -254,13 +255,9 @@ class PolicyEngine:
         """The endpoint owning ``ip`` (a pod if one has it). ValueError for an invalid address."""
         world = self.world
         if isinstance(ip, str):
-            entry = world.pod_by_ip(ip)
-            if entry is not None:  # fast path: a pod address in canonical form, no parsing
-                return Endpoint(entry, ip_text=ip)
-            address = ipaddress.ip_address(ip)
-            text = str(address)
-            return Endpoint(world.pod_by_ip(text) if text != ip else None, address)
-        return Endpoint(world.pod_by_ip(str(ip)), ip)
+            # ValueError for an invalid address; parsed to an address only if an ipBlock peer asks.
+            return Endpoint(world.pod_by_key(ip_key(ip)), ip_text=ip)
+        return Endpoint(world.pod_by_key(address_key(ip)), ip)
 
     def endpoint_for_pod(self, cluster: str, namespace: str, name: str) -> Endpoint:
         """The endpoint of a named pod, addressed by its primary IP. KeyError if it is unknown."""

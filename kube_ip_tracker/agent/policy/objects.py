@@ -6,7 +6,7 @@ needs of it:
 * an :class:`Identity` is what pods of one deployment share: cluster, namespace, label map and
   container ports (plus the named-port table and the cached policy selection derived from them),
   pooled by content as Cilium's security identities are, so replicas point at one;
-* a :class:`PodEntry` is then a name, its IP string (a tuple only for a pod with several), a
+* a :class:`PodEntry` is then a name, its IP as a number (a tuple only for a pod with several), a
   reference to its identity, its node name (interned) and its creation time (the IP-ownership
   rule of :mod:`kube_ip_tracker.ipclaims`). A pod's uid is not kept: no verdict depends on it.
 
@@ -27,6 +27,8 @@ from kube_ip_tracker.interning import Interner, SharedPool
 from kube_ip_tracker.ipclaims import IPClaims
 from kube_ip_tracker.model import ClusterStatusRecord, ContainerPort, NamespaceRecord, NodeRecord, PodRecord
 
+from .compiled import IPAddress
+
 if TYPE_CHECKING:
     from .world import PolicyBucket, Selection
 
@@ -41,18 +43,38 @@ _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
 
-def canonical_ip(text: str) -> str:
-    """``text`` as the evaluator looks addresses up (Python's canonical form); ValueError if it is none.
+V6_FLAG = 1 << 128  # set in the key of an IPv6 address, so no IPv4 key equals an IPv6 one
+_AF_INET6 = socket.AF_INET6
+_from_bytes = int.from_bytes
 
-    A dotted quad ``inet_pton`` accepts is already canonical (glibc refuses leading zeros), so the
-    common case costs no parsing in Python.
+
+def ip_key(text: str) -> int:
+    """The numeric key of an address given as text (any valid form); ValueError if it is none.
+
+    Keys are ints (an IPv4 address is a 32 B int, its text 64 B): the IP claims, node addresses
+    and lookups all use them, and a parsed address from the dataplane needs no text at all.
     """
     try:
-        _inet_pton(_AF_INET, text)
-        return text
+        return _from_bytes(_inet_pton(_AF_INET, text), "big")
     except (OSError, ValueError, TypeError):
         pass
-    return str(ipaddress.ip_address(text))
+    try:
+        return _from_bytes(_inet_pton(_AF_INET6, text), "big") | V6_FLAG
+    except (OSError, ValueError, TypeError):
+        pass
+    return address_key(ipaddress.ip_address(text))  # ValueError naming the text; or a scoped IPv6 address
+
+
+def address_key(ip: IPAddress) -> int:
+    """The numeric key of a parsed address."""
+    return int(ip) | V6_FLAG if ip.version == 6 else int(ip)
+
+
+def key_text(key: int) -> str:
+    """The canonical text of a key (Python's form, as ``str(ipaddress.ip_address(...))``)."""
+    if key & V6_FLAG:
+        return str(ipaddress.IPv6Address(key ^ V6_FLAG))
+    return str(ipaddress.IPv4Address(key))
 
 
 class Identity:
@@ -129,16 +151,17 @@ class Identities:
 
 
 class PodEntry:
-    """One pod: name, address(es) (canonical text), identity, node and creation time.
+    """One pod: name, address key(s), identity, node and creation time.
 
-    Implements ``ipclaims.Claim``. ``addresses`` is the one IP string of a single-stack pod (most
-    pods), a tuple for a pod with several (dual stack) or none.
+    Implements ``ipclaims.Claim`` (claims are held under the numeric keys of :func:`ip_key`).
+    ``addresses`` is the one key of a single-stack pod (most pods), a tuple for a pod with several
+    (dual stack) or none.
     """
 
     __slots__ = ("addresses", "creation_timestamp", "identity", "name", "node")
 
     def __init__(
-        self, name: str, identity: Identity, addresses: str | tuple[str, ...], node: str, creation_timestamp: int
+        self, name: str, identity: Identity, addresses: int | tuple[int, ...], node: str, creation_timestamp: int
     ) -> None:
         self.name = name
         self.identity = identity
@@ -147,9 +170,15 @@ class PodEntry:
         self.creation_timestamp = creation_timestamp
 
     @property
-    def ips(self) -> tuple[str, ...]:
+    def ips(self) -> tuple[int, ...]:
+        """The address keys (what the IP claims are held under)."""
         addresses = self.addresses
-        return (addresses,) if addresses.__class__ is str else addresses  # type: ignore[return-value]
+        return (addresses,) if addresses.__class__ is int else addresses  # type: ignore[return-value]
+
+    @property
+    def ip_texts(self) -> tuple[str, ...]:
+        """The addresses in canonical text form (built on each call)."""
+        return tuple(key_text(key) for key in self.ips)
 
     @property
     def cluster(self) -> str:
@@ -178,27 +207,27 @@ class PodEntry:
 
     @property
     def primary_ip(self) -> str | None:
-        """The pod's first IP (status.podIP), or None for a pod without an address."""
+        """The pod's first IP (status.podIP) as canonical text, or None for a pod without an address."""
         ips = self.ips
-        return ips[0] if ips else None
+        return key_text(ips[0]) if ips else None
 
     @property
     def record(self) -> PodRecord:
         """The pod as a :class:`PodRecord` (built on each call, for tooling; the uid is not kept)."""
         identity = self.identity
         return PodRecord(identity.cluster, identity.namespace, self.name, identity.labels, identity.ports, self.node,
-                         self.ips, self.creation_timestamp)  # fmt: skip
+                         self.ip_texts, self.creation_timestamp)  # fmt: skip
 
     def decides_like(self, other: PodEntry) -> bool:
         """Whether every field a verdict can depend on is the same (the node is not one)."""
         return (
             self.identity is other.identity
-            and self.ips == other.ips
+            and self.addresses == other.addresses
             and self.creation_timestamp == other.creation_timestamp
         )
 
     def __repr__(self) -> str:
-        return f"PodEntry({self.cluster}/{self.namespace}/{self.name} {self.ips})"
+        return f"PodEntry({self.cluster}/{self.namespace}/{self.name} {self.ip_texts})"
 
 
 class Objects:
@@ -220,7 +249,7 @@ class Objects:
         # Namespace labels as selectors see them (with the immutable name label).
         self.namespace_labels: dict[ObjectKey, Mapping[str, str]] = {}
         self.nodes: dict[ObjectKey, NodeRecord] = {}
-        self.nodes_by_ip: dict[str, dict[ObjectKey, NodeRecord]] = {}  # InternalIP (canonical) -> nodes
+        self.nodes_by_ip: dict[int, dict[ObjectKey, NodeRecord]] = {}  # InternalIP key -> nodes
         self.clusters: dict[str, ClusterStatusRecord] = {}
         self.synced: set[str] = set()
 
@@ -229,9 +258,7 @@ class Objects:
     def entry(self, record: PodRecord) -> PodEntry:
         """The compact entry of ``record`` (ValueError for an unparsable IP), not yet stored."""
         ips = record.ips
-        addresses: str | tuple[str, ...] = (
-            canonical_ip(ips[0]) if len(ips) == 1 else tuple(canonical_ip(ip) for ip in ips)
-        )
+        addresses: int | tuple[int, ...] = ip_key(ips[0]) if len(ips) == 1 else tuple(ip_key(ip) for ip in ips)
         identity = self.identities.get(record.cluster, record.namespace, record.labels, record.ports)
         return PodEntry(record.name, identity, addresses, _intern(record.node), record.creation_timestamp)
 
@@ -274,8 +301,16 @@ class Objects:
         return by_name.get(name) if by_name is not None else None
 
     def pod_by_ip(self, ip: str) -> PodEntry | None:
-        """The pod owning ``ip`` (canonical text)."""
-        return self.claims.owner_record(ip)
+        """The pod owning ``ip`` (text in any valid form; None for no address at all)."""
+        try:
+            key = ip_key(ip)
+        except ValueError:
+            return None
+        return self.claims.owner_record(key)
+
+    def pod_by_key(self, key: int) -> PodEntry | None:
+        """The pod owning the address of this key (the decision path)."""
+        return self.claims.owner_record(key)
 
     def iter_pods(self, cluster: str | None = None) -> Iterator[PodEntry]:
         """Every pod (of one cluster if given), from a copy of the tables (safe while they change)."""
@@ -308,11 +343,11 @@ class Objects:
     def set_node(self, record: NodeRecord) -> NodeRecord | None:
         """Add or replace a node; returns the previous one. ValueError for an unparsable InternalIP
         (nothing is changed then)."""
-        texts = [canonical_ip(ip) for ip in record.internal_ips]
+        keys = [ip_key(ip) for ip in record.internal_ips]
         previous = self.delete_node(record.cluster, record.name)
         self.nodes[record.key] = record
-        for text in texts:
-            self.nodes_by_ip.setdefault(text, {})[record.key] = record
+        for key in keys:
+            self.nodes_by_ip.setdefault(key, {})[record.key] = record
         return previous
 
     def delete_node(self, cluster: str, name: str) -> NodeRecord | None:
@@ -321,17 +356,17 @@ class Objects:
         if record is None:
             return None
         for ip in record.internal_ips:
-            text = canonical_ip(ip)
-            owners = self.nodes_by_ip.get(text)
+            key = ip_key(ip)
+            owners = self.nodes_by_ip.get(key)
             if owners is not None:
                 owners.pop(record.key, None)
                 if not owners:
-                    del self.nodes_by_ip[text]
+                    del self.nodes_by_ip[key]
         return record
 
-    def nodes_at(self, ip: str) -> Iterator[NodeRecord]:
-        """The nodes (of any cluster) that have ``ip`` (canonical text) as an InternalIP."""
-        owners = self.nodes_by_ip.get(ip)
+    def nodes_at(self, key: int) -> Iterator[NodeRecord]:
+        """The nodes (of any cluster) that have the address of ``key`` as an InternalIP."""
+        owners = self.nodes_by_ip.get(key)
         return iter(list(owners.values())) if owners else iter(())
 
     def set_cluster_status(self, status: ClusterStatusRecord) -> ClusterStatusRecord | None:

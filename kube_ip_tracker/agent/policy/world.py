@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 
 from .compiled import CompiledPolicy, IPAddress
-from .objects import NAME_LABEL, Identities, Objects, PodEntry
+from .objects import NAME_LABEL, Identities, Objects, PodEntry, address_key
 
 __all__ = ["EMPTY_SELECTION", "NAME_LABEL", "PodEntry", "PolicyBucket", "Selection", "World"]
 
@@ -95,7 +95,7 @@ class World:
 
     def nodes_at(self, ip: IPAddress) -> Iterator[NodeRecord]:
         """The nodes (of any cluster) that have ``ip`` as an InternalIP."""
-        return self.objects.nodes_at(str(ip))
+        return self.objects.nodes_at(address_key(ip))
 
     # ---- pods -------------------------------------------------------------------------------
 
@@ -111,10 +111,16 @@ class World:
         """The pod with this key, or None."""
         return self.objects.pod(cluster, namespace, name)
 
-    def pod_by_ip(self, ip: str) -> PodEntry | None:
-        """The pod owning ``ip`` (canonical text); if several do (overlapping clusters, a stale
+    def pod_by_ip(self, ip: str | IPAddress) -> PodEntry | None:
+        """The pod owning ``ip`` (text or address); if several do (overlapping clusters, a stale
         pod), the newest wins (:mod:`kube_ip_tracker.ipclaims`)."""
-        return self.objects.claims.owner_record(ip)
+        if isinstance(ip, str):
+            return self.objects.pod_by_ip(ip)
+        return self.objects.claims.owner_record(address_key(ip))
+
+    def pod_by_key(self, key: int) -> PodEntry | None:
+        """The pod owning the address of ``key`` (:func:`~.objects.ip_key`): the decision path."""
+        return self.objects.claims.owner_record(key)
 
     def pods(self) -> Iterator[PodEntry]:
         """Every pod (for tooling and tests, never used on the decision path)."""
