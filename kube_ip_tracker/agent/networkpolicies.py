@@ -171,14 +171,18 @@ class PolicyStore:
 
 
 class PolicyReplacement:
-    """A full list of NetworkPolicies; committing reconciles the engine with it."""
+    """A full list of policies; committing reconciles the engine with it (policies gone from the list
+    are removed). ``store`` has ``policies`` and ``invalid`` by key, ``_apply(obj)`` and
+    ``_remove(key)`` (each returning whether the enforced policies changed) and ``changed()``;
+    ``key(obj)`` is the object's key (``(namespace, name)`` for NetworkPolicies)."""
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: Any, key: Callable[[dict[str, Any]], Any] = _key) -> None:
         self.store = store
-        self.items: dict[Key, dict[str, Any]] = {}
+        self.key = key
+        self.items: dict[Any, dict[str, Any]] = {}
 
     def add(self, obj: dict[str, Any]) -> None:
-        self.items[_key(obj)] = obj
+        self.items[self.key(obj)] = obj
 
     def commit(self, resource_version: str) -> str:
         store = self.store

@@ -44,6 +44,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker import cluster_labels
+from kube_ip_tracker.agent.cluster_policies import CRD_CHECK_INTERVAL, ClusterPolicyInformer
 from kube_ip_tracker.agent.dataplane import (
     ConfigError,
     Dataplane,
@@ -72,6 +73,7 @@ from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.client.resolver import parse_address
 from kube_ip_tracker.cluster_labels import DEFAULT_RULE, LabelRule
+from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.kube.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
 from kube_ip_tracker.listen import optional_listen_address
 from kube_ip_tracker.logs import add_logging_arguments
@@ -174,6 +176,14 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
     local.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
     local.add_argument("--cluster-id", required=True, help="this cluster's id, as the tracker names it")
     local.add_argument(
+        "--crd-check-interval",
+        type=parse_duration,
+        default=CRD_CHECK_INTERVAL,
+        metavar="DURATION",
+        help="how often to check whether the ClusterNetworkPolicy, AdminNetworkPolicy and "
+        f"BaselineAdminNetworkPolicy CRDs are installed (or still are) (default {CRD_CHECK_INTERVAL:.0f}s)",
+    )
+    local.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME") or None,
         help="this node; without --pod-cidr the agent enforces the pods the tracker reports on it "
@@ -244,6 +254,7 @@ class AgentConfig:
     explain_socket: str = ""
     per_policy_limit: int = 0
     cluster_labels: LabelRule = DEFAULT_RULE
+    crd_check_interval: float = CRD_CHECK_INTERVAL
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -270,6 +281,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                 str(exc).replace("no --kubeconfig or --kubeconfig-dir given", "no --kubeconfig given")
             ) from None
         spec = in_cluster_spec(cluster_id)
+    if args.crd_check_interval <= 0:
+        raise ConfigError(f"--crd-check-interval must be positive, got {args.crd_check_interval}")
     if args.metrics_per_policy_limit < 1:
         raise ConfigError(f"--metrics-per-policy-limit must be at least 1, got {args.metrics_per_policy_limit}")
     base = config_from_args(args)
@@ -292,6 +305,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         else args.explain_socket,
         per_policy_limit=args.metrics_per_policy_limit if args.metrics_per_policy else 0,
         cluster_labels=cluster_labels.rule_from_args(args),
+        crd_check_interval=args.crd_check_interval,
     )
 
 
@@ -324,6 +338,12 @@ class Agent:
             cluster_labels=config.cluster_labels,
         )
         self.informer = NetworkPolicyInformer(config.spec, self.engine, on_change=self.dataplane.request_revalidation)
+        self.cluster_policies = ClusterPolicyInformer(
+            config.spec,
+            self.engine,
+            on_change=self.dataplane.request_revalidation,
+            crd_check_interval=config.crd_check_interval,
+        )
         options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
         self.client = TrackerClient(config.trackers, self.store, options)
         self.explain: ExplainServer | None = None
@@ -336,8 +356,9 @@ class Agent:
         READY.set(0)
 
     def is_ready(self) -> bool:
-        """Decisions can be trusted: the tracker's snapshot is applied and local policies are listed."""
-        return self.client.ready and self.informer.synced
+        """Decisions can be trusted: the tracker's snapshot is applied and local policies are listed
+        (NetworkPolicies, and each cluster-scoped kind whose CRD is installed)."""
+        return self.client.ready and self.informer.synced and self.cluster_policies.synced
 
     def _in_pod_range(self, ip: Any) -> bool:
         return self.dataplane.is_local(ip)
@@ -386,12 +407,16 @@ class Agent:
     async def _report_ready(self) -> None:
         await self.client.wait_ready()
         await self.informer.wait_synced()
+        await self.cluster_policies.wait_synced()
         READY.set(1)
         log.info(
-            "Agent ready: tracker snapshot applied (%s), %d local NetworkPolicies (%d invalid)",
+            "Agent ready: tracker snapshot applied (%s), %d local NetworkPolicies (%d invalid), "
+            "%d cluster-scoped policies (%d invalid)",
             ", ".join(f"{k}={v}" for k, v in self.store.counts().items()),
             len(self.informer.policies),
             len(self.informer.invalid),
+            len(self.cluster_policies.policies),
+            len(self.cluster_policies.invalid),
         )
         statuses = self.store.cluster_statuses()
         if self.config.cluster_id not in statuses:
@@ -424,6 +449,7 @@ class Agent:
             await self.explain.start()
         self.client.start().add_done_callback(self._task_done)
         self._spawn(self.informer.run(), "networkpolicy-informer")
+        self._spawn(self.cluster_policies.run(), "cluster-policy-informer")
         self._spawn(self._report_ready(), "ready", forever=False)
         self._spawn(self._revalidate_tracker_changes(), "tracker-revalidation")
         if not self.config.static_pods:

@@ -296,6 +296,8 @@ async def test_agent_is_ready_with_snapshot_and_policies_and_warns_about_an_unkn
     agent.client._mark_ready()
     assert not agent.is_ready()  # policies not listed yet
     agent.informer.synced_event.set()
+    assert not agent.is_ready()  # cluster-scoped policy kinds not listed (or found missing) yet
+    agent.cluster_policies.synced_event.set()
     assert agent.is_ready()
     with caplog.at_level(logging.WARNING):
         await agent._report_ready()

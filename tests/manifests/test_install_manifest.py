@@ -80,9 +80,10 @@ def test_rbac_grants_exactly_what_the_issue_lists(objects: list[Obj]) -> None:
     tracker = rules(find(objects, "ClusterRole", "kube-ip-tracker"))
     assert tracker == {("", r, v) for r in ("pods", "namespaces", "nodes") for v in ("get", "list", "watch")}
     agent = rules(find(objects, "ClusterRole", "kube-ip-agent"))
+    cluster_scoped = ("clusternetworkpolicies", "adminnetworkpolicies", "baselineadminnetworkpolicies")
     assert agent == {("networking.k8s.io", "networkpolicies", v) for v in ("list", "watch")} | {
         ("", "namespaces", v) for v in ("get", "list", "watch")
-    }
+    } | {("policy.networking.k8s.io", r, v) for r in cluster_scoped for v in ("list", "watch")}
     for name in ("kube-ip-tracker", "kube-ip-agent"):
         binding = find(objects, "ClusterRoleBinding", name)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
