@@ -101,12 +101,13 @@ class EksDiscovery:
         self._tokens: dict[EksClusterName, EksTokenProvider] = {}
         self._semaphore = asyncio.Semaphore(concurrency)
 
-    def token_provider(self, name: EksClusterName) -> EksTokenProvider:
-        """The cluster's token provider (one per cluster, kept across passes)."""
+    async def token_provider(self, name: EksClusterName) -> EksTokenProvider:
+        """The cluster's token provider (one per cluster, kept across passes; the STS client is made off the loop)."""
         provider = self._tokens.get(name)
         if provider is None:
-            provider = self._tokens[name] = EksTokenProvider(
-                self.clients.sts(name.region), name.name, refresh_interval=self.token_refresh_interval
+            sts = await asyncio.to_thread(self.clients.sts, name.region)
+            provider = self._tokens.setdefault(
+                name, EksTokenProvider(sts, name.name, refresh_interval=self.token_refresh_interval)
             )
         return provider
 
@@ -134,7 +135,7 @@ class EksDiscovery:
             )
         except ValueError as exc:
             raise DiscoveryError(name, str(exc)) from exc
-        provider = self.token_provider(name)
+        provider = await self.token_provider(name)
         cluster_id = await self.id_resolver.resolve(name, server, ca_pem, await provider())
         return ClusterSpec(cluster_id=cluster_id, server=server, ca_pem=ca_pem, token_provider=provider)
 

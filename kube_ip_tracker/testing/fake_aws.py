@@ -7,6 +7,7 @@
 * :class:`FakeSts` speaks the STS query protocol: ``GetCallerIdentity`` (header-signed or presigned,
   the signature recomputed with botocore's own SigV4 code and the secret key) and
   ``AssumeRoleWithWebIdentity`` (IRSA: a web identity token file traded for temporary credentials).
+  :class:`FakePodIdentityAgent` hands out temporary credentials as the EKS Pod Identity agent does.
   A presigned request is accepted for ``presign_lifetime`` seconds after its ``X-Amz-Date`` (EKS: 15 minutes).
 * :class:`TokenWebhook` is what aws-iam-authenticator is to EKS: a TokenReview v1 webhook for
   ``kube-apiserver --authentication-token-webhook-config-file``. It accepts a token only if it is
@@ -269,6 +270,54 @@ class FakeSts(LoopbackHttpServer):
             f"</SessionToken><Expiration>{expiration}</Expiration></Credentials><Audience>sts.amazonaws.com</Audience>"
         )
         return 200, {"Content-Type": "text/xml"}, _xml("AssumeRoleWithWebIdentity", result)
+
+
+class FakePodIdentityAgent(LoopbackHttpServer):
+    """The EKS Pod Identity agent on loopback: ``GET /v1/credentials`` with the pod's service account token
+    in ``Authorization`` returns the role's temporary credentials (registered with ``sts``'s keys).
+
+    botocore finds it through ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` and
+    ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE``, as EKS sets them in a pod with a Pod Identity association.
+    """
+
+    def __init__(self, sts: FakeSts, role_arn: str, service_account_token: str, *, duration: int = 3600) -> None:
+        super().__init__("fake-pod-identity-agent")
+        self.sts, self.role_arn, self.service_account_token, self.duration = (
+            sts,
+            role_arn,
+            service_account_token,
+            duration,
+        )
+        self.issued: list[AwsIdentity] = []
+
+    @property
+    def credentials_uri(self) -> str:
+        return f"{self.url}/v1/credentials"
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if path != "/v1/credentials":
+            return 404, {}, b""
+        if headers.get("authorization") != self.service_account_token:
+            return 401, {"Content-Type": "application/json"}, b'{"message": "invalid service account token"}'
+        role_name = self.role_arn.rsplit("/", 1)[1]
+        identity = self.sts.keys.add(
+            AwsIdentity(
+                f"arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/eks-tracker-{secrets.token_hex(4)}",
+                "ASIA" + secrets.token_hex(8).upper(),
+                secrets.token_hex(20),
+                secrets.token_hex(32),
+            )
+        )
+        self.issued.append(identity)
+        expiration = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.duration)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        answer = {
+            "AccessKeyId": identity.access_key_id,
+            "SecretAccessKey": identity.secret_key,
+            "Token": identity.session_token,
+            "AccountId": ACCOUNT,
+            "Expiration": expiration,
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
 
 
 # ----------------------------------------------------------------------------- EKS

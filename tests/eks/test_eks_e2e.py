@@ -31,7 +31,7 @@ pytestmark = pytest.mark.cluster
 __all__ = ["world"]  # the GKE side's fixture
 
 USER = "eks:kube-ip-tracker"
-LIFETIME = 8.0  # seconds the API servers accept a token (EKS: 15 minutes)
+LIFETIME = 12.0  # seconds the API servers accept a token (EKS: 15 minutes)
 REFRESH = "2s"  # --aws-token-refresh-interval
 
 
@@ -101,7 +101,7 @@ async def test_tracker_runs_eks_and_gke_clusters_and_reports_each_eks_error(  # 
             "20s",
         )
         try:
-            await t.eventually(t.serving, "SERVING")
+            await t.eventually(t.serving, "SERVING", 90)  # after --ready-timeout: "wrong" never syncs
             log = t.log()
             for line in (
                 "Fetching details for 5 EKS clusters...",
@@ -131,7 +131,7 @@ async def test_tracker_runs_eks_and_gke_clusters_and_reports_each_eks_error(  # 
             assert "unauthorized (401)" in clusters[eks_id("wrong")].status.last_error
             assert any(c == "a" and "SignatureDoesNotMatch" in outcome for c, outcome in webhook.reviews)
 
-            # Tokens are made anew every 2s and accepted for 8s: b's watch, opened with the first one,
+            # Tokens are made anew every 2s and accepted for 12s: b's watch, opened with the first one,
             # stays open while new requests carry new tokens.
             made = await metric(t, 'kube_ip_tracker_eks_token_refreshes_total{result="ok"}') or 0
 

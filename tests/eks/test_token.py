@@ -12,7 +12,14 @@ from botocore.exceptions import NoCredentialsError
 
 from kube_ip_tracker.eks import metrics
 from kube_ip_tracker.eks.token import EksTokenProvider, TokenError, make_token, sts_client
-from kube_ip_tracker.testing.fake_aws import ACCOUNT, FakeSts, MappedUser, TokenWebhook, WebIdentityRole
+from kube_ip_tracker.testing.fake_aws import (
+    ACCOUNT,
+    FakePodIdentityAgent,
+    FakeSts,
+    MappedUser,
+    TokenWebhook,
+    WebIdentityRole,
+)
 
 from .conftest import REGION, Aws
 
@@ -121,6 +128,31 @@ def test_irsa_web_identity_credentials_from_the_default_chain(
     (tmp_path / "token").write_text("someone-else")  # a wrong web identity token: no credentials at all
     with pytest.raises(Exception, match="AccessDenied"):
         make_token(sts_client(aws.session(), REGION), "prod")
+
+
+def test_eks_pod_identity_credentials_from_the_default_chain(
+    aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (what EKS Pod Identity
+    injects): botocore fetches the role's credentials from the agent; DescribeCluster and tokens use them."""
+    role = f"arn:aws:iam::{ACCOUNT}:role/kube-ip-tracker"
+    with FakePodIdentityAgent(aws.sts, role, "pod-sa-token") as agent:
+        (tmp_path / "sa-token").write_text("pod-sa-token")
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.credentials_uri)
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(tmp_path / "sa-token"))
+
+        session = aws.session()
+        token = make_token(sts_client(session, REGION), "prod")
+        (issued,) = agent.issued
+        assert dict(urllib.parse.parse_qsl(decode(token).query))["X-Amz-Security-Token"] == issued.session_token
+        assert (
+            TokenWebhook(aws.sts, {role: MappedUser("pod-identity")}).review("prod", token).username == "pod-identity"
+        )
+        with pytest.raises(Exception, match="ResourceNotFoundException"):  # signed with the same credentials
+            session.create_client("eks", REGION).describe_cluster(name="prod")
+        assert aws.eks.requests == [f"{REGION}/prod"]
 
 
 def test_sts_rejects_an_unsigned_or_unknown_caller() -> None:
