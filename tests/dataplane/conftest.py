@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig, Decide, IsReady, parse_networks
+from kube_ip_tracker.agent.run import MARK_SLOTS, marks_for_slot
 from kube_ip_tracker.testing.netns import PodNetwork
 
 DataplaneFactory = Callable[..., Dataplane]
@@ -34,7 +35,15 @@ def queue_id() -> int:
 
 
 @pytest.fixture
-async def make_dataplane(net: PodNetwork, dp_name: str, queue_id: int) -> AsyncIterator[DataplaneFactory]:
+def mark_slot() -> int:
+    """The mark bits of this test's dataplanes (agents sharing a host need distinct ones)."""
+    return random.randrange(MARK_SLOTS)
+
+
+@pytest.fixture
+async def make_dataplane(
+    net: PodNetwork, dp_name: str, queue_id: int, mark_slot: int
+) -> AsyncIterator[DataplaneFactory]:
     """``make_dataplane(decide, is_ready=..., **config)``: a Dataplane for the network's pods (not started).
 
     At the end every dataplane is stopped and our rules are removed even if a test left them behind.
@@ -46,6 +55,9 @@ async def make_dataplane(net: PodNetwork, dp_name: str, queue_id: int) -> AsyncI
             "nfqueue_id": queue_id,
             "name": dp_name,
             "local_pods": parse_networks(str(p.ip) for p in net.pods),
+            # Other sessions run dataplanes on this host at the same time: with the same mark bits, their
+            # iptables queue rule would take our packets (same queue bit) and mark them accepted.
+            **marks_for_slot(mark_slot),
         }
         settings.update(overrides)
         dataplane = Dataplane(DataplaneConfig(**settings), decide, is_ready)  # type: ignore[arg-type]
