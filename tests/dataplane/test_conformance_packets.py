@@ -1,6 +1,7 @@
 """Conformance cases on real packets: pods as network namespaces, the dataplane deciding with the evaluator.
 
-Each case of ``<repo>/../shared/conformance/cases`` becomes a flat pod network whose namespaces hold
+Each case of ``<repo>/../shared/conformance/cases`` and ``.../cnp`` (ClusterNetworkPolicy and
+AdminNetworkPolicy/BaselineAdminNetworkPolicy tiers, nodes peers) becomes a flat pod network whose namespaces hold
 the world's pod addresses (plus one namespace per bare address a probe uses). Every destination
 serves TCP and UDP echo on the probed ports; a :class:`Dataplane` enforces a :class:`PolicyEngine`
 loaded from the world; each probe is a real connection attempt from the source namespace, and
@@ -33,18 +34,32 @@ from .test_dataplane_policy_root import engine_decide
 
 pytestmark = pytest.mark.root
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "cases"
-# Default run: ingress, egress, ipBlock, named ports (ingress and egress), UDP, SCTP, multi-cluster.
+CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
+CASES_DIR = CONFORMANCE_DIR / "cases"
+FOLDERS = ("cases", "cnp")
+# Default run: ingress, egress, ipBlock, named ports (ingress and egress), UDP, SCTP, multi-cluster;
+# Admin tier ingress/egress, priorities, Pass, node peers, Baseline tier with named ports and
+# CIDRs, multi-cluster tiers, and a v1alpha1 (AdminNetworkPolicy) variant.
 SAMPLE = (
-    "001-default-deny-ingress.json",
-    "025-deny-egress-by-podselector.json",
-    "035-egress-cidr-except.json",
-    "017-ingress-one-named-port.json",
-    "019-egress-one-named-port.json",
-    "043-udp-default-deny-ingress.json",
-    "047-sctp-ports.json",
-    "101-mc-default-deny-ingress-blocks-remote-client.json",
-    "102-mc-allow-from-cluster-1-demo-c1-not-third-cluster.json",
+    "cases/001-default-deny-ingress.json",
+    "cases/025-deny-egress-by-podselector.json",
+    "cases/035-egress-cidr-except.json",
+    "cases/017-ingress-one-named-port.json",
+    "cases/019-egress-one-named-port.json",
+    "cases/043-udp-default-deny-ingress.json",
+    "cases/047-sctp-ports.json",
+    "cases/101-mc-default-deny-ingress-blocks-remote-client.json",
+    "cases/102-mc-allow-from-cluster-1-demo-c1-not-third-cluster.json",
+    "cnp/201-cnp-admin-ingress-tcp-step2.json",
+    "cnp/205-cnp-admin-egress-tcp-step3.json",
+    "cnp/209-cnp-admin-egress-node-peers.json",
+    "cnp/213-cnp-admin-priority-step2.json",
+    "cnp/217-cnp-baseline-ingress-named-port.json",
+    "cnp/223-cnp-baseline-egress-inline-cidr-step2.json",
+    "cnp/302-mc-cnp-admin-pass-hands-over-to-destination-np.json",
+    "cnp/306-mc-cnp-egress-deny-at-source-beats-remote-ingress-accept.json",
+    "cnp/307-mc-cnp-named-port-resolved-on-remote-destination.json",
+    "cnp/413-anp-from-213-admin-priority-step2.json",
 )
 PROBE_TIMEOUT = 1.5  # a denied probe waits this long; an allowed one answers in milliseconds
 RETRY_TIMEOUT = 5.0  # an expected-allow probe that got no answer is tried once more, with this timeout
@@ -66,7 +81,7 @@ SCTP = _sctp_supported()
 
 
 def _case_files() -> list[str]:
-    return sorted(p.name for p in CASES_DIR.glob("*.json")) if CASES_DIR.is_dir() else []
+    return [f"{folder}/{p.name}" for folder in FOLDERS for p in sorted((CONFORMANCE_DIR / folder).glob("*.json"))]
 
 
 def _params() -> list[object]:
@@ -185,7 +200,7 @@ async def _run_probes(net: WorldNetwork, probes: list[tuple[int, Probe]], wait: 
 
 @pytest.mark.parametrize("case", _params())
 async def test_conformance_case_on_packets(case: str, dp_name: str, queue_id: int) -> None:
-    world = load_world((CASES_DIR / case).read_bytes())
+    world = load_world((CONFORMANCE_DIR / case).read_bytes())
     engine = world.engine()
     runnable = [(i, p) for i, p in enumerate(world.probes) if _skip_reason(p) is None and p.expect is not None]
     skipped = {_skip_reason(p) for p in world.probes} - {None}
