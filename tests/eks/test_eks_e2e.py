@@ -170,6 +170,16 @@ async def test_tracker_runs_eks_and_gke_clusters_and_reports_each_eks_error(  # 
                 "expired token reported",
             )
             assert any(c == "a" and "ExpiredToken: Request has expired" in outcome for c, outcome in webhook.reviews)
+            # The discovery pass names the EKS cluster and the cause too, and keeps the id it had.
+            await t.eventually(
+                lambda: logged(
+                    t.log()[before:],
+                    f"Could not read namespace kube-system of EKS cluster {region('a')}",
+                    "HTTP 401 reading namespace kube-system: the API server rejected the EKS token: it expired",
+                    f"using {eks_id('a')}",
+                ),
+                "expired token named by discovery",
+            )
             aws.sts.presign_lifetime = LIFETIME
             await t.eventually(
                 lambda: (
