@@ -98,16 +98,40 @@ ALLOW_FROM_C1 = _policy(
 )
 
 
+# An Admin tier ClusterNetworkPolicy of cluster-2: its web pods take nothing from cluster-1's namespaces,
+# whatever the namespace owners' NetworkPolicies allow (the Admin tier is evaluated first).
+DENY_FROM_CLUSTER_1 = {
+    "apiVersion": "policy.networking.k8s.io/v1alpha2",
+    "kind": "ClusterNetworkPolicy",
+    "metadata": {"name": "deny-web-from-cluster-1"},
+    "spec": {
+        "tier": "Admin",
+        "priority": 10,
+        "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}},
+        "ingress": [
+            {
+                "name": "nothing-from-cluster-1",
+                "action": "Deny",
+                "from": [{"namespaces": {"matchLabels": {CLUSTER_LABEL: "cluster-1"}}}],
+            }
+        ],
+    },
+}
+
+
 @dataclass(frozen=True)
 class PolicyChange:
-    """A NetworkPolicy created in one cluster before a step."""
+    """A policy created (or, with ``delete``, deleted) in one cluster before a step: a namespaced
+    NetworkPolicy, or a cluster-scoped ClusterNetworkPolicy (``kind`` tells)."""
 
     cluster: str
     body: dict[str, Any]
+    delete: bool = False
 
     def describe(self) -> str:
         meta = self.body["metadata"]
-        return f"NetworkPolicy {meta['namespace']}/{meta['name']} created in {self.cluster}"
+        name = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+        return f"{self.body.get('kind', 'NetworkPolicy')} {name} {'deleted' if self.delete else 'created'} in {self.cluster}"
 
 
 @dataclass(frozen=True)
@@ -141,4 +165,20 @@ STEPS = (
         (PolicyChange("cluster-2", ALLOW_FROM_C1),),
     ),
     Step("d", "a client in another namespace of cluster-1 is still denied", "client-other", "web-c2", False),
+    Step(
+        "e",
+        "an Admin tier ClusterNetworkPolicy in cluster-2 denying cluster-1's namespaces blocks what step c allowed",
+        "client-c1",
+        "web-c2",
+        False,
+        (PolicyChange("cluster-2", DENY_FROM_CLUSTER_1),),
+    ),
+    Step(
+        "f",
+        "deleting the ClusterNetworkPolicy lets it through again",
+        "client-c1",
+        "web-c2",
+        True,
+        (PolicyChange("cluster-2", DENY_FROM_CLUSTER_1, delete=True),),
+    ),
 )

@@ -365,12 +365,23 @@ class DemoStack:
         return scenario.pod(key)
 
     async def apply(self, change: PolicyChange) -> None:
-        """Create the NetworkPolicy of ``change`` in its cluster's API server."""
+        """Create (or delete) the policy of ``change`` in its cluster's API server."""
         assert self.clusters is not None
         cluster = next(c for c in self.clusters if c.name == change.cluster)
+        kind = change.body.get("kind", "NetworkPolicy")
         async with cluster.api_client() as api:
+            if kind in objects.CLUSTER_POLICY_KINDS:
+                if change.delete:
+                    await objects.delete_cluster_policy(api, kind, change.body["metadata"]["name"])
+                else:
+                    await objects.apply_cluster_policy(api, change.body)
+                return
             namespace = change.body["metadata"]["namespace"]
-            await client.NetworkingV1Api(api).create_namespaced_network_policy(namespace, change.body)
+            if change.delete:
+                name = change.body["metadata"]["name"]
+                await client.NetworkingV1Api(api).delete_namespaced_network_policy(name, namespace)
+            else:
+                await client.NetworkingV1Api(api).create_namespaced_network_policy(namespace, change.body)
 
     async def http(self, client_key: str, target_key: str, wait: float = 1.0) -> HttpResult:
         """GET http://<target>:80/ from the client pod's namespace."""
