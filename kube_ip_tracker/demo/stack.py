@@ -61,6 +61,7 @@ class DemoSettings:
     first_queue: int = 0  # 0: a random free-looking queue number
     workdir: Path | None = None  # None: a new temporary directory, removed at the end
     agent_args: tuple[str, ...] = ()  # extra flags for every agent (e.g. --log-level debug)
+    tracker_metrics: bool = False  # serve the trackers' /metrics (TrackerProcess.metrics_port)
 
     def rule_name(self, cluster: str) -> str:
         return f"{self.prefix}-c{CLUSTERS.index(cluster) + 1}"
@@ -292,7 +293,9 @@ class DemoStack:
         assert self.clusters is not None and self.workdir is not None
         kubeconfig = str(self.clusters.merged_kubeconfig)
         for cluster in CLUSTERS:
-            tracker = TrackerProcess(f"tracker-{cluster}", ["--kubeconfig", kubeconfig], self.workdir)
+            tracker = TrackerProcess(
+                f"tracker-{cluster}", ["--kubeconfig", kubeconfig], self.workdir, metrics=self.settings.tracker_metrics
+            )
             self.trackers.append(tracker.start())
 
         async def synced() -> bool:

@@ -13,11 +13,14 @@ from prometheus_client import REGISTRY
 import kube_ip_tracker.agent.cli
 import kube_ip_tracker.agent.run
 import kube_ip_tracker.cli  # noqa: F401  (importing the programs registers every metric they export)
+from kube_ip_tracker.model import Kind
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "manifests" / "dashboards" / "kube-ip-tracker.json"
 OUR_METRIC = re.compile(r"\b(kube_ip_[a-z0-9_]+)\b")
 BY_CLAUSE = re.compile(r"\bby\s*\(([^)]*)\)")
 ADDED_BY_PROMETHEUS = {"instance", "job", "le"}
+# Label values a query may filter on, where the code has a fixed set.
+KNOWN_VALUES = {"kind": {k.value for k in Kind}, "result": {"allow", "deny"}}
 
 
 def exported() -> dict[str, set[str]]:
@@ -67,8 +70,10 @@ def test_every_query_names_exported_metrics_and_their_labels(panel: dict[str, ob
         for clause in BY_CLAUSE.findall(expr):
             grouped = {label.strip() for label in clause.split(",") if label.strip()}
             assert grouped <= labels, f"{panel['title']}: {expr} groups by {sorted(grouped - labels)}"
-        for label in re.findall(r"\{([a-z_]+)=", expr):
+        for label, value in re.findall(r'[{,]\s*([a-z_]+)="([^"]*)"', expr):
             assert label in labels, f"{panel['title']}: {expr} filters on {label}"
+            if label in KNOWN_VALUES:
+                assert value in KNOWN_VALUES[label], f"{panel['title']}: {expr}: no {label} is {value!r}"
 
 
 def test_the_check_sees_a_metric_that_is_not_exported() -> None:
