@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +248,14 @@ class LocalCluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    def namespace_labels(self, name: str, labels: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The labels this server gives namespace ``name`` created with ``labels``.
+
+        Servers since 1.21 add ``kubernetes.io/metadata.name``; the 1.20 build does not.
+        """
+        implied = {"kubernetes.io/metadata.name": name} if (self.apiserver_version or (0, 0)) >= (1, 21) else {}
+        return {**(labels or {}), **implied}
 
     @property
     def etcd_url(self) -> str:

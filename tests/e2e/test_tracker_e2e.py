@@ -170,7 +170,8 @@ async def test_tracker_serves_two_clusters_over_grpc(cluster_factory, tracker) -
     assert [(p.name, p.port, p.protocol) for p in found.pod.ports] == [("http", 80, pb.TCP)]
     assert list(found.node.internal_ips) == ["192.0.2.2"]
     # The namespace is served with its cluster's id (--cluster-labels=enforce, the default).
-    assert dict(found.namespace.labels) == {"team": "t1", CLUSTER_LABEL: "cluster-2", CLUSTER_NAME_LABEL: "cluster-2"}
+    stamped = {"team": "t1", CLUSTER_LABEL: "cluster-2", CLUSTER_NAME_LABEL: "cluster-2"}
+    assert dict(found.namespace.labels) == clusters[1].namespace_labels("demo", stamped)
     assert await t.pod("192.0.2.1") is None  # hostNetwork pods are not indexed
 
     # Changes made now reach GetPodByIP and an open Watch.

@@ -84,8 +84,9 @@ async def test_status_and_get_with_one_cluster_down(cluster_factory, tmp_path: P
         assert fields["Pod labels"] == "app=web" and fields["Ports"] == "http 80/TCP"
         assert fields["Node IPs"] == "192.0.2.2"
         # The namespace labels as served: stamped with the cluster's id (--cluster-labels=enforce, the default).
-        stamped = "cluster.clusterset.k8s.io=cluster-2,cluster.clusterset.k8s.io/cluster-name=cluster-2"
-        assert fields["Namespace labels"] == f"{stamped},team=t1"
+        stamped = {"cluster.clusterset.k8s.io": "cluster-2", "cluster.clusterset.k8s.io/cluster-name": "cluster-2"}
+        served = sorted(clusters[1].namespace_labels("demo", {**stamped, "team": "t1"}).items())
+        assert fields["Namespace labels"] == ",".join(f"{k}={v}" for k, v in served)
 
         # Bad input: one line naming it, non-zero exit.
         assert await tracker_cli("get", "10.9.9.9", *address) == (

@@ -61,12 +61,6 @@ def kubeconfig_file(path: Path, cluster: LocalCluster, *, server: str | None = N
     return path
 
 
-def namespace_labels(cluster: LocalCluster, name: str, labels: dict[str, str]) -> dict[str, str]:
-    """The labels a namespace created with ``labels`` has: 1.21+ servers add kubernetes.io/metadata.name."""
-    implied = {"kubernetes.io/metadata.name": name} if (cluster.apiserver_version or (0, 0)) >= (1, 21) else {}
-    return {**labels, **implied}
-
-
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -152,7 +146,7 @@ async def test_two_clusters_pod_lifecycle_reaches_index(cluster_factory, writer,
         await eventually(
             lambda: (
                 writer.namespace("cluster-1", "demo").labels
-                == namespace_labels(clusters[0], "demo", {"team": "changed"})
+                == clusters[0].namespace_labels("demo", {"team": "changed"})
             ),
             "ns relabelled",
         )
@@ -160,7 +154,7 @@ async def test_two_clusters_pod_lifecycle_reaches_index(cluster_factory, writer,
         await eventually(lambda: writer.pod("cluster-1", "demo", "sentinel") is not None, "sentinel added")
     ns_calls = [c for c in writer.calls[before:] if c[0] == "upsert" and c[1].__class__.__name__ == "NamespaceRecord"]
     assert len(ns_calls) == 1
-    assert writer.namespace("cluster-2", "demo").labels == namespace_labels(clusters[1], "demo", {"team": "t1"})
+    assert writer.namespace("cluster-2", "demo").labels == clusters[1].namespace_labels("demo", {"team": "t1"})
 
 
 async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, writer, supervisor, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -196,7 +190,7 @@ async def test_expired_watch_relists_and_leaves_nothing_stale(cluster_factory, w
 
         await eventually(lambda: set(writer.pods()) == {("demo", "kept"), ("demo", "new")}, "pods relisted", 30)
         await eventually(
-            lambda: writer.namespace(spec.cluster_id, "demo").labels == namespace_labels(cluster, "demo", {"v": "2"}),
+            lambda: writer.namespace(spec.cluster_id, "demo").labels == cluster.namespace_labels("demo", {"v": "2"}),
             "namespace relisted",
         )
         assert writer.pod(spec.cluster_id, "demo", "kept").labels == {"v": "2"}
