@@ -21,7 +21,7 @@ from kube_ip_tracker.model import NamespaceRecord
 from kube_ip_tracker.testing.netns import PodNetwork
 
 from .conftest import DataplaneFactory
-from .test_verdict_log_root import CLUSTER, NAMESPACE, OWN_MARKS, WEB_INGRESS, pod_record
+from .test_verdict_log_root import CLUSTER, NAMESPACE, WEB_INGRESS, pod_record
 
 pytestmark = pytest.mark.root
 
@@ -48,7 +48,7 @@ async def test_explain_agrees_with_the_applied_verdict(
     engine.set_policy(parse_network_policy(WEB_INGRESS, CLUSTER))
     log = VerdictLog(VerdictLogOptions(mode=VerdictLogMode.ALL, interval=3600.0, rate=1000.0))
     enforcement = LocalEnforcement(engine, CLUSTER, log)
-    dp = make_dataplane(enforcement.decide, **OWN_MARKS)
+    dp = make_dataplane(enforcement.decide)
     await dp.start()
     socket_path = tmp_path / "explain" / "agent.sock"
     server = ExplainServer(socket_path, lambda request: answer(engine, request, CLUSTER))

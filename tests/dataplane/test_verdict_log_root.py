@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY
 from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.policy.evaluator import PolicyEngine
 from kube_ip_tracker.agent.policy.parse import parse_network_policy
-from kube_ip_tracker.agent.run import marks_for_slot
 from kube_ip_tracker.agent.verdict_log import VerdictLog, VerdictLogMode, VerdictLogOptions
 from kube_ip_tracker.logs import JsonFormatter
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
@@ -24,10 +23,6 @@ from kube_ip_tracker.testing.trackers import eventually
 from .conftest import DataplaneFactory
 
 pytestmark = pytest.mark.root
-
-# Mark bits no other test, bench or demo on a shared host uses: another dataplane's queue rule would
-# otherwise take (and decide) packets carrying our queue mark.
-OWN_MARKS = marks_for_slot(6)
 
 CLUSTER = "c1"
 NAMESPACE = "shop"
@@ -83,7 +78,7 @@ async def test_denied_connection_logs_one_line_and_floods_are_counted(
     engine.set_policy(parse_network_policy(WEB_INGRESS, CLUSTER))
     options = VerdictLogOptions(mode=VerdictLogMode.ALL, interval=3600.0, rate=1000.0)
     enforcement = LocalEnforcement(engine, CLUSTER, VerdictLog(options))
-    dp = make_dataplane(enforcement.decide, **OWN_MARKS)
+    dp = make_dataplane(enforcement.decide)
     await dp.start()
     caplog.set_level(logging.INFO, logger="kube_ip_tracker.agent.verdicts")
 
@@ -154,7 +149,7 @@ async def test_rate_limit_over_distinct_tuples(
     engine.set_pod(pod_record(client, "client"))
     engine.set_policy(parse_network_policy(WEB_INGRESS, CLUSTER))
     options = VerdictLogOptions(mode=VerdictLogMode.DENY, interval=3600.0, rate=5.0)
-    dp = make_dataplane(LocalEnforcement(engine, CLUSTER, VerdictLog(options)).decide, **OWN_MARKS)
+    dp = make_dataplane(LocalEnforcement(engine, CLUSTER, VerdictLog(options)).decide)
     await dp.start()
     caplog.set_level(logging.INFO, logger="kube_ip_tracker.agent.verdicts")
     rate_before = suppressed("rate")
