@@ -56,6 +56,12 @@ class ClusterPeer:
     networks: tuple[IPNetwork, ...] = ()  # NETWORKS
     # NETWORKS as (IP version, netmask, network address) integers, for matching without properties.
     masks: tuple[tuple[int, int, int], ...] = ()
+    # NAMESPACES/PODS: the namespace selector matches every namespace (no label lookup needed).
+    any_namespace: bool = field(default=False, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        selector = self.namespace_selector
+        object.__setattr__(self, "any_namespace", selector is None or selector.is_empty)
 
     @classmethod
     def of_networks(cls, networks: tuple[IPNetwork, ...]) -> ClusterPeer:

@@ -419,11 +419,8 @@ class PolicyEngine:
         if entry is None:
             return False
         identity = entry.identity
-        selector = peer.namespace_selector
-        if (
-            selector is not None
-            and not selector.is_empty
-            and not selector.matches(self.world.namespace_labels(identity.cluster, identity.namespace))
+        if not peer.any_namespace and not peer.namespace_selector.matches(  # type: ignore[union-attr]
+            self.world.namespace_labels(identity.cluster, identity.namespace)
         ):
             return False
         return peer.pod_selector is None or peer.pod_selector.matches(identity.labels)
