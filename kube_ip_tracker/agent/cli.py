@@ -26,7 +26,6 @@ from kube_ip_tracker.agent.policy.cluster_compiled import RuleRef
 from kube_ip_tracker.agent.policy.errors import PolicyError
 from kube_ip_tracker.agent.policy.evaluator import Reason
 from kube_ip_tracker.agent.policy.worldfile import WorldFile, decide_probe, load_world
-from kube_ip_tracker.agent.run import add_run_command
 from kube_ip_tracker.logs import configure_logging
 
 log = logging.getLogger("kube_ip_tracker.agent.cli")
@@ -57,20 +56,30 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
 
 
 # Each entry registers one subcommand; its handler is called as handler(args, out, err) -> exit code.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_evaluate_command,
-    add_run_command,
-    add_explain_command,
-]
+def add_run_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``run`` (imported here: the daemon's Kubernetes and gRPC clients take a second or more)."""
+    from kube_ip_tracker.agent.run import add_run_command as add
+
+    add(commands)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subparser per entry of :data:`COMMANDS`."""
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "evaluate": add_evaluate_command,
+    "run": add_run_command,
+    "explain": add_explain_command,
+}
+# Commands that do not need the daemon's code: given first, only they are registered (a fast start).
+LIGHT_COMMANDS = ("evaluate", "explain")
+
+
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of :data:`COMMANDS` (or of ``only``)."""
     parser = argparse.ArgumentParser(prog="kube-ip-agent", description="kube-ip-tracker node agent")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMANDS:
-        register(commands)
+    for name, register in COMMANDS.items():
+        if only is None or name in only:
+            register(commands)
     return parser
 
 
@@ -163,8 +172,10 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point of the ``kube-ip-agent`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(only=(first,) if first in LIGHT_COMMANDS else None)
+    args = parser.parse_args(arguments)
     configure_logging(
         logging.DEBUG if args.verbose else getattr(args, "log_level", logging.INFO),
         getattr(args, "logging_format", "text"),

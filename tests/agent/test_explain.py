@@ -3,6 +3,7 @@ script), its bad input, and ``evaluate --explain`` offline."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_ip_tracker.agent.cli import main
+from kube_ip_tracker.agent.cli import build_parser, main
 from kube_ip_tracker.agent.explain.render import render
 from kube_ip_tracker.agent.explain.request import ExplainRequest, answer
 from kube_ip_tracker.agent.explain.server import ExplainServer
@@ -217,3 +218,13 @@ def test_evaluate_explain_prints_each_probe_trace(tmp_path: Path, capsys: pytest
     assert "ingress of a/x/q: allow: NetworkPolicy x/q-from-p rule 0 (allowed by rule)" in out
     assert "ingress of a/x/q: deny: NetworkPolicy x/q-from-p (isolated, no rule matched)" in out
     assert "peer podSelector app=p (in the policy's namespace): no match" in out
+
+
+def test_explain_and_evaluate_start_without_the_daemon_code() -> None:
+    """``kube-ip-agent explain``/``evaluate`` register only themselves: the daemon's imports are skipped."""
+    probe = "import sys; from kube_ip_tracker.agent.cli import build_parser; build_parser(only=('explain',)); "
+    probe += "print('kube_ip_tracker.agent.run' in sys.modules, 'kubernetes_asyncio' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["False", "False"]
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"evaluate", "run", "explain"}  # the full parser, for --help and run
