@@ -79,6 +79,8 @@ def _positive_int(text: str) -> int:
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """gRPC serving, readiness and metrics."""
+    from kube_ip_tracker.index import DEFAULT_LOG_SIZE
+    from kube_ip_tracker.server.changelog import DEFAULT_MAX_BYTES as DEFAULT_CHANGE_LOG_BYTES
     from kube_ip_tracker.server.grpc_server import DEFAULT_WATCHER_BUFFER_BYTES, DEFAULT_WATCHER_BUFFER_MESSAGES
 
     group = parser.add_argument_group("serving")
@@ -130,8 +132,24 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=DEFAULT_WATCHER_BUFFER_BYTES,
         metavar="BYTES",
-        help=f"the same limit in bytes (default {DEFAULT_WATCHER_BUFFER_BYTES}); queued messages are shared "
-        "between watchers, so this bounds lag, not memory per watcher",
+        help=f"the same limit in bytes (default {DEFAULT_WATCHER_BUFFER_BYTES}); watchers share one change log, "
+        "so this bounds lag, not memory per watcher",
+    )
+    group.add_argument(
+        "--change-log-changes",
+        type=_positive_int,
+        default=DEFAULT_LOG_SIZE,
+        metavar="N",
+        help="changes the change log keeps for resuming watchers: one that reconnects within them gets only what "
+        f"it missed, an older one a reset snapshot (default {DEFAULT_LOG_SIZE})",
+    )
+    group.add_argument(
+        "--change-log-bytes",
+        type=_positive_int,
+        default=DEFAULT_CHANGE_LOG_BYTES,
+        metavar="BYTES",
+        help="the same bound in bytes of encoded changes, whichever is reached first "
+        f"(default {DEFAULT_CHANGE_LOG_BYTES})",
     )
     group.add_argument(
         "--tls-cert-file",
@@ -303,9 +321,9 @@ def load_static_clusters(args: argparse.Namespace) -> list[ClusterSpec]:
     return [in_cluster_spec(args.cluster_id)]
 
 
-def build_index() -> Index:
-    """The index (the only owner of state)."""
-    return Index()
+def build_index(args: argparse.Namespace) -> Index:
+    """The index (the only owner of state), its change log holding ``--change-log-changes``."""
+    return Index(log_size=args.change_log_changes)
 
 
 def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
@@ -325,6 +343,7 @@ def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
         max_watchers=args.max_watchers,
         watcher_buffer=args.watcher_buffer_bytes,
         watcher_buffer_messages=args.watcher_buffer_messages,
+        change_log_bytes=args.change_log_bytes,
         tls=tls,
     )
 
@@ -413,7 +432,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    index = build_index()
+    index = build_index(args)
     try:
         upstreams = build_upstreams(index, args)
     except (OSError, ValueError) as exc:

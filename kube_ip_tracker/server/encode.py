@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -97,25 +96,18 @@ def parse_exclude(names: Sequence[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-class EncodedBatch:
-    """One committed batch with each change serialized and framed once (lazily)."""
+@dataclass(frozen=True, slots=True)
+class DeltaMessage:
+    """One encoded DELTA and the revisions it covers (known from encoding: never read back from the bytes)."""
 
-    __slots__ = ("_framed", "batch")
-
-    def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self._framed: list[bytes] | None = None
-
-    @property
-    def framed(self) -> list[bytes]:
-        if self._framed is None:
-            self._framed = [wire.frame_change(wire.encode_change(c.record, c.deleted)) for c in self.batch.changes]
-        return self._framed
+    first_revision: int
+    revision: int
+    data: bytes
 
 
-def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: int) -> list[bytes]:
+def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: int) -> list[DeltaMessage]:
     """DELTA messages for ``(revision, framed change)`` items; the last message carries ``last_revision``."""
-    out: list[bytes] = []
+    out: list[DeltaMessage] = []
     start = 0
     n = len(items)
     while start < n:
@@ -129,51 +121,37 @@ def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: 
             size += len(items[end][1])
             end += 1
         revision = last_revision if end == n else items[end - 1][0]
-        out.append(
-            wire.encode_response(
-                WR.DELTA,
-                epoch,
-                revision,
-                first_revision=items[start][0],
-                framed_changes=[f for _, f in items[start:end]],
-            )
+        first = items[start][0]
+        data = wire.encode_response(
+            WR.DELTA, epoch, revision, first_revision=first, framed_changes=[f for _, f in items[start:end]]
         )
+        out.append(DeltaMessage(first, revision, data))
         start = end
     metrics.DELTA_ENCODINGS.inc(len(out))
     return out
 
 
-def merge_queued_deltas(first: bytes, queue: deque[tuple[bytes, str]]) -> tuple[bytes, int]:
-    """Merge the DELTA ``first`` with the DELTAs at the head of ``queue`` (popped) into one message.
+def fits_after(first: DeltaMessage, size: int, nxt: DeltaMessage) -> bool:
+    """Whether ``nxt`` may join a merged DELTA that starts with ``first`` and has ``size`` bytes so far.
 
-    For a watcher whose queue backs up: one write instead of many, which is most of what a message
-    costs. The merged message stays within the limits of :func:`chunk_deltas` (a revision span of
-    ``MAX_CHANGES_PER_MESSAGE``, ``MAX_BYTES_PER_MESSAGE``). Returns it and the bytes popped.
+    The merged message stays within the limits of :func:`chunk_deltas`: a revision span of
+    ``MAX_CHANGES_PER_MESSAGE`` and ``MAX_BYTES_PER_MESSAGE``.
     """
-    _, _, start = wire.response_header(first)
-    parts, size, taken = [first], len(first), 0
-    while queue and queue[0][1] == "DELTA":
-        data = queue[0][0]
-        kind, revision, _ = wire.response_header(data)
-        if kind != WR.DELTA or revision - start >= MAX_CHANGES_PER_MESSAGE or size + len(data) > MAX_BYTES_PER_MESSAGE:
-            break
-        queue.popleft()
-        parts.append(data)
-        size += len(data)
-        taken += len(data)
-    return merge_deltas(parts, start), taken
+    return (
+        nxt.revision - first.first_revision < MAX_CHANGES_PER_MESSAGE and size + len(nxt.data) <= MAX_BYTES_PER_MESSAGE
+    )
 
 
-def merge_deltas(messages: Sequence[bytes], first_revision: int) -> bytes:
-    """One DELTA equal to consecutive DELTAs of one stream, the first starting at ``first_revision``.
+def merge_deltas(messages: Sequence[DeltaMessage]) -> bytes:
+    """One DELTA equal to consecutive DELTAs of one stream.
 
     Protobuf parses concatenated messages as one: repeated changes add up and the last value of a
     scalar wins, so the result carries the last message's revision; a trailing ``first_revision``
     makes it cover the whole range.
     """
     if len(messages) == 1:
-        return messages[0]
-    return b"".join(messages) + b"\x20" + wire.varint(first_revision)
+        return messages[0].data
+    return b"".join(m.data for m in messages) + b"\x20" + wire.varint(messages[0].first_revision)
 
 
 def content_items(content: ClusterContent, revision: int) -> list[tuple[int, bytes]]:
@@ -199,16 +177,15 @@ class FilterGroup:
                 if status is not None and flt.admits(status):
                     self.visible.add(name)
 
-    def encode(self, enc: EncodedBatch, epoch: str) -> list[bytes]:
+    def encode(self, batch: Batch, framed_changes: Sequence[bytes], epoch: str) -> list[DeltaMessage]:
         """DELTA messages of a batch for this group (shared by its watchers); updates visibility."""
-        batch = enc.batch
         epoch = self.filter.stream_epoch(epoch)
         if self.filter.everything:
-            items = list(zip((c.revision for c in batch.changes), enc.framed, strict=True))
+            items = list(zip((c.revision for c in batch.changes), framed_changes, strict=True))
             return chunk_deltas(epoch, items, batch.revision)
         decided: dict[str, str] = {}  # cluster -> "send" | "skip" | "done"
         items = []
-        for change, framed in zip(batch.changes, enc.framed, strict=True):
+        for change, framed in zip(batch.changes, framed_changes, strict=True):
             name = change.cluster
             action = decided.get(name)
             if action is None:
@@ -243,24 +220,23 @@ class FilterGroup:
         return "skip"
 
 
-def filter_resume_batches(flt: WatchFilter, index: Index, batches: Iterable[Batch]) -> list[tuple[int, bytes]]:
-    """A resuming watcher's missed changes under its filter.
+def filter_logged_changes(
+    flt: WatchFilter, index: Index, changes: Iterable[tuple[Change, bytes]]
+) -> list[tuple[int, bytes]]:
+    """``(revision, framed)`` of the already framed logged ``changes`` a filter admits, for a stream
+    that reads log entries its filter group did not encode (it was created after them).
 
     Exact for cluster filters. The tracker-id exclusion is judged on the current cluster paths, so the
     caller sends a reset snapshot instead when a cluster status changed in the missed range.
     """
-    items: list[tuple[int, bytes]] = []
     if flt.everything:  # nothing to judge: every change goes (most watchers)
-        for batch in batches:
-            items += [(c.revision, wire.frame_change(wire.encode_change(c.record, c.deleted))) for c in batch.changes]
-        return items
-    for batch in batches:
-        for change in batch.changes:
-            status = index.cluster_status(change.cluster)
-            record_status = change.record if isinstance(change.record, ClusterStatusRecord) else None
-            if not flt.admits(status or record_status or ClusterStatusRecord(change.cluster)):
-                continue
-            items.append((change.revision, wire.frame_change(wire.encode_change(change.record, change.deleted))))
+        return [(c.revision, framed) for c, framed in changes]
+    items: list[tuple[int, bytes]] = []
+    for change, framed in changes:
+        status = index.cluster_status(change.cluster)
+        record_status = change.record if isinstance(change.record, ClusterStatusRecord) else None
+        if flt.admits(status or record_status or ClusterStatusRecord(change.cluster)):
+            items.append((change.revision, framed))
     return items
 
 

@@ -1,10 +1,14 @@
-"""Fan-out of committed index batches to Watch streams.
+"""Fan-out: every Watch stream reads the server's change log (:mod:`.changelog`) from its own position.
 
-The fan-out subscribes to the index. For each committed batch it encodes the DELTA messages once per
-watcher filter (:class:`~.encode.FilterGroup`) and appends the same ``bytes`` objects to every
-watcher's queue. Queues are bounded by messages and bytes: a watcher that cannot keep up is marked
-overflowed (its stream is then ended with RESOURCE_EXHAUSTED) and nothing more is queued for it, so
-it never delays the others nor holds unbounded memory.
+The fan-out subscribes to the index. Each committed batch becomes one log entry, framed once, and
+for each filter that has watchers (:class:`~.encode.FilterGroup`) its DELTA messages are encoded
+once and memoised on the entry. A :class:`Watcher` is a cursor: its stream sends "from my position
+to the head", merging consecutive entries' DELTAs into one message within the per-message limits,
+so live streaming, catching up after a snapshot and resuming are one path.
+
+A watcher whose unsent part of the log grows beyond its lag limits (messages, bytes), or whose
+position falls off the log's tail, is marked overflowed: its stream ends with RESOURCE_EXHAUSTED
+and the watcher resumes from its last revision (a reset snapshot if the log no longer reaches it).
 """
 
 from __future__ import annotations
@@ -15,86 +19,61 @@ from collections import deque
 
 import grpc
 
-from kube_ip_tracker import wire
-from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Batch, Index
 from kube_ip_tracker.server import metrics
-from kube_ip_tracker.server.encode import EncodedBatch, FilterGroup, WatchFilter, merge_queued_deltas
+from kube_ip_tracker.server.changelog import DEFAULT_MAX_BYTES, ChangeLog, LogEntry
+from kube_ip_tracker.server.encode import (
+    DeltaMessage,
+    FilterGroup,
+    WatchFilter,
+    chunk_deltas,
+    filter_logged_changes,
+    fits_after,
+    merge_deltas,
+)
 
 log = logging.getLogger(__name__)
 
-WR = pb.WatchResponse
-
 
 class Watcher:
-    """One Watch stream's send queue."""
+    """One Watch stream's position in the change log and how far behind the head it is."""
 
-    def __init__(self, name: str, peer: str, flt: WatchFilter, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, name: str, peer: str, flt: WatchFilter, epoch: str, max_messages: int, max_bytes: int) -> None:
         self.name = name
         self.peer = peer
         self.filter = flt
+        self.epoch = epoch  # the stream's epoch (WatchFilter.stream_epoch)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._queue: deque[tuple[bytes, str]] = deque()
-        self.queued_bytes = 0
+        self.cursor = 0  # seq of the next log entry to send
+        self.revision = 0  # revision the watcher is at once it has what was taken from the log
+        self.counted_from = 0  # entries from this seq on are counted in behind_*
+        self.behind_messages = 0
+        self.behind_bytes = 0
+        self.pending: deque[DeltaMessage] = deque()  # the rest of a taken entry that did not fit one message
+        self.progress_due = False
         self.overflow_reason = ""
         self.fail_code = grpc.StatusCode.RESOURCE_EXHAUSTED
         self.overflowed = asyncio.Event()
-        self.closing = False
-        self._wakeup = asyncio.Event()
 
-    def offer(self, data: bytes, kind: str) -> bool:
-        """Queue one message; on overflow mark the watcher and drop its queue. False if not queued."""
-        if self.overflow_reason or self.closing:
-            return False
-        if len(self._queue) >= self.max_messages or self.queued_bytes + len(data) > self.max_bytes:
-            self.overflow_reason = (
-                f"watcher {self.name!r} ({self.peer}) is too slow: its send queue is full "
-                f"({len(self._queue)} messages, {self.queued_bytes} bytes; limits {self.max_messages} messages, "
-                f"{self.max_bytes} bytes); reconnect to resume from the last applied revision"
-            )
-            self._queue.clear()
-            self.queued_bytes = 0
+    def fail(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> None:
+        """Mark the watcher for disconnection (its handler ends the stream with ``code``)."""
+        if not self.overflow_reason:
+            self.overflow_reason = reason
+            self.fail_code = code
             self.overflowed.set()
-            self._wakeup.set()
-            return False
-        self._queue.append((data, kind))
-        self.queued_bytes += len(data)
-        self._wakeup.set()
-        return True
-
-    def close(self) -> None:
-        """Stop accepting messages; :meth:`next` returns ``None`` once the queue is drained."""
-        self.closing = True
-        self._wakeup.set()
-
-    async def next(self) -> tuple[bytes, str] | None:
-        """The next queued message, waiting for one; ``None`` when closed and drained.
-
-        DELTAs queued back to back (the stream fell behind) go out merged into one message
-        (:func:`~.encode.merge_queued_deltas`): one write instead of many.
-        """
-        while True:
-            if self._queue:
-                data, kind = self._queue.popleft()
-                self.queued_bytes -= len(data)
-                if kind == "DELTA" and self._queue and self._queue[0][1] == "DELTA":
-                    data, taken = merge_queued_deltas(data, self._queue)
-                    self.queued_bytes -= taken
-                return data, kind
-            if self.closing or self.overflow_reason:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
 
 
 class Fanout:
-    """Delivers index batches to watchers, encoding once per filter."""
+    """The change log and the watchers reading it, with one DELTA encoding per filter and batch."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, max_log_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.index = index
+        self.log = ChangeLog(index, max_log_bytes)
         self._groups: dict[WatchFilter, FilterGroup] = {}
         self._members: dict[WatchFilter, set[Watcher]] = {}
+        self._changed = asyncio.Event()
+        self.closing = False
         self._unsubscribe = index.subscribe(self._on_batch)
 
     @property
@@ -104,17 +83,25 @@ class Fanout:
     def __len__(self) -> int:
         return sum(len(m) for m in self._members.values())
 
-    def add(self, watcher: Watcher) -> None:
-        """Start queueing batches committed from now on for ``watcher``."""
+    def add(self, watcher: Watcher, revision: int) -> bool:
+        """Register ``watcher`` to stream the changes after ``revision``; False if the log does not reach back.
+
+        Nothing may be awaited between choosing ``revision`` and this call.
+        """
+        seq = self.log.seq_after(revision)
+        if seq is None:
+            return False
+        watcher.cursor, watcher.revision, watcher.counted_from = seq, revision, self.log.next_seq
         flt = watcher.filter
         if flt not in self._groups:
             self._groups[flt] = FilterGroup(flt, self.index)
             self._members[flt] = set()
         self._members[flt].add(watcher)
         metrics.WATCHERS.inc()
+        return True
 
     def remove(self, watcher: Watcher) -> bool:
-        """Stop queueing for ``watcher``; False if it was not registered."""
+        """Stop tracking ``watcher``; False if it was not registered."""
         members = self._members.get(watcher.filter)
         if members is None or watcher not in members:
             return False
@@ -126,47 +113,117 @@ class Fanout:
         return True
 
     def broadcast_progress(self, epoch: str, revision: int) -> None:
-        """Queue a PROGRESS at ``revision`` for every watcher, in the epoch of its stream (one encoding per epoch)."""
-        encoded: dict[str, bytes] = {}
-        for flt, members in list(self._members.items()):
-            stream_epoch = flt.stream_epoch(epoch)
-            data = encoded.get(stream_epoch)
-            if data is None:
-                data = encoded[stream_epoch] = wire.encode_response(WR.PROGRESS, stream_epoch, revision)
-            for w in list(members):
-                self._offer(w, data, "PROGRESS")
+        """Have every watcher send a PROGRESS once it has sent the log up to the head (``revision``)."""
+        for w in self.watchers:
+            w.progress_due = True
+        self._wake()
 
     def close(self) -> None:
-        """Detach from the index and close every watcher's queue."""
+        """Detach from the index; each stream sends the log up to the head, then ends."""
         self._unsubscribe()
-        for w in self.watchers:
-            w.close()
+        self.closing = True
+        self._wake()
 
-    def _offer(self, watcher: Watcher, data: bytes, kind: str) -> None:
-        if not watcher.offer(data, kind) and watcher.overflow_reason and self.remove(watcher):
+    async def changed(self) -> None:
+        """Wait until a batch is logged, a PROGRESS is due, or the fan-out closes."""
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def next_delta(self, watcher: Watcher) -> bytes | None:
+        """The next DELTA for ``watcher`` from its position towards the head, merged; ``None`` if caught up."""
+        parts: list[DeltaMessage] = []
+        size = 0
+        pending = watcher.pending
+        while True:
+            if not pending:
+                if watcher.cursor >= self.log.next_seq:
+                    break
+                entry = self.log.get(watcher.cursor)
+                if entry is None:
+                    self._fell_behind(watcher)
+                    return None
+                pending.extend(self._deltas(watcher, entry))
+                watcher.cursor += 1
+                watcher.revision = entry.batch.revision
+                continue
+            nxt = pending[0]
+            if parts and not fits_after(parts[0], size, nxt):
+                break
+            parts.append(pending.popleft())
+            size += len(nxt.data)
+        return merge_deltas(parts) if parts else None
+
+    def _deltas(self, watcher: Watcher, entry: LogEntry) -> list[DeltaMessage]:
+        """``entry``'s DELTAs for ``watcher``: memoised if its filter group encoded it, encoded here otherwise."""
+        flt = watcher.filter
+        partial = entry.batch.first_revision <= watcher.revision  # resuming inside a batch
+        memo = None if partial else entry.deltas.get(flt)
+        if memo is not None:
+            if entry.seq >= watcher.counted_from:
+                watcher.behind_messages -= len(memo)
+                watcher.behind_bytes -= sum(len(m.data) for m in memo)
+            return memo
+        start = watcher.revision - entry.batch.first_revision + 1 if partial else 0
+        changes = zip(entry.batch.changes[start:], entry.framed[start:], strict=True)
+        items = filter_logged_changes(flt, self.index, changes)
+        messages = chunk_deltas(watcher.epoch, items, entry.batch.revision) if items else []
+        if flt.everything and not partial:  # stateless: every later reader may share it
+            self.log.grew(entry.memoise(flt, messages))
+        return messages
+
+    def _fell_behind(self, watcher: Watcher) -> None:
+        if self.remove(watcher):
             metrics.SLOW_WATCHER_DISCONNECTS.inc()
-            log.warning("Disconnecting slow watcher: %s", watcher.overflow_reason)
+        watcher.fail(
+            f"watcher {watcher.name!r} ({watcher.peer}) is too slow: the tracker's change log no longer holds "
+            f"the changes after revision {watcher.revision} it has yet to send (log from revision "
+            f"{self.log.first_revision}); reconnect to resume (a reset snapshot if the log does not reach back)"
+        )
+        log.warning("Disconnecting slow watcher: %s", watcher.overflow_reason)
+
+    # -- committing ----------------------------------------------------------------------------
 
     def _on_batch(self, batch: Batch) -> None:
-        if not self._groups:
-            return
-        enc = EncodedBatch(batch)
+        entry = self.log.append(batch)
         epoch = self.index.epoch
         for flt, group in list(self._groups.items()):
             try:
-                messages = group.encode(enc, epoch)
+                messages = group.encode(batch, entry.framed, epoch)
             except Exception:
                 log.exception("Encoding batch %d..%d for filter %s failed", batch.first_revision, batch.revision, flt)
                 for w in list(self._members.get(flt, ())):
-                    w.overflow_reason = "internal error encoding changes; reconnect"
-                    w.fail_code = grpc.StatusCode.INTERNAL
-                    w.overflowed.set()
+                    w.fail("internal error encoding changes; reconnect", grpc.StatusCode.INTERNAL)
                     self.remove(w)
                 continue
-            if not messages:
-                continue
-            for w in list(self._members.get(flt, ())):
-                for m in messages:
-                    self._offer(w, m, "DELTA")
-                    if w.overflow_reason:
-                        break
+            self.log.grew(entry.memoise(flt, messages))
+            if messages:
+                self._count(flt, messages)
+        watchers = self.watchers
+        self.log.trim(min((w.cursor for w in watchers), default=None))
+        first = self.log.first_seq
+        for w in watchers:
+            if w.cursor < first:
+                self._fell_behind(w)
+        self._wake()
+
+    def _count(self, flt: WatchFilter, messages: list[DeltaMessage]) -> None:
+        """Add a new entry's DELTAs to how far behind each watcher of ``flt`` is; mark those over their limits."""
+        n, size = len(messages), sum(len(m.data) for m in messages)
+        for w in list(self._members.get(flt, ())):
+            w.behind_messages += n
+            w.behind_bytes += size
+            if w.behind_messages > w.max_messages or w.behind_bytes > w.max_bytes:
+                self.remove(w)
+                metrics.SLOW_WATCHER_DISCONNECTS.inc()
+                w.fail(
+                    f"watcher {w.name!r} ({w.peer}) is too slow: its send queue is full "
+                    f"({w.behind_messages} messages, {w.behind_bytes} bytes behind the change log's head; limits "
+                    f"{w.max_messages} messages, {w.max_bytes} bytes); reconnect to resume from the last applied "
+                    "revision"
+                )
+                log.warning("Disconnecting slow watcher: %s", w.overflow_reason)

@@ -29,6 +29,7 @@ from kube_ip_tracker import wire
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.server import metrics
+from kube_ip_tracker.server.changelog import DEFAULT_MAX_BYTES as DEFAULT_CHANGE_LOG_BYTES
 from kube_ip_tracker.server.fanout import Fanout
 from kube_ip_tracker.server.watch import WatchService
 
@@ -38,8 +39,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tracker"].full_name
 
 DEFAULT_MAX_WATCHERS = 10_000
 DEFAULT_PROGRESS_INTERVAL = 10.0
-# Queued messages are the same bytes objects for every watcher with a filter, so these bound how far one
-# watcher may lag (a 100k-pod cluster appearing at once is ~25 MB of DELTAs), not memory per watcher.
+# Watchers read one shared change log, so these bound how far one watcher may lag behind its head
+# (a 100k-pod cluster appearing at once is ~25 MB of DELTAs), not memory per watcher.
 DEFAULT_WATCHER_BUFFER_BYTES = 64 << 20
 DEFAULT_WATCHER_BUFFER_MESSAGES = 10_000
 DEFAULT_SNAPSHOT_CACHE_TTL = 5.0
@@ -110,6 +111,7 @@ class TrackerServer:
         watcher_buffer: int = DEFAULT_WATCHER_BUFFER_BYTES,
         watcher_buffer_messages: int = DEFAULT_WATCHER_BUFFER_MESSAGES,
         snapshot_cache_ttl: float = DEFAULT_SNAPSHOT_CACHE_TTL,
+        change_log_bytes: int = DEFAULT_CHANGE_LOG_BYTES,
         tls: grpc.ServerCredentials | None = None,
         extra_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
@@ -127,7 +129,10 @@ class TrackerServer:
         self._serving_reported = False
         self._tls = tls
         self._options = [*keepalive_options(), *admission_options(max_watchers), *extra_options]
+        if change_log_bytes < 1:
+            raise ValueError(f"change_log_bytes must be positive, got {change_log_bytes}")
         self._limits = (max_watchers, watcher_buffer_messages, watcher_buffer, snapshot_cache_ttl)
+        self._change_log_bytes = change_log_bytes
         self._server: grpc.aio.Server | None = None
         self._fanout: Fanout | None = None
         self._watch: WatchService | None = None
@@ -143,7 +148,7 @@ class TrackerServer:
         if self._server is not None:
             raise RuntimeError("TrackerServer already started")
         max_watchers, buf_messages, buf_bytes, ttl = self._limits
-        self._fanout = Fanout(self.index)
+        self._fanout = Fanout(self.index, self._change_log_bytes)
         self._watch = WatchService(
             self.index,
             self._fanout,
@@ -192,7 +197,7 @@ class TrackerServer:
         if self._progress_task is not None:
             self._progress_task.cancel()
         self.index.flush()
-        self._fanout.close()  # each stream sends what is queued, then ends with OK
+        self._fanout.close()  # each stream sends the change log up to its head, then ends with OK
         self._watch.snapshots.clear()
         await server.stop(grace)
         log.info("Tracker gRPC server on port %d stopped", self.bound_port)

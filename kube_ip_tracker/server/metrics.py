@@ -44,3 +44,10 @@ PROGRESS_LOOP_ERRORS = Counter(
     "kube_ip_tracker_server_progress_loop_errors_total",
     "Failures of the periodic PROGRESS loop (retried with backoff).",
 )
+CHANGE_LOG_ENTRIES = Gauge(
+    "kube_ip_tracker_server_change_log_entries", "Committed batches in the server's framed change log."
+)
+CHANGE_LOG_BYTES = Gauge(
+    "kube_ip_tracker_server_change_log_bytes",
+    "Bytes of framed changes and memoised DELTA messages in the server's change log (--change-log-bytes).",
+)

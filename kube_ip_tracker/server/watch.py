@@ -1,4 +1,4 @@
-"""The Watch RPC: admission, snapshot or resume, then the watcher's queue until the stream ends.
+"""The Watch RPC: admission, filter, snapshot or resume, then the change log from the watcher's position.
 
 Resume rules (see the proto): same epoch and a revision the change log still reaches -> END_OF_SNAPSHOT
 at that revision, then only the missed changes. Unknown epoch, or a revision older than the log ->
@@ -6,6 +6,10 @@ a snapshot whose first message has ``reset``. A revision *ahead* of the tracker'
 epoch cannot come from this tracker and is refused with INVALID_ARGUMENT naming both revisions.
 A watcher with cluster filters sees the epoch plus a fingerprint of them (``WatchFilter.stream_epoch``):
 resuming with other filters is an unknown epoch, so it gets a reset snapshot of what the new filters admit.
+
+After the start (a snapshot, or END_OF_SNAPSHOT for a resume) a stream is one loop: send the
+server's change log (:mod:`.changelog`) from the watcher's position to the head, then wait. A snapshot
+shared from the cache at an older revision and a resume are the same: a position further back.
 
 The handler is registered with ``response_serializer=None``: it writes ready ``bytes`` so a DELTA
 encoded once is shared by all watchers with the same filter, and a snapshot encoded once is shared
@@ -17,23 +21,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
 from kube_ip_tracker import wire
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
-from kube_ip_tracker.index import Batch, Index
+from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import ClusterStatusRecord
 from kube_ip_tracker.server import metrics
-from kube_ip_tracker.server.encode import (
-    EncodedSnapshot,
-    WatchFilter,
-    chunk_deltas,
-    filter_resume_batches,
-    parse_exclude,
-)
+from kube_ip_tracker.server.encode import EncodedSnapshot, WatchFilter, parse_exclude
 from kube_ip_tracker.server.fanout import Fanout, Watcher
 
 log = logging.getLogger(__name__)
@@ -54,18 +53,19 @@ class SnapshotCache:
         self.ttl = ttl
         self._entries: dict[WatchFilter, tuple[EncodedSnapshot, float]] = {}
 
-    def get(self, index: Index, flt: WatchFilter) -> tuple[EncodedSnapshot, bool]:
-        """A snapshot for ``flt`` that the change log can bring up to date; True if it was shared."""
+    def get(self, index: Index, flt: WatchFilter, log_first_revision: int) -> tuple[EncodedSnapshot, bool]:
+        """A snapshot for ``flt`` that a change log holding ``log_first_revision`` on can bring up to date;
+        True if it was shared."""
         now = self.expire()
         revision = index.revision  # commits pending writes
         entry = self._entries.get(flt)
         if entry is not None and entry[0].error is None and entry[0].snapshot.epoch == index.epoch:
             snap = entry[0]
             if snap.revision == revision or (
-                not flt.tracker_id and now - entry[1] <= self.ttl and index.log_first_revision <= snap.revision + 1
+                not flt.tracker_id and now - entry[1] <= self.ttl and log_first_revision <= snap.revision + 1
             ):
                 return snap, True
-        snap = EncodedSnapshot(index.snapshot(None if flt.everything else flt.admits), flt)
+        snap = EncodedSnapshot(index.snapshot(_admits(flt)), flt)
         self._entries[flt] = (snap, now)
         return snap, False
 
@@ -81,6 +81,14 @@ class SnapshotCache:
         for snap, _ in self._entries.values():
             snap.cancel()
         self._entries.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStart:
+    """How a stream starts: ``resume_from`` a revision (END_OF_SNAPSHOT there), or a snapshot (``reset`` or not)."""
+
+    resume_from: int | None = None
+    reset: bool = False
 
 
 class WatchService:
@@ -109,6 +117,22 @@ class WatchService:
         """Serve one Watch stream."""
         peer = context.peer()
         name = request.watcher_name or peer
+        await self._admit(name, peer, context)
+        flt = await self._parse_filter(request, name, peer, context)
+        epoch = flt.stream_epoch(self.index.epoch)  # a resume point is only valid with the same cluster filters
+        start = await self._decide_start(request, epoch, flt, name, peer, context)
+        watcher = Watcher(name, peer, flt, epoch, self.buffer_messages, self.buffer_bytes)
+        # Nothing is awaited from choosing the start revision to registering the watcher at it.
+        if start.resume_from is not None:
+            initial = self._resume(watcher, start.resume_from)
+        else:
+            initial = self._snapshot(watcher, start.reset)
+        await self._serve(watcher, initial, context)
+
+    # -- the parts of a Watch call, in order ------------------------------------------------------
+
+    async def _admit(self, name: str, peer: str, context: grpc.aio.ServicerContext) -> None:
+        """Refuse the call while shutting down or at --max-watchers."""
         if self.closing:
             metrics.WATCHERS_REJECTED.labels("shutting_down").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tracker is shutting down; connect to another one")
@@ -120,6 +144,11 @@ class WatchService:
                 f"tracker has {self.active} watchers open, the limit (--max-watchers) is {self.max_watchers}; "
                 "retry later or use another tracker",
             )
+
+    async def _parse_filter(
+        self, request: pb.WatchRequest, name: str, peer: str, context: grpc.aio.ServicerContext
+    ) -> WatchFilter:
+        """The request's filter; INVALID_ARGUMENT naming a bad ``exclude_clusters`` entry."""
         try:
             exclude = parse_exclude(request.exclude_clusters)
         except ValueError as e:
@@ -130,84 +159,104 @@ class WatchService:
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             log.info("Watcher %r (%s) asks for clusters not (yet) known: %s", name[:100], peer, shown)
+        return flt
 
-        resume_batches = None
-        reset = False
-        epoch = flt.stream_epoch(self.index.epoch)  # a resume point is only valid with the same cluster filters
-        if request.epoch:
-            if request.epoch == epoch:
-                current = self.index.revision
-                if request.revision > current:
-                    metrics.WATCHERS_REJECTED.labels("revision_ahead").inc()
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"resume revision {request.revision} is ahead of the tracker's revision {current} "
-                        f"in epoch {epoch}; drop the resume point and watch again",
-                    )
-                resume_batches = self.index.changes_since(request.revision)
-                if resume_batches and flt.tracker_id and _status_changed(resume_batches):
-                    # Which clusters the watcher saw depended on their paths at the time; not in the log.
-                    log.info(
-                        "Watcher %r (%s): cluster statuses changed since revision %d", name, peer, request.revision
-                    )
-                    resume_batches = None
-            if resume_batches is None:
-                reset = True
-                log.info(
-                    "Watcher %r (%s) cannot resume from epoch %s revision %d (epoch %s, log from revision %d): "
-                    "sending a reset snapshot",
-                    name,
-                    peer,
-                    request.epoch,
-                    request.revision,
-                    epoch,
-                    self.index.log_first_revision,
+    async def _decide_start(
+        self,
+        request: pb.WatchRequest,
+        epoch: str,
+        flt: WatchFilter,
+        name: str,
+        peer: str,
+        context: grpc.aio.ServicerContext,
+    ) -> WatchStart:
+        """Resume, snapshot or reset snapshot (see the module docstring); a revision ahead is INVALID_ARGUMENT."""
+        if not request.epoch:
+            return WatchStart()
+        if request.epoch == epoch:
+            current = self.index.revision  # commits pending writes
+            if request.revision > current:
+                metrics.WATCHERS_REJECTED.labels("revision_ahead").inc()
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"resume revision {request.revision} is ahead of the tracker's revision {current} "
+                    f"in epoch {epoch}; drop the resume point and watch again",
                 )
+            seq = self.fanout.log.seq_after(request.revision)
+            if seq is not None and flt.tracker_id and self._status_set_since(seq):
+                # Which clusters the watcher saw depended on their paths at the time; not in the log.
+                log.info("Watcher %r (%s): cluster statuses changed since revision %d", name, peer, request.revision)
+                seq = None
+            if seq is not None:
+                return WatchStart(resume_from=request.revision)
+        log.info(
+            "Watcher %r (%s) cannot resume from epoch %s revision %d (epoch %s, log from revision %d): "
+            "sending a reset snapshot",
+            name,
+            peer,
+            request.epoch,
+            request.revision,
+            epoch,
+            self.fanout.log.first_revision,
+        )
+        return WatchStart(reset=True)
 
-        watcher = Watcher(name, peer, flt, self.buffer_messages, self.buffer_bytes)
-        initial: AsyncIterator[tuple[bytes, str]]
-        if resume_batches is not None:
-            # Nothing awaited between changes_since() and add(): no batch is missed or repeated.
-            items = filter_resume_batches(flt, self.index, resume_batches)
-            current = self.index.committed_revision
-            self.fanout.add(watcher)
-            messages = [(wire.encode_response(WR.END_OF_SNAPSHOT, epoch, request.revision), "END_OF_SNAPSHOT")]
-            messages += [(m, "DELTA") for m in chunk_deltas(epoch, items, current)] if items else []
-            initial = _from_list(messages)
-            metrics.SNAPSHOTS_SENT.labels("resume").inc()
-            log.info(
-                "Watcher %r (%s, %s) resumes from revision %d: %d missed changes",
-                name,
-                peer,
-                flt.describe(),
-                request.revision,
-                len(items),
-            )
-        else:
-            snap, shared = self.snapshots.get(self.index, flt)
-            catch_up: list[tuple[bytes, str]] = []
-            current = self.index.committed_revision
-            if snap.revision < current:  # a shared older snapshot: add the changes since, from the log
-                batches = self.index.changes_since(snap.revision) or []
-                items = filter_resume_batches(flt, self.index, batches)
-                catch_up = [(m, "DELTA") for m in chunk_deltas(epoch, items, current)] if items else []
-            self.fanout.add(watcher)
-            initial = _chain(snap.messages(reset), catch_up)
-            metrics.SNAPSHOTS_SENT.labels("reset" if reset else "full").inc()
-            log.info(
-                "Watcher %r (%s, %s) gets a %ssnapshot at revision %d (%d objects%s, %d catch-up messages)",
-                name,
-                peer,
-                flt.describe(),
-                "reset " if reset else "",
-                snap.revision,
-                snap.snapshot.object_count(),
-                ", shared encoding" if shared else "",
-                len(catch_up),
-            )
+    def _status_set_since(self, seq: int) -> bool:
+        """True if a cluster status was set (not deleted) in the log from ``seq`` on."""
+        log_ = self.fanout.log
+        for s in range(seq, log_.next_seq):
+            entry = log_.get(s)
+            if entry is not None and any(
+                isinstance(c.record, ClusterStatusRecord) and not c.deleted for c in entry.batch.changes
+            ):
+                return True
+        return False
 
+    def _resume(self, watcher: Watcher, revision: int) -> list[tuple[bytes, str]]:
+        """Register ``watcher`` after ``revision``; its stream starts with END_OF_SNAPSHOT there."""
+        added = self.fanout.add(watcher, revision)
+        assert added, "the start was decided on this log without awaiting"
+        metrics.SNAPSHOTS_SENT.labels("resume").inc()
+        log.info(
+            "Watcher %r (%s, %s) resumes from revision %d: %d missed changes",
+            watcher.name,
+            watcher.peer,
+            watcher.filter.describe(),
+            revision,
+            self.index.committed_revision - revision,
+        )
+        return [(wire.encode_response(WR.END_OF_SNAPSHOT, watcher.epoch, revision), "END_OF_SNAPSHOT")]
+
+    def _snapshot(self, watcher: Watcher, reset: bool) -> AsyncIterator[tuple[bytes, str]]:
+        """Register ``watcher`` at a (possibly shared, older) snapshot's revision; the log brings it up to date."""
+        snap, shared = self.snapshots.get(self.index, watcher.filter, self.fanout.log.first_revision)
+        if not self.fanout.add(watcher, snap.revision):  # the log was trimmed past a shared snapshot
+            snap, shared = EncodedSnapshot(self.index.snapshot(_admits(watcher.filter)), watcher.filter), False
+            added = self.fanout.add(watcher, snap.revision)
+            assert added, "a snapshot at the committed revision is always reachable"
+        metrics.SNAPSHOTS_SENT.labels("reset" if reset else "full").inc()
+        log.info(
+            "Watcher %r (%s, %s) gets a %ssnapshot at revision %d (%d objects%s, %d changes to catch up)",
+            watcher.name,
+            watcher.peer,
+            watcher.filter.describe(),
+            "reset " if reset else "",
+            snap.revision,
+            snap.snapshot.object_count(),
+            ", shared encoding" if shared else "",
+            self.index.committed_revision - snap.revision,
+        )
+        return snap.messages(reset)
+
+    async def _serve(
+        self,
+        watcher: Watcher,
+        initial: AsyncIterator[tuple[bytes, str]] | list[tuple[bytes, str]],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Run the send loop until the stream ends; an overflowed watcher's stream ends with its status."""
         self.active += 1
-        pump = asyncio.create_task(self._pump(watcher, initial, context), name=f"watch-pump-{name}")
+        pump = asyncio.create_task(self._send_loop(watcher, initial, context), name=f"watch-pump-{watcher.name}")
         overflow = asyncio.create_task(watcher.overflowed.wait())
         try:
             await asyncio.wait({pump, overflow}, return_when=asyncio.FIRST_COMPLETED)
@@ -215,23 +264,38 @@ class WatchService:
                 pump.cancel()
                 await context.abort(watcher.fail_code, watcher.overflow_reason)
             await pump  # re-raise a failed write
-            log.info("Watch stream of %r (%s) ended by the tracker", name, peer)
+            log.info("Watch stream of %r (%s) ended by the tracker", watcher.name, watcher.peer)
         finally:
             self.active -= 1
             self.fanout.remove(watcher)
             for task in (pump, overflow):
                 task.cancel()
 
-    async def _pump(
-        self, watcher: Watcher, initial: AsyncIterator[tuple[bytes, str]], context: grpc.aio.ServicerContext
+    async def _send_loop(
+        self,
+        watcher: Watcher,
+        initial: AsyncIterator[tuple[bytes, str]] | list[tuple[bytes, str]],
+        context: grpc.aio.ServicerContext,
     ) -> None:
-        async for data, kind in initial:
-            await _write(context, data, kind)
-        while True:
-            item = await watcher.next()
-            if item is None:
+        """The start messages, then the change log from the watcher's position to the head, forever."""
+        if isinstance(initial, list):
+            for data, kind in initial:
+                await _write(context, data, kind)
+        else:
+            async for data, kind in initial:
+                await _write(context, data, kind)
+        fanout = self.fanout
+        while not watcher.overflow_reason:
+            data = fanout.next_delta(watcher)
+            if data is not None:
+                await _write(context, data, "DELTA")
+            elif watcher.progress_due:
+                watcher.progress_due = False
+                await _write(context, wire.encode_response(WR.PROGRESS, watcher.epoch, watcher.revision), "PROGRESS")
+            elif fanout.closing:
                 return
-            await _write(context, *item)
+            else:
+                await fanout.changed()
 
 
 async def _write(context: grpc.aio.ServicerContext, data: bytes, kind: str) -> None:
@@ -240,20 +304,6 @@ async def _write(context: grpc.aio.ServicerContext, data: bytes, kind: str) -> N
     metrics.BYTES_SENT.labels(kind).inc(len(data))
 
 
-async def _from_list(messages: list[tuple[bytes, str]]) -> AsyncIterator[tuple[bytes, str]]:
-    for m in messages:
-        yield m
-
-
-async def _chain(
-    first: AsyncIterator[tuple[bytes, str]], then: list[tuple[bytes, str]]
-) -> AsyncIterator[tuple[bytes, str]]:
-    async for m in first:
-        yield m
-    for m in then:
-        yield m
-
-
-def _status_changed(batches: list[Batch]) -> bool:
-    """True if a cluster status was set (not deleted) in ``batches``."""
-    return any(isinstance(c.record, ClusterStatusRecord) and not c.deleted for b in batches for c in b.changes)
+def _admits(flt: WatchFilter) -> Callable[[ClusterStatusRecord], bool] | None:
+    """The ``Index.snapshot`` predicate of a filter (``None``: every cluster)."""
+    return None if flt.everything else flt.admits
