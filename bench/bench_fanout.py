@@ -37,7 +37,7 @@ from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.model import PodRecord
 from kube_ip_tracker.server import TrackerServer
-from kube_ip_tracker.server.encode import EncodedBatch, chunk_deltas
+from kube_ip_tracker.server.encode import chunk_deltas
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,8 @@ def _baseline_messages(
                 index.upsert(r)
             batch = index.flush()
             assert batch is not None
-            enc = EncodedBatch(batch)
-            items = list(zip((c.revision for c in batch.changes), enc.framed, strict=True))
-            messages += [(batch.revision, m) for m in chunk_deltas(index.epoch, items, batch.revision)]
+            items = [(c.revision, wire.frame_change(wire.encode_change(c.record, c.deleted))) for c in batch.changes]
+            messages += [(batch.revision, m.data) for m in chunk_deltas(index.epoch, items, batch.revision)]
         out.append(messages)
     return eos, out
 
