@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kube_ip_tracker import cluster_labels
@@ -50,6 +50,7 @@ from kube_ip_tracker.logs import add_logging_arguments, configure_logging
 from kube_ip_tracker.metrics_http import MetricsServer, start_metrics_server
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
 from kube_ip_tracker.server import TrackerServer
+from kube_ip_tracker.server.auth_flags import add_client_auth_arguments, client_auth_interceptors
 from kube_ip_tracker.sources.cluster_labels import ClusterLabelWriter
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
@@ -169,6 +170,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="PEM CA bundle; when set, every gRPC client must present a certificate signed by it (mTLS)",
     )
+    add_client_auth_arguments(group)  # --client-auth, --allowed-service-accounts, --token-cache-size
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -326,8 +328,14 @@ def build_index(args: argparse.Namespace) -> Index:
     return Index(log_size=args.change_log_changes)
 
 
-def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
-    """The gRPC server over the index (TLS from files when --tls-cert-file is set; TlsConfigError if bad)."""
+def build_server(
+    index: Index, args: argparse.Namespace, specs: Callable[[], Mapping[str, ClusterSpec]] = dict
+) -> TrackerServer:
+    """The gRPC server over the index (TLS from files when --tls-cert-file is set; TlsConfigError if bad).
+
+    ``specs`` gives the watched clusters, in which --client-auth=token reviews callers' tokens.
+    """
+    from kube_ip_tracker.server.grpc_server import SERVICE_NAME
     from kube_ip_tracker.server.tls import TlsConfigError, reloading_credentials
 
     tls = None
@@ -337,6 +345,7 @@ def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
         tls = reloading_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)[1]
     elif args.tls_client_ca_file:
         raise TlsConfigError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (a TLS server)")
+    interceptors = client_auth_interceptors(args, specs, SERVICE_NAME)
     return TrackerServer(
         index,
         args.listen_address,
@@ -345,6 +354,7 @@ def build_server(index: Index, args: argparse.Namespace) -> TrackerServer:
         watcher_buffer_messages=args.watcher_buffer_messages,
         change_log_bytes=args.change_log_bytes,
         tls=tls,
+        interceptors=interceptors,
     )
 
 
@@ -465,7 +475,7 @@ async def run(args: argparse.Namespace) -> int:
 
     metrics_server: MetricsServer | None = None
     try:
-        server = build_server(index, args)
+        server = build_server(index, args, supervisor.specs)
         metrics_server = start_metrics(args.metrics_address, ready=lambda: server.serving)
         await server.start()
     except (OSError, RuntimeError, ValueError) as exc:

@@ -72,6 +72,8 @@ from kube_ip_tracker.agent.verdict_log import (
 from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
 from kube_ip_tracker.client.resolver import parse_address
+from kube_ip_tracker.client.token import TokenOptions
+from kube_ip_tracker.client.token_flags import add_client_token_arguments, client_token_from_args
 from kube_ip_tracker.cluster_labels import DEFAULT_RULE, LabelRule
 from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.kube.kubeconfig import KubeconfigError, check_in_cluster, in_cluster_spec, read_kubeconfig
@@ -169,6 +171,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
     tracker.add_argument(
         "--tracker-server-name", metavar="NAME", help="name to verify in the tracker certificate (default: its host)"
     )
+    add_client_token_arguments(tracker, "tracker", cluster_flag=False)  # --tracker-token-file (cluster: --cluster-id)
     local = parser.add_argument_group("local cluster")
     local.add_argument(
         "--kubeconfig", metavar="PATH", help="kubeconfig of this node's cluster (default: in-cluster configuration)"
@@ -255,6 +258,7 @@ class AgentConfig:
     per_policy_limit: int = 0
     cluster_labels: LabelRule = DEFAULT_RULE
     crd_check_interval: float = CRD_CHECK_INTERVAL
+    token: TokenOptions | None = None
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -270,6 +274,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             raise ConfigError("--tracker-cert-file and --tracker-key-file must be given together")
         tls = TlsOptions(args.tracker_ca_file, args.tracker_cert_file, args.tracker_key_file, args.tracker_server_name)
         tls.credentials()  # TlsConfigError naming an unreadable or unusable file
+    token = client_token_from_args(args, "tracker", default_cluster=cluster_id)
     if args.kubeconfig:
         read_kubeconfig(args.kubeconfig)
         spec = ClusterSpec(cluster_id=cluster_id, kubeconfig=os.path.abspath(args.kubeconfig), context=args.context)
@@ -295,6 +300,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         node_name=args.node_name,
         trackers=tuple(args.tracker_address),
         tls=tls,
+        token=token,
         spec=spec,
         dataplane=dataplane,
         static_pods=bool(dataplane.local_pods),
@@ -344,7 +350,9 @@ class Agent:
             on_change=self.dataplane.request_revalidation,
             crd_check_interval=config.crd_check_interval,
         )
-        options = ClientOptions(watcher_name=config.node_name or socket.gethostname(), tls=config.tls)
+        options = ClientOptions(
+            watcher_name=config.node_name or socket.gethostname(), tls=config.tls, token=config.token
+        )
         self.client = TrackerClient(config.trackers, self.store, options)
         self.explain: ExplainServer | None = None
         if config.explain_socket:

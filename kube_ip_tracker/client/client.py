@@ -13,6 +13,9 @@ tracker sends every 10 s (see :mod:`.keepalive`). The client then fails over to 
 once, or backs off once every IP failed, and keeps the sink's state meanwhile; it resumes from its
 revision when a tracker of the same epoch answers again.
 
+With a token file (``ClientOptions.token``, see :mod:`.token`), each Watch call carries the file's
+current service-account token, re-read when the kubelet rotated it.
+
 With TLS, each new connection re-reads the CA bundle and client certificate/key if their files
 changed (see :mod:`.tls_reload`): rotated files are used from the next reconnect without a restart;
 unusable ones are logged and counted, and the previous material stays in use.
@@ -50,6 +53,7 @@ from kube_ip_tracker.client.resolver import (
 from kube_ip_tracker.client.sink import ApplySink
 from kube_ip_tracker.client.stream import ResyncRequired, WatchSession
 from kube_ip_tracker.client.tls_reload import ReloadingClientTls, load_client_tls
+from kube_ip_tracker.client.token import TokenOptions
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ class ClientOptions:
     tracker_id: str = ""
     watcher_name: str = ""
     tls: TlsOptions | None = None
+    # A service-account token sent with every call (re-read from its file when it changes).
+    token: TokenOptions | None = None
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     reresolve_interval: float = 30.0
@@ -160,6 +166,7 @@ class TrackerClient:
         self.options = options or ClientOptions()
         # Re-read for every new channel when the files changed (rotation without a restart).
         self._tls = self.options.tls.reloading(self.target) if self.options.tls else None
+        self._token = self.options.token.reloading() if self.options.token else None
         self._rotation = AddressRotation(addresses, resolve, self.options.reresolve_interval)
         self._backoff = Backoff(self.options.backoff_base, self.options.backoff_cap, rng)
         self._ready = asyncio.Event()
@@ -308,7 +315,7 @@ class TrackerClient:
         )
         async with self._channel(endpoint) as channel:
             stub = tracker_pb2_grpc.TrackerStub(channel)
-            call = stub.Watch(self._request())
+            call = stub.Watch(self._request(), metadata=self._token.metadata() if self._token else None)
             self.endpoint = endpoint
             loop = asyncio.get_running_loop()
             stream_timeout = self.options.stream_timeout

@@ -114,6 +114,7 @@ class TrackerServer:
         change_log_bytes: int = DEFAULT_CHANGE_LOG_BYTES,
         tls: grpc.ServerCredentials | None = None,
         extra_options: Sequence[tuple[str, int | str]] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         if max_watchers < 0:
             raise ValueError(f"max_watchers must be >= 0, got {max_watchers}")
@@ -128,6 +129,7 @@ class TrackerServer:
         self.progress_interval = progress_interval
         self._serving_reported = False
         self._tls = tls
+        self._interceptors = tuple(interceptors)  # e.g. server/auth.py's token authentication
         self._options = [*keepalive_options(), *admission_options(max_watchers), *extra_options]
         if change_log_bytes < 1:
             raise ValueError(f"change_log_bytes must be positive, got {change_log_bytes}")
@@ -158,7 +160,7 @@ class TrackerServer:
             snapshot_cache_ttl=ttl,
         )
         self._health = health.aio.HealthServicer()  # a stopped servicer ignores updates: new one per start
-        server = grpc.aio.server(options=self._options)
+        server = grpc.aio.server(options=self._options, interceptors=self._interceptors)
         server.add_generic_rpc_handlers((self._tracker_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -43,6 +43,8 @@ from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClie
 from kube_ip_tracker.client.index_sink import IndexWriterSink
 from kube_ip_tracker.client.resolver import AddressError, parse_address
 from kube_ip_tracker.client.tls_flags import add_client_tls_arguments, client_tls_from_args
+from kube_ip_tracker.client.token import TokenOptions
+from kube_ip_tracker.client.token_flags import add_client_token_arguments, client_token_from_args
 from kube_ip_tracker.model import IndexWriter
 from kube_ip_tracker.sources import upstream_metrics as metrics
 from kube_ip_tracker.sources.upstream_merge import ClusterOwners, LocalWriter, UpstreamWriter
@@ -97,6 +99,7 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
         "are taken from their API servers (repeatable)",
     )
     add_client_tls_arguments(parser, prefix="upstream")  # --upstream-ca-file, --upstream-cert-file, ...
+    add_client_token_arguments(group, prefix="upstream")  # --upstream-token-file, --upstream-token-cluster
 
 
 class _UpstreamSink(IndexWriterSink):
@@ -249,6 +252,7 @@ class Upstreams:
         addresses: Sequence[str] = (),
         *,
         tls: TlsOptions | None = None,
+        token: TokenOptions | None = None,
         options: ClientOptions | None = None,
         removal_grace: float = 60.0,
     ) -> None:
@@ -264,6 +268,7 @@ class Upstreams:
             tracker_id=tracker_id,
             watcher_name=base.watcher_name or f"tracker/{tracker_id}",
             tls=tls or base.tls,
+            token=token or base.token,
         )
         self._configured: Callable[[], Iterable[str]] = tuple
         self.sources = [
@@ -328,4 +333,7 @@ def build_upstreams(index: IndexWriter, args: argparse.Namespace) -> Upstreams:
         raise ValueError(
             f"the default tracker id {tracker_id!r} ($POD_NAME or host name) is not usable; set --tracker-id"
         )
-    return Upstreams(index, tracker_id, args.upstream_tracker, tls=tls, removal_grace=args.cluster_removal_grace)
+    token = client_token_from_args(args, prefix="upstream", default_cluster=getattr(args, "cluster_id", None))
+    return Upstreams(
+        index, tracker_id, args.upstream_tracker, tls=tls, token=token, removal_grace=args.cluster_removal_grace
+    )

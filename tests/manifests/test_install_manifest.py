@@ -10,6 +10,7 @@ import pytest
 import kube_ip_tracker
 from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.agent import cli as agent_cli
+from kube_ip_tracker.client.token import TOKEN_AUDIENCE
 from kube_ip_tracker.listen import parse_listen_address
 from kube_ip_tracker.server import healthcheck
 
@@ -78,7 +79,9 @@ def test_objects_are_the_listed_ones_in_kube_system(objects: list[Obj]) -> None:
 
 def test_rbac_grants_exactly_what_the_issue_lists(objects: list[Obj]) -> None:
     tracker = rules(find(objects, "ClusterRole", "kube-ip-tracker"))
-    assert tracker == {("", r, v) for r in ("pods", "namespaces", "nodes") for v in ("get", "list", "watch")}
+    assert tracker == {("", r, v) for r in ("pods", "namespaces", "nodes") for v in ("get", "list", "watch")} | {
+        ("authentication.k8s.io", "tokenreviews", "create")  # --client-auth=token
+    }
     agent = rules(find(objects, "ClusterRole", "kube-ip-agent"))
     cluster_scoped = ("clusternetworkpolicies", "adminnetworkpolicies", "baselineadminnetworkpolicies")
     assert agent == {("networking.k8s.io", "networkpolicies", v) for v in ("list", "watch")} | {
@@ -209,3 +212,20 @@ def test_dockerfile_builds_the_images_the_manifest_names(objects: list[Obj]) -> 
     uid = pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["securityContext"]["runAsUser"]
     tracker_stage = dockerfile.split("AS tracker", 1)[1].split("\nFROM ", 1)[0]
     assert f"USER {uid}:" in tracker_stage
+
+
+def test_agents_send_a_projected_token_that_the_tracker_checks(objects: list[Obj]) -> None:
+    tracker = parse_or_fail(tracker_cli.parse_args, expand_args(tracker_container(objects)), "tracker")
+    assert tracker.client_auth == "token"
+    assert tracker.allowed_service_accounts == {f"{NS}/kube-ip-agent", f"{NS}/kube-ip-tracker"}
+    container = agent_container(objects)
+    agent = parse_or_fail(agent_cli.build_parser().parse_args, expand_args(container), "agent")
+    token_dir, token_name = agent.tracker_token_file.rsplit("/", 1)
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == token_dir]
+    [volume] = [
+        v for v in pod_spec(find(objects, "DaemonSet", "kube-ip-agent"))["volumes"] if v["name"] == mount["name"]
+    ]
+    [source] = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == TOKEN_AUDIENCE
+    assert source["serviceAccountToken"]["path"] == token_name
+    assert source["serviceAccountToken"]["expirationSeconds"] <= 3600

@@ -29,12 +29,14 @@ from kubernetes_asyncio.dynamic import DynamicClient
 
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
+from kube_ip_tracker.client.token import TOKEN_AUDIENCE
 from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.kube.reflector import InformerOptions
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import healthcheck
 from kube_ip_tracker.testing import objects as kobjects
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, free_port, start_clusters
+from kube_ip_tracker.testing.sa_tokens import service_account_token
 from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
 
 from .kustomize import OVERLAY_NAMES, OVERLAYS, build
@@ -292,11 +294,12 @@ async def test_agent_policy_informer_with_the_manifest_role(
         await asyncio.gather(task, return_exceptions=True)
 
 
-def agent_argv(kubeconfig: Path, tracker: str, metrics_port: int, name: str) -> list[str]:
+def agent_argv(kubeconfig: Path, tracker: str, metrics_port: int, name: str, token_file: Path) -> list[str]:
     """The DaemonSet's args, pointed at a local tracker and API server, with its own queue and rule names."""
     container = pod_spec(find(load(), "DaemonSet", "kube-ip-agent"))["containers"][0]
     local = {
         "--tracker-address": tracker,
+        "--tracker-token-file": str(token_file),
         "--cluster-id": "rbac",
         "--node-name": "node-1",
         "--metrics-address": f"127.0.0.1:{metrics_port}",
@@ -338,13 +341,30 @@ async def test_agent_process_with_the_daemonset_args_and_the_manifest_role(
             await put(dyn, find(manifest, kind, name))
         await put(dyn, without_resource(find(manifest, "ClusterRole", "kube-ip-agent"), "networkpolicies"))
         await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-agent"))
+        # The kubelet's projected token of the agent's service account (audience kube-ip-tracker).
+        token_file = tmp_path / "agent.token"
+        token_file.write_text(
+            await service_account_token(
+                api, "kube-system", "kube-ip-agent", audiences=[TOKEN_AUDIENCE], expiration_seconds=3600
+            )
+        )
     tracker_config = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
-    tracker = TrackerProcess("agent-rbac", ["--kubeconfig", str(tracker_config)], tmp_path).start()
+    # The Deployment's --client-auth: the tracker reviews the agent's token with the manifest's role.
+    [auth] = [
+        a
+        for a in pod_spec(find(manifest, "Deployment", "kube-ip-tracker"))["containers"][0]["args"]
+        if a.startswith("--client-auth")
+    ]
+    tracker = TrackerProcess("agent-rbac", ["--kubeconfig", str(tracker_config), auth], tmp_path).start()
     metrics_port = free_port()
     readyz = f"http://127.0.0.1:{metrics_port}/readyz"
     name = f"kipm-{secrets.token_hex(3)}"
     argv = agent_argv(
-        kubeconfig_for(rbac_cluster, AGENT_SA, tmp_path / "agent.kubeconfig"), tracker.address, metrics_port, name
+        kubeconfig_for(rbac_cluster, AGENT_SA, tmp_path / "agent.kubeconfig"),
+        tracker.address,
+        metrics_port,
+        name,
+        token_file,
     )
     log_path = tmp_path / "agent.log"
     with log_path.open("ab") as out:
