@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from kube_ip_tracker.testing.sa_tokens import expired_copy, service_account_toke
 from kube_ip_tracker.testing.trackers import AGENT_OPTIONS, Agent
 
 from .conftest import MakeTracker
+from .tracker import TrackerProcess
 
 pytestmark = pytest.mark.cluster
 
@@ -45,6 +47,14 @@ async def call_code(
         except grpc.aio.AioRpcError as e:
             return e.code()
     return grpc.StatusCode.OK
+
+
+def reviews(tracker: TrackerProcess) -> int:
+    """TokenReviews that authenticated a token (cache misses), from the tracker's metrics."""
+    found = re.search(
+        r'^kube_ip_tracker_token_reviews_total\{result="authenticated"\} (\S+)$', tracker.metrics_text(), re.M
+    )
+    return int(float(found.group(1))) if found else 0
 
 
 def bearer(tok: str, cluster: str) -> tuple[tuple[str, str], ...]:
@@ -104,6 +114,9 @@ async def test_token_of_allowed_service_account_syncs_and_others_are_refused(  #
         for method in ("Watch", "ListClusters"):
             assert await call_code(tracker.target, metadata, method) == code, f"{what} ({method})"
 
+    # Reviewed once per (cluster, token) that the API server accepted: the agent's, the spoke's, the
+    # intruder's (refused by the tracker, but a valid token); repeated calls were answered from the cache.
+    assert reviews(tracker) == 3
     metrics = tracker.metrics_text()
     for reason in ("missing_token", "malformed_token", "not_allowed", "invalid_token", "unknown_cluster"):
         assert f'kube_ip_tracker_auth_refusals_total{{reason="{reason}"}}' in metrics, reason
@@ -121,12 +134,23 @@ async def test_rotated_token_file_is_sent_on_the_next_call(
 ) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1)
     tracker = tracker_process(
-        ["--kubeconfig", str(cluster.kubeconfig), "--client-auth", "token", "--allowed-service-accounts", "ops/reader"]
+        [
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--client-auth",
+            "token",
+            "--allowed-service-accounts",
+            "ops/reader",
+            "--token-cache-size",
+            "1",
+        ],
+        metrics=True,
     )
     tracker.start()
     await tracker.wait_listening()
     token_file = tmp_path / "token"
-    write_token(token_file, await token(cluster, "kube-system/kube-ip-agent"))  # not allowed here
+    first = await token(cluster, "kube-system/kube-ip-agent")  # not allowed here
+    write_token(token_file, first)
     source = TokenOptions(token_file, cluster.name).reloading()
     async with cluster.api_client() as api:
         await objects.create_namespace(api, "ops")
@@ -134,4 +158,9 @@ async def test_rotated_token_file_is_sent_on_the_next_call(
     assert await call_code(tracker.target, source.metadata()) == grpc.StatusCode.PERMISSION_DENIED
     write_token(token_file, await token(cluster, "ops/reader"))  # the kubelet rotates the file
     assert await call_code(tracker.target, source.metadata()) == grpc.StatusCode.OK
-    assert source.reloads == 1
+    assert source.reloads == 1 and reviews(tracker) == 2
+    assert await call_code(tracker.target, source.metadata()) == grpc.StatusCode.OK
+    assert reviews(tracker) == 2  # cached
+    assert await call_code(tracker.target, bearer(first, cluster.name)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await call_code(tracker.target, source.metadata()) == grpc.StatusCode.OK
+    assert reviews(tracker) == 4  # a cache of one token: each switch evicts the other
