@@ -251,6 +251,13 @@ def add_source_timeout_arguments(parser: argparse.ArgumentParser) -> None:
         help="failed liveness probes in a row after which the cluster's watches reconnect "
         f"(default {defaults.probe_failures_to_reconnect})",
     )
+    group.add_argument(
+        "--kube-list-mode",
+        choices=("stream", "paginate"),
+        default="stream" if defaults.streaming_lists else "paginate",
+        help="how full lists are read: stream = streaming lists (WatchList) where the API server serves "
+        "them, paginated otherwise; paginate = always paginated LIST (default %(default)s)",
+    )
 
 
 def informer_options(args: argparse.Namespace) -> InformerOptions:
@@ -258,6 +265,7 @@ def informer_options(args: argparse.Namespace) -> InformerOptions:
     options = InformerOptions(
         **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _SOURCE_TIMEOUT_FLAGS},
         probe_failures_to_reconnect=args.kube_probe_failures,
+        streaming_lists=args.kube_list_mode == "stream",
     )
     if options.backoff_cap < options.backoff_base:
         raise ValueError(

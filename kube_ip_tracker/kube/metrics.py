@@ -23,9 +23,14 @@ ERRORS = Counter(
     "Errors talking to API servers (reason: unauthorized, forbidden, unreachable, timeout, expired, api, other).",
     ["cluster", "kind", "reason"],
 )
+LIST_FALLBACKS = Counter(
+    "kube_ip_tracker_source_list_fallbacks_total",
+    "Streaming lists (WatchList) an API server did not serve, so paginated lists were used for the connection.",
+    ["cluster", "kind"],
+)
 WATCHES = Counter(
     "kube_ip_tracker_source_watches_total",
-    "Watch requests opened.",
+    "Watch requests opened (a streaming list counts once its initial events are in and it goes on as the watch).",
     ["cluster", "kind"],
 )
 BACKOFF = Gauge(

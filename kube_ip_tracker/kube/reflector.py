@@ -3,8 +3,16 @@
 A :class:`Reflector` is composed, not subclassed: it is given a :class:`Resource` (what to list
 and watch) and a :class:`Store` (where the objects go), and owns everything between them:
 
-1. a paginated list (``limit``/``continue``, a consistent read) collected into a
-   :class:`Replacement` and committed, so the store holds exactly what the API server has;
+1. a full list collected into a :class:`Replacement` and committed, so the store holds exactly
+   what the API server has. Where the server serves them, a streaming list (WatchList): a watch
+   with ``sendInitialEvents=true`` and ``resourceVersionMatch=NotOlderThan`` from no
+   resourceVersion (a consistent read), whose initial ADDED events are the list, ended by a
+   BOOKMARK annotated ``k8s.io/initial-events-end: "true"`` carrying its resourceVersion; the same
+   watch then goes on as in 2. Otherwise (and with ``streaming_lists`` off) a paginated list
+   (``limit``/``continue``). A server that rejects the streaming request (400/422: older than
+   1.27, or WatchList off), or whose watch sends an error (e.g. 500 from a watch cache whose
+   etcd lacks RequestWatchProgress, etcd < 3.4.31), ends, or changes objects before that bookmark,
+   gets paginated lists for the rest of the connection, like client-go's fallback;
 2. a watch from the list's resourceVersion with bookmarks and a server-side timeout; when it ends
    the watch is reopened from the last resourceVersion seen (objects and bookmarks advance it);
 3. on 410 Gone (an HTTP 410 or a watch ERROR event with code 410, or "too large resource
@@ -62,6 +70,8 @@ log = logging.getLogger(__name__)
 ApiClientFactory = Callable[[ClusterSpec], contextlib.AbstractAsyncContextManager[client.ApiClient]]
 
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+# The annotation of the bookmark that ends a streaming list's initial events.
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class InformerOptions:
     """Tuning of the list/watch loops (seconds unless noted)."""
 
     page_size: int = 500
+    # Streaming lists (WatchList) where the API server serves them, else paginated lists.
+    streaming_lists: bool = True
     # Server-side watch timeout; each watch uses a random value in [watch_timeout, 2 * watch_timeout).
     watch_timeout: float = 300.0
     # Client-side limits: connecting, a list page or a get, silence on a watch beyond its timeout.
@@ -243,6 +255,19 @@ def _no_op(*_: object) -> None:
     pass
 
 
+class StreamingUnsupported(Exception):
+    """The API server does not serve streaming lists (the message says how that showed)."""
+
+
+@dataclass
+class _InitialEvents:
+    """A streaming list in progress: its initial events go into ``replacement``."""
+
+    replacement: Replacement
+    reason: str
+    listed: int = 0
+
+
 class Reflector:
     """The list/watch loop of one resource in one cluster into one store (see the module docstring).
 
@@ -275,6 +300,8 @@ class Reflector:
         self.on_watching = on_watching
         self.on_failure = on_failure
         self.resource_version: str | None = None  # None: list first
+        self.streaming = options.streaming_lists  # per connection: off once the server refused
+        self._initial: _InitialEvents | None = None  # a streaming list in progress
         self._rng = random.Random()
         self._objects_gauge = metrics.OBJECTS.labels(cluster, self.plural)
         self._events = {etype: metrics.EVENTS.labels(cluster, self.plural, etype) for etype in EVENT_TYPES}
@@ -288,15 +315,14 @@ class Reflector:
         """List and watch until cancelled."""
         if api is not None:
             self.api = api
+        self.streaming = self.options.streaming_lists
         backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
         reason = self.first_list_reason
         expired_in_a_row = 0
         while True:
             try:
-                if self.resource_version is None:
-                    await self.list(reason)
                 started = asyncio.get_running_loop().time()
-                if await self.watch() == 0 and asyncio.get_running_loop().time() - started < 1.0:
+                if await self.sync_and_watch(reason) == 0 and asyncio.get_running_loop().time() - started < 1.0:
                     # Ended at once without a single event: do not spin, but it is no error either.
                     await asyncio.sleep(backoff.next_delay())
                     continue
@@ -328,6 +354,50 @@ class Reflector:
                     log.debug("Cluster %s: unexpected error details", self.cluster, exc_info=exc)
                 await asyncio.sleep(delay)
 
+    async def sync_and_watch(self, reason: str) -> int:
+        """List first if needed (streaming or paginated), then watch until the server ends it;
+        returns the number of events of the watch."""
+        if self.resource_version is not None:
+            return await self.watch()
+        if self.streaming:
+            try:
+                return await self.stream(reason)
+            except StreamingUnsupported as exc:
+                self.streaming = False
+                metrics.LIST_FALLBACKS.labels(self.cluster, self.plural).inc()
+                log.info(
+                    "Cluster %s: streaming list of %s not served (%s); using paginated lists",
+                    self.cluster,
+                    self.plural,
+                    exc,
+                )
+        await self.list(reason)
+        return await self.watch()
+
+    async def stream(self, reason: str) -> int:
+        """A streaming list committed at its initial-events-end bookmark, then the same watch until
+        it ends; returns the event count. :class:`StreamingUnsupported` when the server does not
+        serve it (the request rejected as invalid, or no such bookmark before the watch ended)."""
+        timeout, params = watch_request(self.options, self._rng, None)
+        params.update(sendInitialEvents=True, resourceVersionMatch="NotOlderThan")
+        try:
+            resp = await open_request(self._api(), self.resource, timeout, params)
+        except ApiException as exc:
+            if exc.status in (400, 422):
+                raise StreamingUnsupported(describe_error(exc, f"watch {self.plural}")[1]) from exc
+            raise
+        self.on_watching()  # (counted in the watches metric once its initial events are in)
+        self._initial = _InitialEvents(self.store.replacement(), reason)
+        try:
+            events = await apply_events(resp, self.handle_event)
+            if self._initial is not None:
+                raise StreamingUnsupported(
+                    f"the watch ended after {events} events without the {INITIAL_EVENTS_END} bookmark"
+                )
+        finally:
+            self._initial = None
+        return events
+
     async def list(self, reason: str) -> None:
         """Paginated list committed to the store; sets ``resource_version``."""
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout, sock_connect=self.options.connect_timeout)
@@ -351,22 +421,23 @@ class Reflector:
         resource_version = await paginated_list(
             open_page, collect, restart, f"Cluster {self.cluster}: list of {self.plural}"
         )
-        self._commit(replacement, listed, resource_version, reason)
+        self._commit(replacement, listed, resource_version, reason, "paginated")
 
-    def _commit(self, replacement: Replacement, listed: int, resource_version: str, reason: str) -> None:
+    def _commit(self, replacement: Replacement, listed: int, resource_version: str, reason: str, how: str) -> None:
         summary = replacement.commit(resource_version)
         self.resource_version = resource_version
         metrics.RELISTS.labels(self.cluster, self.plural, reason).inc()
         self._objects_gauge.set(len(self.store))
         log.log(
             logging.DEBUG if reason == "initial" else logging.INFO,
-            "Cluster %s: listed %d %s (%s) at resourceVersion %s (%s)",
+            "Cluster %s: listed %d %s (%s) at resourceVersion %s (%s, %s)",
             self.cluster,
             listed,
             self.plural,
             summary,
             resource_version,
             reason,
+            how,
         )
         self.on_listed()
 
@@ -388,7 +459,12 @@ class Reflector:
             code, message = obj.get("code"), obj.get("message") or obj.get("reason") or ""
             if code == 410:
                 raise ResourceExpired(message)
+            if self._initial is not None:  # e.g. 500: etcd too old for the watch cache to stream
+                raise StreamingUnsupported(f"watch error {code} before the {INITIAL_EVENTS_END} bookmark: {message}")
             raise WatchError(code, message)
+        if self._initial is not None:
+            self._initial_event(self._initial, etype, obj)
+            return
         if etype in ("ADDED", "MODIFIED"):
             self.store.upsert(obj)
             self._objects_gauge.set(len(self.store))
@@ -400,6 +476,22 @@ class Reflector:
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self.resource_version = str(rv)
+
+    def _initial_event(self, initial: _InitialEvents, etype: str, obj: dict[str, Any]) -> None:
+        """An event of a streaming list before its end: collected, not applied; the resourceVersion
+        stays unset until the end bookmark (a stream broken off before it lists again)."""
+        meta = obj.get("metadata") or {}
+        if etype == "ADDED":
+            initial.replacement.add(obj)
+            initial.listed += 1
+        elif etype == "BOOKMARK":
+            if (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                self._initial = None
+                rv = str(meta.get("resourceVersion") or "")
+                self._commit(initial.replacement, initial.listed, rv, initial.reason, "streamed")
+                metrics.WATCHES.labels(self.cluster, self.plural).inc()  # the list goes on as a watch
+        else:
+            raise StreamingUnsupported(f"a {etype} event came before the {INITIAL_EVENTS_END} bookmark")
 
 
 async def run_with_probe(

@@ -1,10 +1,21 @@
 """The reflector by itself against a real API server: any resource (a core kind the programs do not
-use, a CRD) and a plain store; list, watch, bookmarks, status callbacks, metrics, and relist on 410."""
+use, a CRD) and a plain store; list, watch, bookmarks, status callbacks, metrics, relist on 410;
+streaming lists where the server serves them and the paginated fallback where it does not.
+
+Which servers stream (run this file with KUBE_APISERVER set to each build): 1.27+ serves WatchList;
+from etcd directly (``--watch-cache=false``) always, from the watch cache only when etcd has
+RequestWatchProgress (3.4.31+, 3.5.13+; Debian 12's 3.4.23 has not: the stream ends in an ERROR 500).
+Debian's 1.20 rejects the request (422, resourceVersionMatch forbidden for watch)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import logging
+import re
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -14,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from kube_ip_tracker.kube.reflector import InformerOptions, Reflector, Resource
 from kube_ip_tracker.testing import objects
+from kube_ip_tracker.testing.clusters import LocalCluster
 from kube_ip_tracker.testing.trackers import background, eventually
 
 pytestmark = pytest.mark.cluster
@@ -73,6 +85,32 @@ def running(reflector: Reflector, api: client.ApiClient) -> contextlib.AbstractA
     return background(reflector.run(api))
 
 
+async def apiserver_version(api: client.ApiClient) -> tuple[int, int]:
+    """(major, minor) of the API server; Debian's unstamped build (v0.0.0-master) is 1.20."""
+    version = await client.VersionApi(api).get_code()
+    if version.git_version.startswith("v0.0.0"):
+        return (1, 20)
+    major, minor = re.match(r"v(\d+)\.(\d+)", version.git_version).groups()  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
+def etcd_has_progress_requests(cluster: LocalCluster) -> bool:
+    """etcd answers RequestWatchProgress (3.4.31+ or 3.5.13+), which a watch cache needs to stream."""
+    with urllib.request.urlopen(f"{cluster.etcd_url}/version", timeout=10) as resp:
+        major, minor, patch = (int(p) for p in json.load(resp)["etcdserver"].split(".")[:3])
+    return (major, minor, patch) >= (3, 5, 13) or ((major, minor) == (3, 4) and patch >= 31)
+
+
+async def serves_streaming_lists(cluster: LocalCluster, api: client.ApiClient) -> bool:
+    if await apiserver_version(api) < (1, 27):
+        return False
+    return not cluster.watch_cache or etcd_has_progress_requests(cluster)
+
+
+def list_lines(caplog: pytest.LogCaptureFixture, cid: str) -> list[str]:
+    return [m for m in caplog.messages if m.startswith(f"Cluster {cid}: listed ")]
+
+
 def configmap(name: str, value: str) -> dict[str, Any]:
     return {"metadata": {"name": name}, "data": {"v": value}}
 
@@ -93,7 +131,7 @@ async def test_reflector_lists_watches_and_reports(cluster_factory) -> None:  # 
             cid,
             Resource.core("configmaps"),
             store,
-            FAST,
+            dataclasses.replace(FAST, streaming_lists=False),  # streaming: the next test
             on_listed=lambda: calls.append("listed"),
             on_watching=lambda: calls.append("watching"),
             on_failure=failures.append,
@@ -120,16 +158,61 @@ async def test_reflector_lists_watches_and_reports(cluster_factory) -> None:  # 
             assert not failures and not task.done()
 
 
-async def test_expired_watch_relists_and_drops_what_is_gone(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("streaming", "watch_cache"),
+    [(True, False), (True, True), (False, False)],
+    ids=["stream", "stream-cache", "paginate"],
+)
+async def test_full_list_streams_where_served_and_pages_otherwise(
+    cluster_factory, caplog, streaming, watch_cache
+) -> None:  # type: ignore[no-untyped-def]
+    (cluster,) = cluster_factory(1, watch_cache=watch_cache)
+    cid = f"reflector-list-{streaming}-{watch_cache}"
+    caplog.set_level(logging.DEBUG, logger="kube_ip_tracker.kube.reflector")
+    async with cluster.api_client() as api:
+        await objects.create_namespace(api, NS)
+        core = client.CoreV1Api(api)
+        for name in ("a", "b", "c"):
+            await core.create_namespaced_config_map(NS, configmap(name, "1"))
+        streams = streaming and await serves_streaming_lists(cluster, api)
+
+        store = DictStore()
+        listed: list[str] = []
+        options = dataclasses.replace(FAST, streaming_lists=streaming)
+        reflector = Reflector(cid, Resource.core("configmaps"), store, options, on_listed=lambda: listed.append("x"))
+        async with running(reflector, api) as task:
+            await eventually(lambda: listed, "listed")
+            assert {k: v for k, v in store.objects.items() if k[0] == NS} == {(NS, n): {"v": "1"} for n in "abc"}
+            assert reflector.resource_version
+            await core.create_namespaced_config_map(NS, configmap("d", "1"))
+            await eventually(lambda: (NS, "d") in store.objects, "a change after the list applied")
+            assert not task.done()
+
+    (line,) = list_lines(caplog, cid)
+    assert line.endswith("(initial, streamed)" if streams else "(initial, paginated)"), line
+    fallbacks = metric("kube_ip_tracker_source_list_fallbacks_total", cluster=cid, kind="configmaps")
+    assert fallbacks == (1 if streaming and not streams else 0)
+    if streams:  # the list and the change came over one watch
+        assert metric("kube_ip_tracker_source_watches_total", cluster=cid, kind="configmaps") == 1
+        assert ("upsert", (NS, "d")) in store.calls and store.calls[0][0] == "replace"
+    assert metric("kube_ip_tracker_source_errors_total", cluster=cid, kind="configmaps", reason="api") == 0
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "paginate"])
+async def test_expired_watch_relists_and_drops_what_is_gone(cluster_factory, caplog, streaming) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1, watch_cache=False)
-    cid = "reflector-410"
+    cid = f"reflector-410-{streaming}"
+    caplog.set_level(logging.DEBUG, logger="kube_ip_tracker.kube.reflector")
     async with cluster.api_client() as api:
         await objects.create_namespace(api, NS)
         core = client.CoreV1Api(api)
         for name in ("gone", "kept"):
             await core.create_namespaced_config_map(NS, configmap(name, "1"))
+        streams = streaming and await serves_streaming_lists(cluster, api)
         store = DictStore()
-        reflector = Reflector(cid, Resource.core("configmaps"), store, FAST)
+        reflector = Reflector(
+            cid, Resource.core("configmaps"), store, dataclasses.replace(FAST, streaming_lists=streaming)
+        )
         async with running(reflector, api):
             await eventually(lambda: (NS, "kept") in store.objects, "listed")
         old_version = reflector.resource_version
@@ -145,6 +228,8 @@ async def test_expired_watch_relists_and_drops_what_is_gone(cluster_factory) -> 
         assert reflector.resource_version != old_version
         assert metric("kube_ip_tracker_source_lists_total", cluster=cid, kind="configmaps", reason="expired") == 1
         assert metric("kube_ip_tracker_source_errors_total", cluster=cid, kind="configmaps", reason="expired") == 1
+    how = "streamed" if streams else "paginated"
+    assert [line.rsplit(" (", 1)[1] for line in list_lines(caplog, cid)] == [f"initial, {how})", f"expired, {how})"]
 
 
 GROUP, VERSION, PLURAL = "example.kube-ip-tracker.io", "v1", "widgets"
