@@ -356,6 +356,12 @@ class LocalCluster:
         if wait:
             self.wait_ready()
 
+    @property
+    def apiserver_pid(self) -> int:
+        """PID of the running kube-apiserver (for memory readings in benchmarks)."""
+        assert self._apiserver is not None and self._apiserver.proc is not None
+        return self._apiserver.proc.pid
+
     def restart_apiserver(self) -> None:
         """Stop and start the API server in place (same port, same etcd)."""
         self.stop_apiserver()

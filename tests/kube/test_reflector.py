@@ -2,7 +2,7 @@
 use, a CRD) and a plain store; list, watch, bookmarks, status callbacks, metrics, relist on 410;
 streaming lists where the server serves them and the paginated fallback where it does not.
 
-Which servers stream (run this file with KUBE_APISERVER set to each build): 1.27+ serves WatchList;
+Which servers stream (the streaming tests run against every build): 1.27+ serves WatchList;
 from etcd directly (``--watch-cache=false``) always, from the watch cache only when etcd has
 RequestWatchProgress (3.4.31+, 3.5.13+; Debian 12's 3.4.23 has not: the stream ends in an ERROR 500).
 Debian's 1.20 rejects the request (422, resourceVersionMatch forbidden for watch)."""
@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import urllib.request
 from typing import Any
 
@@ -85,15 +84,6 @@ def running(reflector: Reflector, api: client.ApiClient) -> contextlib.AbstractA
     return background(reflector.run(api))
 
 
-async def apiserver_version(api: client.ApiClient) -> tuple[int, int]:
-    """(major, minor) of the API server; Debian's unstamped build (v0.0.0-master) is 1.20."""
-    version = await client.VersionApi(api).get_code()
-    if version.git_version.startswith("v0.0.0"):
-        return (1, 20)
-    major, minor = re.match(r"v(\d+)\.(\d+)", version.git_version).groups()  # type: ignore[union-attr]
-    return int(major), int(minor)
-
-
 def etcd_has_progress_requests(cluster: LocalCluster) -> bool:
     """etcd answers RequestWatchProgress (3.4.31+ or 3.5.13+), which a watch cache needs to stream."""
     with urllib.request.urlopen(f"{cluster.etcd_url}/version", timeout=10) as resp:
@@ -101,8 +91,9 @@ def etcd_has_progress_requests(cluster: LocalCluster) -> bool:
     return (major, minor, patch) >= (3, 5, 13) or ((major, minor) == (3, 4) and patch >= 31)
 
 
-async def serves_streaming_lists(cluster: LocalCluster, api: client.ApiClient) -> bool:
-    if await apiserver_version(api) < (1, 27):
+def serves_streaming_lists(cluster: LocalCluster) -> bool:
+    assert cluster.apiserver_version is not None
+    if cluster.apiserver_version < (1, 27):
         return False
     return not cluster.watch_cache or etcd_has_progress_requests(cluster)
 
@@ -158,6 +149,7 @@ async def test_reflector_lists_watches_and_reports(cluster_factory) -> None:  # 
             assert not failures and not task.done()
 
 
+@pytest.mark.every_apiserver
 @pytest.mark.parametrize(
     ("streaming", "watch_cache"),
     [(True, False), (True, True), (False, False)],
@@ -167,14 +159,14 @@ async def test_full_list_streams_where_served_and_pages_otherwise(
     cluster_factory, caplog, streaming, watch_cache
 ) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1, watch_cache=watch_cache)
-    cid = f"reflector-list-{streaming}-{watch_cache}"
+    cid = f"reflector-list-{streaming}-{watch_cache}-{cluster.apiserver_version}"  # metrics per test and build
     caplog.set_level(logging.DEBUG, logger="kube_ip_tracker.kube.reflector")
     async with cluster.api_client() as api:
         await objects.create_namespace(api, NS)
         core = client.CoreV1Api(api)
         for name in ("a", "b", "c"):
             await core.create_namespaced_config_map(NS, configmap(name, "1"))
-        streams = streaming and await serves_streaming_lists(cluster, api)
+        streams = streaming and serves_streaming_lists(cluster)
 
         store = DictStore()
         listed: list[str] = []
@@ -198,17 +190,18 @@ async def test_full_list_streams_where_served_and_pages_otherwise(
     assert metric("kube_ip_tracker_source_errors_total", cluster=cid, kind="configmaps", reason="api") == 0
 
 
+@pytest.mark.every_apiserver
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "paginate"])
 async def test_expired_watch_relists_and_drops_what_is_gone(cluster_factory, caplog, streaming) -> None:  # type: ignore[no-untyped-def]
     (cluster,) = cluster_factory(1, watch_cache=False)
-    cid = f"reflector-410-{streaming}"
+    cid = f"reflector-410-{streaming}-{cluster.apiserver_version}"
     caplog.set_level(logging.DEBUG, logger="kube_ip_tracker.kube.reflector")
     async with cluster.api_client() as api:
         await objects.create_namespace(api, NS)
         core = client.CoreV1Api(api)
         for name in ("gone", "kept"):
             await core.create_namespaced_config_map(NS, configmap(name, "1"))
-        streams = streaming and await serves_streaming_lists(cluster, api)
+        streams = streaming and serves_streaming_lists(cluster)
         store = DictStore()
         reflector = Reflector(
             cid, Resource.core("configmaps"), store, dataclasses.replace(FAST, streaming_lists=streaming)
@@ -257,10 +250,9 @@ async def test_a_cluster_scoped_custom_resource_is_one_more_instance(cluster_fac
     (cluster,) = cluster_factory(1)
     cid = "reflector-crd"
     async with cluster.api_client() as api:
-        version = await client.VersionApi(api).get_code()
-        if version.git_version.startswith("v0.0.0"):
+        if cluster.apiserver_version < (1, 21):
             # Debian's 1.20 build (Go 1.19 with reflect2 1.0.1) dies of SIGSEGV serving a custom object.
-            pytest.skip(f"kube-apiserver {version.git_version} (Debian 1.20 build) cannot serve custom objects")
+            pytest.skip("the Debian 1.20 build of kube-apiserver cannot serve custom objects")
         await client.ApiextensionsV1Api(api).create_custom_resource_definition(widget_crd())
         custom = client.CustomObjectsApi(api)
 
