@@ -51,7 +51,7 @@ def _ip(i: int, generation: int = 0) -> str:
     return f"10.{generation * 50 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
 
 
-async def _populate(api: Any, pods: int) -> float:
+async def populate(api: Any, pods: int) -> float:
     """Create the namespace and ``pods`` running pods with IPs; returns the seconds it took."""
     started = time.monotonic()
     await objects.create_namespace(api, NAMESPACE, {"team": "bench"})
@@ -108,7 +108,7 @@ async def _measure(shape: dict[str, int], base: Path) -> dict[str, Any]:
     via_tracker = via_direct = None
     try:
         async with cluster.api_client() as api:
-            populate_s = await _populate(api, shape["pods"])
+            populate_s = await populate(api, shape["pods"])
             log.info("created %d pods in %.1fs", shape["pods"], populate_s)
             port = free_port()
             with (base / "tracker.log").open("wb") as out:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from kube_ip_tracker.testing import objects
+from bench.bench_propagation import populate
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, start_clusters
 from kube_ip_tracker.testing.trackers import TrackerProcess
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 FULL = {"clusters": 3, "pods": 10_000, "runs": 2}
 QUICK = {"clusters": 3, "pods": 300, "runs": 1}
-NAMESPACE = "bench"
 MODES = ("stream", "paginate")
 SETTLE_S = 5.0
 
@@ -52,22 +51,7 @@ def reset_peak_rss(pid: int) -> None:
 
 async def _populate(cluster: LocalCluster, pods: int) -> None:
     async with cluster.api_client() as api:
-        await objects.create_namespace(api, NAMESPACE, {"team": "bench"})
-        limit = asyncio.Semaphore(16)
-
-        async def one(i: int) -> None:
-            async with limit:
-                await objects.create_pod(
-                    api,
-                    NAMESPACE,
-                    f"pod-{i:05d}",
-                    labels={"app": f"app-{i % 50}", "team": "bench", "pod-template-hash": f"h{i % 500}"},
-                    node=f"node-{i % 100}",
-                    ips=[f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"],
-                    ports=[("http", 8080, "TCP")],
-                )
-
-        await asyncio.gather(*(one(i) for i in range(pods)))
+        await populate(api, pods)
 
 
 async def _synced(tracker: TrackerProcess, count: int) -> bool:
