@@ -10,6 +10,8 @@ import grpc
 from kube_ip_tracker.client.client import TlsOptions
 from kube_ip_tracker.client.resolver import parse_address
 from kube_ip_tracker.client.tls_flags import add_client_tls_arguments, client_tls_from_args
+from kube_ip_tracker.client.token import TokenOptions
+from kube_ip_tracker.client.token_flags import add_client_token_arguments, client_token_from_args
 from kube_ip_tracker.durations import parse_duration
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -44,6 +46,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=_timeout, default=5.0, metavar="DURATION", help="deadline of each call (default 5s)"
     )
     add_client_tls_arguments(parser, prefix="tracker")
+    add_client_token_arguments(parser, "tracker")  # --tracker-token-file, --tracker-token-cluster
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Target:
     host: str
     timeout: float
     tls: TlsOptions | None
+    token: TokenOptions | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """Call metadata carrying the service-account token (for a tracker with --client-auth=token), if any."""
+        return self.token.reloading().metadata() if self.token is not None else None
 
     def channel(self) -> grpc.Channel:
         """A channel to the tracker (TLS when any TLS flag is set; the name checked is the host unless overridden)."""
@@ -81,6 +89,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
     try:
         parsed = parse_address(args.address)
         tls = client_tls_from_args(args, prefix="tracker")
+        token = client_token_from_args(args, prefix="tracker")
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    return Target(str(parsed), parsed.host, args.timeout, tls)
+    return Target(str(parsed), parsed.host, args.timeout, tls, token)

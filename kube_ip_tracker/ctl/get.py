@@ -72,7 +72,7 @@ def cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with target.channel() as channel:
         try:
             found = tracker_pb2_grpc.TrackerStub(channel).GetPodByIP(
-                pb.GetPodByIPRequest(ip=ip), timeout=target.timeout
+                pb.GetPodByIPRequest(ip=ip), timeout=target.timeout, metadata=target.metadata()
             )
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.NOT_FOUND:

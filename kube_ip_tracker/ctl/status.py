@@ -60,7 +60,7 @@ def fetch_status(target: Target) -> TrackerStatus:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=target.timeout)
             clusters = tracker_pb2_grpc.TrackerStub(channel).ListClusters(
-                pb.ListClustersRequest(), timeout=target.timeout
+                pb.ListClustersRequest(), timeout=target.timeout, metadata=target.metadata()
             )
         except grpc.RpcError as exc:
             raise target.rpc_error(exc, "ListClusters") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import io
 import os
 import re
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.api.v1 import tracker_pb2_grpc
 from kube_ip_tracker.client.token import AUTHORIZATION_METADATA, CLUSTER_METADATA, TOKEN_AUDIENCE, TokenOptions
+from kube_ip_tracker.ctl import main as ctl_main
 from kube_ip_tracker.testing import objects
 from kube_ip_tracker.testing.clusters import LocalCluster
 from kube_ip_tracker.testing.sa_tokens import expired_copy, service_account_token
@@ -164,3 +167,19 @@ async def test_rotated_token_file_is_sent_on_the_next_call(
     assert await call_code(tracker.target, bearer(first, cluster.name)) == grpc.StatusCode.PERMISSION_DENIED
     assert await call_code(tracker.target, source.metadata()) == grpc.StatusCode.OK
     assert reviews(tracker) == 4  # a cache of one token: each switch evicts the other
+
+    # The operator command sends the token of its flags.
+    flags = ["--address", tracker.target, "--tracker-token-file", str(token_file), "--tracker-token-cluster"]
+    code, out, err = await ctl(["status", *flags, cluster.name])
+    assert code == 0 and "SERVING" in out, err
+    code, out, err = await ctl(["get", "10.255.0.1", *flags, cluster.name])
+    assert "no pod owns 10.255.0.1" in err, err
+    code, out, err = await ctl(["status", "--address", tracker.target])
+    assert code != 0 and "UNAUTHENTICATED" in err, err
+
+
+async def ctl(argv: list[str]) -> tuple[int, str, str]:
+    """``kube-ip-tracker status|get ...``: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(ctl_main.main, argv, out, err)
+    return code, out.getvalue(), err.getvalue()
