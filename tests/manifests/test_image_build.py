@@ -115,7 +115,7 @@ def test_wheel_version_extras_and_entry_points(wheel: Path) -> None:
     # The ENTRYPOINTs of the two image targets are the package's console scripts.
     dockerfile = DOCKERFILE.read_text()
     for target, script, module in (
-        ("tracker", "kube-ip-tracker", "kube_ip_tracker.cli:main"),
+        ("tracker", "kube-ip-tracker", "kube_ip_tracker.tracker_entry:main"),
         ("agent", "kube-ip-agent", "kube_ip_tracker.agent.cli:main"),
     ):
         stage = dockerfile.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
