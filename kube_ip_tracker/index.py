@@ -50,11 +50,14 @@ _running_loop = asyncio._get_running_loop
 @dataclass(frozen=True, slots=True)
 class Change:
     """One committed change. A deletion holds the last record of the object (only its key matters);
-    a deleted :class:`ClusterStatusRecord` removes the whole cluster."""
+    a deleted :class:`ClusterStatusRecord` removes the whole cluster. A cluster status change also
+    holds the status it replaced (``previous``; ``None`` for a new cluster), so what a filter admitted
+    at an older revision can be told from the log."""
 
     revision: int
     record: AnyRecord
     deleted: bool = False
+    previous: ClusterStatusRecord | None = None
 
     @property
     def cluster(self) -> str:
@@ -244,13 +247,14 @@ class Index:
         if not status.cluster:
             raise ValueError("cluster status without a cluster name")
         c = self._clusters.get(status.cluster)
+        previous = None if c is None else c.status
         if c is None:
             c = self._clusters[_intern(status.cluster)] = _Cluster(_intern(status.cluster))
             log.info("Cluster %s added to the index", status.cluster)
         elif c.status == status:
             return
         c.status = status
-        self._emit(c, status, False)
+        self._emit(c, status, False, previous)
 
     def remove_cluster(self, cluster: str) -> None:
         """Drop a cluster and every object of it: one change (a deleted cluster status)."""
@@ -266,7 +270,7 @@ class Index:
             len(c.namespaces),
             len(c.nodes),
         )
-        self._emit(c, ClusterStatusRecord(c.name), True)
+        self._emit(c, ClusterStatusRecord(c.name), True, c.status)
         for kind in Kind:
             try:
                 metrics.INDEX_OBJECTS.remove(cluster, kind.value)
@@ -350,9 +354,9 @@ class Index:
         if old is not None:
             self._emit(c, old, True)
 
-    def _emit(self, c: _Cluster, record: AnyRecord, deleted: bool) -> None:
+    def _emit(self, c: _Cluster, record: AnyRecord, deleted: bool, previous: ClusterStatusRecord | None = None) -> None:
         self._revision += 1
-        self._pending.append(Change(self._revision, record, deleted))
+        self._pending.append(Change(self._revision, record, deleted, previous))
         if c.name not in self._touched:
             c.last_change_time = self._clock()
             self._touched.add(c.name)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 
 from kube_ip_tracker import wire
-from kube_ip_tracker.index import Batch, Index
+from kube_ip_tracker.index import Batch, Change, Index
+from kube_ip_tracker.model import ClusterStatusRecord
 from kube_ip_tracker.server import metrics
 from kube_ip_tracker.server.encode import DeltaMessage, WatchFilter
 
@@ -114,3 +116,22 @@ class ChangeLog:
                 break
             seq = entry.seq
         return seq
+
+    def changes_after(self, revision: int) -> Iterator[tuple[Change, bytes]]:
+        """Every logged ``(change, framed)`` after ``revision``, in order (the log must reach back to it)."""
+        seq = self.seq_after(revision)
+        assert seq is not None, f"the change log does not reach back to revision {revision}"
+        for entry in list(self.entries)[seq - self.first_seq :]:
+            start = max(0, revision - entry.batch.first_revision + 1)
+            yield from zip(entry.batch.changes[start:], entry.framed[start:], strict=True)
+
+    def statuses_at(self, revision: int) -> dict[str, ClusterStatusRecord]:
+        """Every cluster's status at ``revision``: today's, with the status changes after it undone."""
+        statuses = {name: s for name in self.index.cluster_names() if (s := self.index.cluster_status(name))}
+        undo = [c for c, _ in self.changes_after(revision) if isinstance(c.record, ClusterStatusRecord)]
+        for change in reversed(undo):
+            if change.previous is None:
+                statuses.pop(change.cluster, None)
+            else:
+                statuses[change.cluster] = change.previous
+        return statuses

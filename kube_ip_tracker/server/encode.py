@@ -161,31 +161,46 @@ def content_items(content: ClusterContent, revision: int) -> list[tuple[int, byt
 
 
 class FilterGroup:
-    """Watchers sharing one filter; tracks which clusters they currently see.
+    """The one filter implementation: which changes a watcher with ``flt`` gets, tracking which
+    clusters it currently sees.
 
     A cluster becomes visible (its status now passes the filter) -> its whole current content is sent;
     it stops being visible -> a deleted cluster is sent. For an unfiltered group every change goes out.
+    Live, a group shared by the watchers of one filter encodes each committed batch. To catch a watcher
+    up (a resume, a shared older snapshot) a group is made with what the filter admitted at the
+    watcher's revision (``visible``) and encodes the whole missed range as one batch: what the watcher
+    would have received live, up to repeated changes of one object, so the result is exact for cluster
+    filters and tracker ids alike.
     """
 
-    def __init__(self, flt: WatchFilter, index: Index) -> None:
+    def __init__(self, flt: WatchFilter, index: Index, visible: set[str] | None = None) -> None:
         self.filter = flt
         self.index = index
         self.visible: set[str] = set()
-        if not flt.everything:
+        if visible is not None:
+            self.visible = visible
+        elif not flt.everything:
             for name in index.cluster_names():
                 status = index.cluster_status(name)
                 if status is not None and flt.admits(status):
                     self.visible.add(name)
 
     def encode(self, batch: Batch, framed_changes: Sequence[bytes], epoch: str) -> list[DeltaMessage]:
-        """DELTA messages of a batch for this group (shared by its watchers); updates visibility."""
+        """DELTA messages of a batch just committed, for this group (shared by its watchers)."""
+        return self.encode_changes(zip(batch.changes, framed_changes, strict=True), epoch, batch.revision)
+
+    def encode_changes(
+        self, changes: Iterable[tuple[Change, bytes]], epoch: str, last_revision: int
+    ) -> list[DeltaMessage]:
+        """DELTA messages of ``(change, framed)`` committed up to ``last_revision`` (the index's state now);
+        updates visibility."""
         epoch = self.filter.stream_epoch(epoch)
         if self.filter.everything:
-            items = list(zip((c.revision for c in batch.changes), framed_changes, strict=True))
-            return chunk_deltas(epoch, items, batch.revision)
+            items = [(c.revision, framed) for c, framed in changes]
+            return chunk_deltas(epoch, items, last_revision) if items else []
         decided: dict[str, str] = {}  # cluster -> "send" | "skip" | "done"
         items = []
-        for change, framed in zip(batch.changes, framed_changes, strict=True):
+        for change, framed in changes:
             name = change.cluster
             action = decided.get(name)
             if action is None:
@@ -194,7 +209,7 @@ class FilterGroup:
                 items.append((change.revision, framed))
         if not items:
             return []
-        return chunk_deltas(epoch, items, batch.revision)
+        return chunk_deltas(epoch, items, last_revision)
 
     def _decide(self, change: Change, items: list[tuple[int, bytes]]) -> str:
         name = change.cluster
@@ -218,26 +233,6 @@ class FilterGroup:
                 items.extend(content_items(content, change.revision))
             return "done"
         return "skip"
-
-
-def filter_logged_changes(
-    flt: WatchFilter, index: Index, changes: Iterable[tuple[Change, bytes]]
-) -> list[tuple[int, bytes]]:
-    """``(revision, framed)`` of the already framed logged ``changes`` a filter admits, for a stream
-    that reads log entries its filter group did not encode (it was created after them).
-
-    Exact for cluster filters. The tracker-id exclusion is judged on the current cluster paths, so the
-    caller sends a reset snapshot instead when a cluster status changed in the missed range.
-    """
-    if flt.everything:  # nothing to judge: every change goes (most watchers)
-        return [(c.revision, framed) for c, framed in changes]
-    items: list[tuple[int, bytes]] = []
-    for change, framed in changes:
-        status = index.cluster_status(change.cluster)
-        record_status = change.record if isinstance(change.record, ClusterStatusRecord) else None
-        if flt.admits(status or record_status or ClusterStatusRecord(change.cluster)):
-            items.append((change.revision, framed))
-    return items
 
 
 class EncodedSnapshot:

@@ -6,6 +6,8 @@ a snapshot whose first message has ``reset``. A revision *ahead* of the tracker'
 epoch cannot come from this tracker and is refused with INVALID_ARGUMENT naming both revisions.
 A watcher with cluster filters sees the epoch plus a fingerprint of them (``WatchFilter.stream_epoch``):
 resuming with other filters is an unknown epoch, so it gets a reset snapshot of what the new filters admit.
+With the same filters it resumes, a tracker id too: what the filter admitted at the resume revision is
+told from the log (:meth:`~.changelog.ChangeLog.statuses_at`), so the missed range is exact.
 
 After the start (a snapshot, or END_OF_SNAPSHOT for a resume) a stream is one loop: send the
 server's change log (:mod:`.changelog`) from the watcher's position to the head, then wait. A snapshot
@@ -45,8 +47,7 @@ class SnapshotCache:
 
     A watcher may get a cached snapshot at an older revision followed by the changes since then from
     the change log (as Typha does), so watchers that connect within ``ttl`` share one encoding even
-    while the index changes. Filters with a tracker id only share a snapshot of the current revision
-    (their visibility depends on the cluster paths at snapshot time).
+    while the index changes (exactly for every filter: see :meth:`~.fanout.Fanout.add`).
     """
 
     def __init__(self, ttl: float) -> None:
@@ -61,9 +62,7 @@ class SnapshotCache:
         entry = self._entries.get(flt)
         if entry is not None and entry[0].error is None and entry[0].snapshot.epoch == index.epoch:
             snap = entry[0]
-            if snap.revision == revision or (
-                not flt.tracker_id and now - entry[1] <= self.ttl and log_first_revision <= snap.revision + 1
-            ):
+            if snap.revision == revision or (now - entry[1] <= self.ttl and log_first_revision <= snap.revision + 1):
                 return snap, True
         snap = EncodedSnapshot(index.snapshot(_admits(flt)), flt)
         self._entries[flt] = (snap, now)
@@ -182,12 +181,7 @@ class WatchService:
                     f"resume revision {request.revision} is ahead of the tracker's revision {current} "
                     f"in epoch {epoch}; drop the resume point and watch again",
                 )
-            seq = self.fanout.log.seq_after(request.revision)
-            if seq is not None and flt.tracker_id and self._status_set_since(seq):
-                # Which clusters the watcher saw depended on their paths at the time; not in the log.
-                log.info("Watcher %r (%s): cluster statuses changed since revision %d", name, peer, request.revision)
-                seq = None
-            if seq is not None:
+            if self.fanout.log.seq_after(request.revision) is not None:
                 return WatchStart(resume_from=request.revision)
         log.info(
             "Watcher %r (%s) cannot resume from epoch %s revision %d (epoch %s, log from revision %d): "
@@ -200,17 +194,6 @@ class WatchService:
             self.fanout.log.first_revision,
         )
         return WatchStart(reset=True)
-
-    def _status_set_since(self, seq: int) -> bool:
-        """True if a cluster status was set (not deleted) in the log from ``seq`` on."""
-        log_ = self.fanout.log
-        for s in range(seq, log_.next_seq):
-            entry = log_.get(s)
-            if entry is not None and any(
-                isinstance(c.record, ClusterStatusRecord) and not c.deleted for c in entry.batch.changes
-            ):
-                return True
-        return False
 
     def _resume(self, watcher: Watcher, revision: int) -> list[tuple[bytes, str]]:
         """Register ``watcher`` after ``revision``; its stream starts with END_OF_SNAPSHOT there."""
