@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 
 from kube_ip_tracker import wire
 from kube_ip_tracker.index import Batch, Change, Index
@@ -121,9 +122,13 @@ class ChangeLog:
         """Every logged ``(change, framed)`` after ``revision``, in order (the log must reach back to it)."""
         seq = self.seq_after(revision)
         assert seq is not None, f"the change log does not reach back to revision {revision}"
-        for entry in list(self.entries)[seq - self.first_seq :]:
-            start = max(0, revision - entry.batch.first_revision + 1)
-            yield from zip(entry.batch.changes[start:], entry.framed[start:], strict=True)
+        for entry in islice(self.entries, seq - self.first_seq, None):
+            changes = entry.batch.changes
+            if entry.batch.first_revision > revision:
+                yield from zip(changes, entry.framed)
+            else:  # the batch the resume revision is in
+                start = revision - entry.batch.first_revision + 1
+                yield from zip(changes[start:], entry.framed[start:])
 
     def statuses_at(self, revision: int) -> dict[str, ClusterStatusRecord]:
         """Every cluster's status at ``revision``: today's, with the status changes after it undone."""

@@ -26,7 +26,6 @@ from kube_ip_tracker.server.encode import (
     DeltaMessage,
     FilterGroup,
     WatchFilter,
-    chunk_deltas,
     fits_after,
     merge_deltas,
 )
@@ -85,23 +84,23 @@ class Fanout:
     def add(self, watcher: Watcher, revision: int) -> bool:
         """Register ``watcher`` to stream the changes after ``revision``; False if the log does not reach back.
 
-        An unfiltered watcher starts its cursor there: the log's memoised DELTAs are its catch-up. A
-        filtered one gets the missed range encoded as one batch by a :class:`FilterGroup` that starts
-        from what its filter admitted at ``revision``, then the cursor at the head.
+        The missed range (a resume, a shared older snapshot) is framed as one batch by a :class:`FilterGroup`
+        that starts from what the filter admitted at ``revision``: the log's framed changes joined into as
+        few DELTAs as the per-message limits allow, nothing encoded again. The cursor then starts at the head.
         Nothing may be awaited between choosing ``revision`` and this call.
         """
         seq = self.log.seq_after(revision)
         if seq is None:
             return False
         flt = watcher.filter
-        watcher.cursor, watcher.revision, watcher.counted_from = seq, revision, self.log.next_seq
         head = self.index.committed_revision
-        if not flt.everything and revision < head:
-            statuses = self.log.statuses_at(revision)
-            visible = {name for name, status in statuses.items() if flt.admits(status)}
+        watcher.cursor, watcher.revision, watcher.counted_from = self.log.next_seq, head, self.log.next_seq
+        if revision < head:
+            visible = None
+            if not flt.everything:
+                visible = {name for name, status in self.log.statuses_at(revision).items() if flt.admits(status)}
             catch_up = FilterGroup(flt, self.index, visible)
             watcher.pending.extend(catch_up.encode_changes(self.log.changes_after(revision), self.index.epoch, head))
-            watcher.cursor, watcher.revision = self.log.next_seq, head
         if flt not in self._groups:
             self._groups[flt] = FilterGroup(flt, self.index)
             self._members[flt] = set()
@@ -168,27 +167,21 @@ class Fanout:
         return merge_deltas(parts) if parts else None
 
     def _deltas(self, watcher: Watcher, entry: LogEntry) -> list[DeltaMessage]:
-        """``entry``'s DELTAs for ``watcher``: memoised by its filter group (or, unfiltered, by the first reader)."""
-        flt = watcher.filter
-        partial = entry.batch.first_revision <= watcher.revision  # resuming inside a batch
-        memo = None if partial else entry.deltas.get(flt)
-        if memo is not None:
-            if entry.seq >= watcher.counted_from:
-                watcher.behind_messages -= len(memo)
-                watcher.behind_bytes -= sum(len(m.data) for m in memo)
-            return memo
-        if not flt.everything:  # a filtered watcher is caught up when added; its group encodes every later entry
+        """``entry``'s DELTAs for ``watcher``, memoised on it by the watcher's filter group."""
+        memo = entry.deltas.get(watcher.filter)
+        if memo is None:  # the group exists from the watcher's start on and encodes every entry
             log.error(
-                "No encoding of batch %d..%d for filter %s", entry.batch.first_revision, entry.batch.revision, flt
+                "No DELTAs of batch %d..%d for filter %s",
+                entry.batch.first_revision,
+                entry.batch.revision,
+                watcher.filter,
             )
             watcher.fail("internal error: changes not encoded for this filter; reconnect", grpc.StatusCode.INTERNAL)
             return []
-        start = watcher.revision - entry.batch.first_revision + 1 if partial else 0
-        items = list(zip((c.revision for c in entry.batch.changes[start:]), entry.framed[start:], strict=True))
-        messages = chunk_deltas(watcher.epoch, items, entry.batch.revision) if items else []
-        if not partial:  # every later reader shares it
-            self.log.grew(entry.memoise(flt, messages))
-        return messages
+        if entry.seq >= watcher.counted_from:
+            watcher.behind_messages -= len(memo)
+            watcher.behind_bytes -= sum(len(m.data) for m in memo)
+        return memo
 
     def _fell_behind(self, watcher: Watcher) -> None:
         if self.remove(watcher):
