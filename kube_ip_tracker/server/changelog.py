@@ -125,10 +125,10 @@ class ChangeLog:
         for entry in islice(self.entries, seq - self.first_seq, None):
             changes = entry.batch.changes
             if entry.batch.first_revision > revision:
-                yield from zip(changes, entry.framed)
+                yield from zip(changes, entry.framed, strict=True)
             else:  # the batch the resume revision is in
                 start = revision - entry.batch.first_revision + 1
-                yield from zip(changes[start:], entry.framed[start:])
+                yield from zip(changes[start:], entry.framed[start:], strict=True)
 
     def statuses_at(self, revision: int) -> dict[str, ClusterStatusRecord]:
         """Every cluster's status at ``revision``: today's, with the status changes after it undone."""
