@@ -2,8 +2,8 @@
 
 The shape of Calico Typha's breadcrumbs: one chain of immutable entries, each holding a batch, its
 changes serialized and framed once (at commit) and, per watcher filter, the DELTA messages that
-encode it (memoised on the entry: the first reader encodes, every other reader and every later
-resume shares the bytes). A watcher is a position in this log (:class:`~.fanout.Watcher`), not a
+encode it (memoised on the entry by the filter's group, shared by every watcher of the filter; a
+resume joins the framed changes instead). A watcher is a position in this log (:class:`~.fanout.Watcher`), not a
 queue, so memory is bounded by the log, not by the number of watchers or how far behind they are.
 
 The log reaches back as far as the index's change log (``--change-log-changes``) and at most
