@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
+from kube_ip_tracker.agent.run import MARK_SLOTS
 from kube_ip_tracker.testing import certs, objects, polling
 from kube_ip_tracker.testing.clusters import LocalCluster, free_port
 from kube_ip_tracker.testing.netns import Pod, PodNetwork
@@ -112,8 +114,20 @@ def deny_ingress(name: str) -> dict[str, object]:
     }
 
 
+def slot_for(name: str) -> int:
+    """A mark slot that follows from the agent's random name: other agents on a shared host likely hold others."""
+    return zlib.crc32(name.encode()) % MARK_SLOTS
+
+
 def start_agent(
-    tmp_path: Path, cluster: LocalCluster, tracker_port: int, name: str, metrics_port: int, queue: int, *extra: str
+    tmp_path: Path,
+    cluster: LocalCluster,
+    tracker_port: int,
+    name: str,
+    metrics_port: int,
+    queue: int,
+    *extra: str,
+    slot: int | None = None,
 ) -> Process:
     argv = [
         *AGENT_CMD,
@@ -130,8 +144,8 @@ def start_agent(
         "node-1",
         "--nfqueue-id",
         str(queue),
-        "--mark-slot",  # one that the dataplane tests (0) and the demo (2, 3) on a shared host do not use
-        "1",
+        "--mark-slot",  # a restarted agent (same name) takes the same slot
+        str(slot_for(name) if slot is None else slot),
         "--name",
         name,
         "--metrics-address",
@@ -208,7 +222,8 @@ async def test_agent_enforces_policies_from_the_api_server_and_cleans_up(
 
         # A second agent cannot take the same queue: it exits 1 saying why, and leaves no rules.
         second_name = f"kipt-{secrets.token_hex(3)}"
-        second = start_agent(tmp_path, cluster, tracker_port, second_name, free_port(), queue)
+        other_slot = (slot_for(name) + 1) % MARK_SLOTS  # not the first agent's: the queue is what they share
+        second = start_agent(tmp_path, cluster, tracker_port, second_name, free_port(), queue, slot=other_slot)
         processes.append(second)
         assert await asyncio.to_thread(second.proc.wait, 20) == 1, second.tail()
         assert f"cannot bind NFQUEUE {queue}" in second.tail(), second.tail()
@@ -330,7 +345,7 @@ async def test_an_internal_error_exits_3_and_keeps_the_rules(
     name = f"kipt-{secrets.token_hex(3)}"
     argv = ["run", "--tracker-address", f"127.0.0.1:{free_port()}", "--cluster-id", "c"]
     argv += ["--kubeconfig", str(kubeconfig), "--name", name, "--metrics-address", "", "--pod-cidr", "10.99.0.0/24"]
-    argv += ["--nfqueue-id", str(20000 + secrets.randbelow(40000)), "--mark-slot", "1"]
+    argv += ["--nfqueue-id", str(20000 + secrets.randbelow(40000)), "--mark-slot", str(slot_for(name))]
     config = agent_config(build_parser().parse_args(argv))
     try:
         with caplog.at_level(logging.ERROR):
