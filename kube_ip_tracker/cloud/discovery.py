@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,12 +19,12 @@ from typing import Generic, Protocol, TypeVar
 
 import aiohttp
 
+from kube_ip_tracker.kube.names import label_value_problem
 from kube_ip_tracker.model import ClusterSpec
 
 log = logging.getLogger(__name__)
 
 CLUSTER_ID_LABEL = "cluster.clusterset.k8s.io"
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 
 
@@ -136,7 +135,7 @@ class ClusterIdResolver(Generic[N]):
             return fallback
         if label is None:
             cluster_id = name.default_cluster_id
-        elif not _LABEL_VALUE.match(label):
+        elif label == "" or label_value_problem(label):
             log.warning(
                 "%s cluster %s: label %s=%r on namespace kube-system is not a valid cluster id; using %s",
                 self.provider,
