@@ -36,6 +36,7 @@ from kube_ip_tracker.cloud.reconcile import Reconciler
 from kube_ip_tracker.ctl import main as ctl_main
 from kube_ip_tracker.durations import parse_duration
 from kube_ip_tracker.eks import flags as eks_flags
+from kube_ip_tracker.flag_values import positive_duration, positive_int
 from kube_ip_tracker.gke import flags as gke_flags
 from kube_ip_tracker.index import Index
 from kube_ip_tracker.kube.kubeconfig import (
@@ -68,16 +69,6 @@ EXIT_USAGE = 2
 # ----------------------------------------------------------------------------- flags
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least 1")
-    return value
-
-
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """gRPC serving, readiness and metrics."""
     from kube_ip_tracker.index import DEFAULT_LOG_SIZE
@@ -101,7 +92,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-watchers",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_WATCHERS,
         metavar="N",
         help=f"maximum concurrent Watch streams; more are refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_WATCHERS})",
@@ -122,7 +113,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--watcher-buffer-messages",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_WATCHER_BUFFER_MESSAGES,
         metavar="N",
         help="messages queued for one Watch stream before a watcher that does not keep up is disconnected "
@@ -130,7 +121,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--watcher-buffer-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_WATCHER_BUFFER_BYTES,
         metavar="BYTES",
         help=f"the same limit in bytes (default {DEFAULT_WATCHER_BUFFER_BYTES}); watchers share one change log, "
@@ -138,7 +129,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--change-log-changes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_LOG_SIZE,
         metavar="N",
         help="changes the change log keeps for resuming watchers: one that reconnects within them gets only what "
@@ -146,7 +137,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--change-log-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CHANGE_LOG_BYTES,
         metavar="BYTES",
         help="the same bound in bytes of encoded changes, whichever is reached first "
@@ -210,13 +201,6 @@ def add_cluster_label_arguments(parser: argparse.ArgumentParser) -> None:
     cluster_labels.add_arguments(group, "every namespace of a cluster watched directly")
 
 
-def _positive_seconds(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
-    return value
-
-
 # (flag, InformerOptions field, help); defaults come from InformerOptions.
 _SOURCE_TIMEOUT_FLAGS = (
     ("--kube-watch-timeout", "watch_timeout", "server-side timeout of a watch; each uses a random value in [T, 2T)"),
@@ -238,14 +222,14 @@ def add_source_timeout_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, field)
         group.add_argument(
             flag,
-            type=_positive_seconds,
+            type=positive_duration,
             default=default,
             metavar="DURATION",
             help=f"{text} (default {default:g}s)",
         )
     group.add_argument(
         "--kube-probe-failures",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.probe_failures_to_reconnect,
         metavar="N",
         help="failed liveness probes in a row after which the cluster's watches reconnect "

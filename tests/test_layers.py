@@ -38,6 +38,7 @@ SHARED = (
     "kube_ip_tracker.api",
     "kube_ip_tracker.backoff",
     "kube_ip_tracker.durations",
+    "kube_ip_tracker.flag_values",
     "kube_ip_tracker.listen",
     "kube_ip_tracker.logs",
     "kube_ip_tracker.metrics_http",

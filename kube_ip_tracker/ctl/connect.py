@@ -12,7 +12,7 @@ from kube_ip_tracker.client.resolver import parse_address
 from kube_ip_tracker.client.tls_flags import add_client_tls_arguments, client_tls_from_args
 from kube_ip_tracker.client.token import TokenOptions
 from kube_ip_tracker.client.token_flags import add_client_token_arguments, client_token_from_args
-from kube_ip_tracker.durations import parse_duration
+from kube_ip_tracker.flag_values import positive_duration
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 EXIT_USAGE = 2
@@ -27,13 +27,6 @@ class CommandError(Exception):
         self.code = code
 
 
-def _timeout(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be positive")
-    return value
-
-
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """``--address``, ``--timeout`` and the tracker TLS flags (as the agent spells them)."""
     parser.add_argument(
@@ -43,7 +36,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the tracker's gRPC address (default {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
-        "--timeout", type=_timeout, default=5.0, metavar="DURATION", help="deadline of each call (default 5s)"
+        "--timeout", type=positive_duration, default=5.0, metavar="DURATION", help="deadline of each call (default 5s)"
     )
     add_client_tls_arguments(parser, prefix="tracker")
     add_client_token_arguments(parser, "tracker")  # --tracker-token-file, --tracker-token-cluster

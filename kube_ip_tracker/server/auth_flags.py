@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 import grpc.aio
 
+from kube_ip_tracker.flag_values import positive_int
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server.auth import (
     DEFAULT_ALLOWED_SERVICE_ACCOUNTS,
@@ -29,13 +30,6 @@ from kube_ip_tracker.server.auth import (
 from kube_ip_tracker.server.token_review import KubeTokenReviewer
 
 MODES = ("none", "token", "mtls")
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def add_client_auth_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -58,7 +52,7 @@ def add_client_auth_arguments(group: argparse._ArgumentGroup | argparse.Argument
     )
     group.add_argument(
         "--token-cache-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CACHE_SIZE,
         metavar="N",
         help=f"verified tokens remembered until they expire (at most 5m) (default {DEFAULT_CACHE_SIZE})",
