@@ -52,6 +52,9 @@ from kube_ip_tracker.metrics_http import MetricsServer, start_metrics_server
 from kube_ip_tracker.model import ClusterSpec, IndexWriter
 from kube_ip_tracker.server import TrackerServer
 from kube_ip_tracker.server.auth_flags import add_client_auth_arguments, client_auth_interceptors
+from kube_ip_tracker.server.bootstrap_pki import PkiError
+from kube_ip_tracker.server.tls_bootstrap import TlsBootstrap
+from kube_ip_tracker.server.tls_bootstrap_flags import add_tls_bootstrap_arguments, bootstrap_from_args
 from kube_ip_tracker.sources.cluster_labels import ClusterLabelWriter
 from kube_ip_tracker.sources.kubeconfig_dir import KubeconfigDirWatcher
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
@@ -162,6 +165,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="PEM CA bundle; when set, every gRPC client must present a certificate signed by it (mTLS)",
     )
     add_client_auth_arguments(group)  # --client-auth, --allowed-service-accounts, --token-cache-size
+    add_tls_bootstrap_arguments(group)  # --tls-bootstrap-secret, ...
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,17 +325,24 @@ def build_index(args: argparse.Namespace) -> Index:
 
 
 def build_server(
-    index: Index, args: argparse.Namespace, specs: Callable[[], Mapping[str, ClusterSpec]] = dict
+    index: Index,
+    args: argparse.Namespace,
+    specs: Callable[[], Mapping[str, ClusterSpec]] = dict,
+    bootstrap: TlsBootstrap | None = None,
 ) -> TrackerServer:
     """The gRPC server over the index (TLS from files when --tls-cert-file is set; TlsConfigError if bad).
 
-    ``specs`` gives the watched clusters, in which --client-auth=token reviews callers' tokens.
+    ``specs`` gives the watched clusters, in which --client-auth=token reviews callers' tokens. With
+    ``bootstrap`` (synced once) the server uses the files it writes and re-reads them when renewed.
     """
     from kube_ip_tracker.server.grpc_server import SERVICE_NAME
     from kube_ip_tracker.server.tls import TlsConfigError, reloading_credentials
 
     tls = None
-    if args.tls_cert_file or args.tls_key_file:
+    if bootstrap is not None:
+        files = bootstrap.config.files
+        tls = reloading_credentials(files.cert_file, files.key_file, args.tls_client_ca_file)[1]
+    elif args.tls_cert_file or args.tls_key_file:
         if not (args.tls_cert_file and args.tls_key_file):
             raise TlsConfigError("--tls-cert-file and --tls-key-file must be given together")
         tls = reloading_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)[1]
@@ -421,11 +432,26 @@ async def close_reconcilers(reconcilers: Sequence[Reconciler[Any]]) -> None:
         await reconciler.close()
 
 
+async def bootstrap_tls(bootstrap: TlsBootstrap, stop: asyncio.Event) -> bool:
+    """The bootstrap's first sync, retried until it works; False when stopped first (PkiError if unusable)."""
+    sync = asyncio.create_task(bootstrap.first_sync(), name="tls-bootstrap-first-sync")
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((sync, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not sync.done():
+            sync.cancel()
+            await asyncio.gather(sync, return_exceptions=True)
+    return not sync.cancelled() and sync.done() and sync.result() is not None
+
+
 async def run(args: argparse.Namespace) -> int:
     """Start the index, the server and the sources; run until SIGTERM/SIGINT."""
     try:
         specs = load_static_clusters(args)
-    except KubeconfigError as exc:
+        bootstrap = bootstrap_from_args(args)
+    except (KubeconfigError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
 
@@ -433,6 +459,16 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if bootstrap is not None:
+        synced: bool | None = None
+        try:
+            synced = await bootstrap_tls(bootstrap, stop)
+        except PkiError as exc:
+            log.error("%s", exc)
+        if not synced:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            return EXIT_CONFIG if synced is None else 0
 
     index = build_index(args)
     try:
@@ -467,7 +503,7 @@ async def run(args: argparse.Namespace) -> int:
 
     metrics_server: MetricsServer | None = None
     try:
-        server = build_server(index, args, supervisor.specs)
+        server = build_server(index, args, supervisor.specs, bootstrap)
         metrics_server = start_metrics(args.metrics_address, ready=lambda: server.serving)
         await server.start()
     except (OSError, RuntimeError, ValueError) as exc:
@@ -488,6 +524,8 @@ async def run(args: argparse.Namespace) -> int:
             tasks.append(asyncio.create_task(watcher.run(), name="kubeconfig-dir"))
         for reconciler in discovered:
             tasks.append(asyncio.create_task(reconciler.run(), name=f"{reconciler.provider.name}-reconciler"))
+        if bootstrap is not None:
+            tasks.append(asyncio.create_task(bootstrap.run(), name="tls-bootstrap"))
         tasks.append(
             asyncio.create_task(mark_ready(supervisor, server, upstreams, configured, args.ready_timeout, discovered))
         )

@@ -36,10 +36,25 @@ AGENT_OPTIONS = ClientOptions(backoff_base=0.1, backoff_cap=1.0)
 
 
 class TrackerProcess:
-    """One tracker child process; keeps its port across restarts."""
+    """One tracker child process; keeps its port across restarts.
 
-    def __init__(self, name: str, args: Sequence[str], log_dir: Path, *, metrics: bool = False) -> None:
+    With ``tls`` (a function giving channel credentials, asked for each new channel) and
+    ``server_name``, the helpers below talk TLS to it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_dir: Path,
+        *,
+        metrics: bool = False,
+        tls: Callable[[], grpc.ChannelCredentials] | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.name = name
+        self.tls = tls
+        self.server_name = server_name
         self.port = free_port()
         self.metrics_port = free_port() if metrics else 0
         self.argv = [
@@ -60,6 +75,13 @@ class TrackerProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.aio.Channel:
+        """A new channel to the tracker: TLS when the process was made with ``tls``."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.address)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.aio.secure_channel(self.address, self.tls(), options=options)
 
     def start(self) -> TrackerProcess:
         with self.log_path.open("ab") as log:
@@ -94,7 +116,7 @@ class TrackerProcess:
         return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
 
     async def list_clusters(self) -> pb.ListClustersResponse:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             return await tracker_pb2_grpc.TrackerStub(channel).ListClusters(pb.ListClustersRequest(), timeout=5)
 
     async def clusters(self) -> dict[str, pb.ClusterInfo]:
@@ -108,7 +130,7 @@ class TrackerProcess:
     async def serving(self) -> bool:
         """The health service reports SERVING."""
         try:
-            async with grpc.aio.insecure_channel(self.address) as channel:
+            async with self.channel() as channel:
                 resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         except grpc.aio.AioRpcError:
             return False
@@ -117,7 +139,7 @@ class TrackerProcess:
     async def snapshot(self) -> list[PodRecord | NamespaceRecord]:
         """The pods and namespaces of a fresh Watch snapshot: what the tracker serves now."""
         records: list[PodRecord | NamespaceRecord] = []
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             stream = tracker_pb2_grpc.TrackerStub(channel).Watch(pb.WatchRequest(watcher_name="snapshot"), timeout=10)
             async for msg in stream:
                 for change in msg.changes:

@@ -10,6 +10,7 @@ import pytest
 import kube_ip_tracker
 from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.agent import cli as agent_cli
+from kube_ip_tracker.agent.explain.client import SOCKET_DIR
 from kube_ip_tracker.client.token import TOKEN_AUDIENCE
 from kube_ip_tracker.listen import parse_listen_address
 from kube_ip_tracker.server import healthcheck
@@ -33,6 +34,10 @@ EXPECTED = [
     "ServiceAccount/kube-system/kube-ip-tracker",
     "ClusterRole/kube-ip-tracker",
     "ClusterRoleBinding/kube-ip-tracker",
+    "Secret/kube-system/kube-ip-tracker-tls",
+    "ConfigMap/kube-system/kube-ip-tracker-ca",
+    "Role/kube-system/kube-ip-tracker-tls-bootstrap",
+    "RoleBinding/kube-system/kube-ip-tracker-tls-bootstrap",
     "Deployment/kube-system/kube-ip-tracker",
     "Service/kube-system/kube-ip-tracker",
     "ServiceAccount/kube-system/kube-ip-agent",
@@ -48,12 +53,26 @@ def objects() -> list[Obj]:
 
 
 def rules(role: Obj) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) triples a ClusterRole grants."""
+    """(apiGroup, resource, verb) triples a ClusterRole grants (to any name)."""
+    assert not any("resourceNames" in rule for rule in role["rules"]), key(role)
     return {
         (group, resource, verb)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def named_rules(role: Obj) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, name, verb) of a Role whose every rule names its objects."""
+    assert all(rule.get("resourceNames") for rule in role["rules"]), f"{key(role)}: a rule without resourceNames"
+    return {
+        (group, resource, name, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for name in rule["resourceNames"]
         for verb in rule["verbs"]
     }
 
@@ -87,6 +106,19 @@ def test_rbac_grants_exactly_what_the_issue_lists(objects: list[Obj]) -> None:
     assert agent == {("networking.k8s.io", "networkpolicies", v) for v in ("list", "watch")} | {
         ("", "namespaces", v) for v in ("get", "list", "watch")
     } | {("policy.networking.k8s.io", r, v) for r in cluster_scoped for v in ("list", "watch")}
+    # The TLS bootstrap reads and replaces its own Secret and ConfigMap, which the manifest creates:
+    # no create (RBAC cannot limit it to a name), no list, watch, delete or patch.
+    bootstrap = named_rules(find(objects, "Role", "kube-ip-tracker-tls-bootstrap"))
+    assert bootstrap == {("", "secrets", "kube-ip-tracker-tls", v) for v in ("get", "update")} | {
+        ("", "configmaps", "kube-ip-tracker-ca", v) for v in ("get", "update")
+    }
+    binding = find(objects, "RoleBinding", "kube-ip-tracker-tls-bootstrap")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kube-ip-tracker-tls-bootstrap",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kube-ip-tracker", "namespace": NS}]
     for name in ("kube-ip-tracker", "kube-ip-agent"):
         binding = find(objects, "ClusterRoleBinding", name)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
@@ -126,6 +158,9 @@ def test_tracker_deployment(objects: list[Obj]) -> None:
     assert probe[:3] == ["python", "-m", healthcheck.__name__]
     probe_args = healthcheck.build_parser().parse_args(probe[3:])
     assert probe_args.address == f"127.0.0.1:{port(container, 'grpc')}" and probe_args.service == ""
+    # The probe speaks TLS, verified with the bundle the bootstrap writes, for a name of the certificate.
+    assert str(probe_args.tls_ca_file) == f"{args.tls_bootstrap_dir}/ca.crt"
+    assert probe_args.tls_server_name == f"{args.tls_bootstrap_service}.{NS}.svc"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
@@ -157,6 +192,10 @@ def test_agent_daemonset(objects: list[Obj]) -> None:
     container = spec["containers"][0]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert {"operator": "Exists"} in spec["tolerations"]
+    # `kube-ip-agent explain` on the node reaches the socket: --explain-socket's directory is the host's.
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(SOCKET_DIR)]
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"] == {"path": str(SOCKET_DIR), "type": "DirectoryOrCreate"}
     assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["securityContext"].get("privileged") is not True
@@ -229,3 +268,40 @@ def test_agents_send_a_projected_token_that_the_tracker_checks(objects: list[Obj
     assert source["serviceAccountToken"]["audience"] == TOKEN_AUDIENCE
     assert source["serviceAccountToken"]["path"] == token_name
     assert source["serviceAccountToken"]["expirationSeconds"] <= 3600
+
+
+def test_tls_by_default_with_the_bootstrap_and_agents_verifying_its_bundle(objects: list[Obj]) -> None:
+    container = tracker_container(objects)
+    tracker = parse_or_fail(tracker_cli.parse_args, expand_args(container), "tracker")
+    assert tracker.tls_cert_file is None and tracker.tls_client_ca_file is None
+    assert tracker.tls_bootstrap_namespace is None  # from $POD_NAMESPACE:
+    [env] = [e for e in container["env"] if e["name"] == "POD_NAMESPACE"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The Secret and ConfigMap exist, empty, of the type the tracker expects; the Role names them.
+    secret = find(objects, "Secret", tracker.tls_bootstrap_secret)
+    assert secret["type"] == "Opaque" and "data" not in secret and "stringData" not in secret
+    configmap = find(objects, "ConfigMap", tracker.tls_bootstrap_ca_configmap)
+    assert "data" not in configmap
+    # The certificate is for the headless Service's name the agents dial.
+    service = find(objects, "Service", tracker.tls_bootstrap_service)
+    assert service["spec"]["clusterIP"] == "None"
+    # The bootstrap's directory is a memory emptyDir of the tracker.
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == tracker.tls_bootstrap_dir]
+    tracker_volumes = pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["volumes"]
+    [volume] = [v for v in tracker_volumes if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory"
+
+    # The agent verifies the tracker with that ConfigMap's ca.crt, for the Service name it dials.
+    agent_c = agent_container(objects)
+    agent = parse_or_fail(agent_cli.build_parser().parse_args, expand_args(agent_c), "agent")
+    assert agent.tracker_server_name is None
+    host = agent.tracker_address[0].rsplit(":", 1)[0]
+    assert host == f"{tracker.tls_bootstrap_service}.{NS}.svc.cluster.local"
+    ca_dir, ca_name = str(agent.tracker_ca_file).rsplit("/", 1)
+    [mount] = [m for m in agent_c["volumeMounts"] if m["mountPath"] == ca_dir]
+    [volume] = [
+        v for v in pod_spec(find(objects, "DaemonSet", "kube-ip-agent"))["volumes"] if v["name"] == mount["name"]
+    ]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert volume["configMap"]["items"] == [{"key": "ca.crt", "path": ca_name}]
+    assert not volume["configMap"].get("optional"), "the agent waits for the bundle rather than starting without it"

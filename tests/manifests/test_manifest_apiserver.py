@@ -21,9 +21,10 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from kubernetes_asyncio.dynamic import DynamicClient
@@ -298,11 +299,125 @@ async def test_agent_policy_informer_with_the_manifest_role(
         await asyncio.gather(task, return_exceptions=True)
 
 
-def agent_argv(kubeconfig: Path, tracker: str, metrics_port: int, name: str, token_file: Path) -> list[str]:
-    """The DaemonSet's args, pointed at a local tracker and API server, with its own queue and rule names."""
+def tracker_args(manifest: list[Obj], kubeconfig: Path, tls_dir: Path) -> list[str]:
+    """The Deployment's args for a local tracker process (TrackerProcess sets the addresses): the
+    cluster and the TLS bootstrap's cluster from ``kubeconfig``, the namespace the kubelet passes as
+    $POD_NAMESPACE, the bootstrap's files in ``tls_dir``."""
+    container = pod_spec(find(manifest, "Deployment", "kube-ip-tracker"))["containers"][0]
+    local = {"--tls-bootstrap-dir": str(tls_dir)}
+    drop = {"--listen-address", "--metrics-address", "--gcp-cluster-names"}
+    args = [
+        f"{flag}={local[flag]}" if flag in local else arg
+        for arg in container["args"]
+        if (flag := arg.split("=", 1)[0]) not in drop
+    ]
+    namespace = find(manifest, "Deployment", "kube-ip-tracker")["metadata"]["namespace"]
+    return [
+        *args,
+        f"--kubeconfig={kubeconfig}",
+        f"--tls-bootstrap-kubeconfig={kubeconfig}",
+        f"--tls-bootstrap-namespace={namespace}",
+    ]
+
+
+def tls_tracker_process(name: str, args: list[str], tmp_path: Path, bundle: Path) -> TrackerProcess:
+    """A tracker process that the test helpers reach over TLS verified by ``bundle``, for the agents' name."""
+    return TrackerProcess(
+        name, args, tmp_path, tls=lambda: grpc.ssl_channel_credentials(bundle.read_bytes()), server_name=AGENT_DIALS
+    )
+
+
+async def copy_bundle(dyn: DynamicClient, manifest: list[Obj], path: Path) -> bool:
+    """Copy the published CA bundle to ``path`` as the kubelet does for the agents' mount; False while unpublished."""
+    configmap = find(manifest, "ConfigMap", "kube-ip-tracker-ca")
+    data = (await call(dyn, "get", configmap, name="kube-ip-tracker-ca")).get("data") or {}
+    if "ca.crt" not in data:
+        return False
+    await asyncio.to_thread(path.write_text, data["ca.crt"])
+    return True
+
+
+#: What the tracker's Deployment needs (its roles, the TLS bootstrap's objects), in the manifest's order.
+TRACKER_OBJECTS = (
+    ("ClusterRole", "kube-ip-tracker"),
+    ("ClusterRoleBinding", "kube-ip-tracker"),
+    ("Secret", "kube-ip-tracker-tls"),
+    ("ConfigMap", "kube-ip-tracker-ca"),
+    ("Role", "kube-ip-tracker-tls-bootstrap"),
+    ("RoleBinding", "kube-ip-tracker-tls-bootstrap"),
+)
+
+
+async def put_objects(cluster: LocalCluster, manifest: list[Obj], which: Sequence[tuple[str, str]]) -> None:
+    async with cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        for kind, name in which:
+            await put(dyn, find(manifest, kind, name))
+
+
+async def test_tracker_bootstraps_tls_with_the_manifest_role_and_the_probe_verifies_it(
+    rbac_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    manifest = load()
+    # Everything the tracker needs but the bootstrap's Role.
+    await put_objects(rbac_cluster, manifest, [o for o in TRACKER_OBJECTS if o[0] != "Role"])
+    kubeconfig = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
+    tls_dir, bundle = tmp_path / "tls", tmp_path / "agent-ca" / "ca.crt"
+    bundle.parent.mkdir()
+    tracker = tls_tracker_process("bootstrap", tracker_args(manifest, kubeconfig, tls_dir), tmp_path, bundle)
+    tracker.start()
+    try:
+        # Without the Role the tracker cannot read its Secret: named in the log, and it does not serve.
+        await eventually(
+            lambda: "get secret kube-system/kube-ip-tracker-tls: forbidden (403)" in tracker.log_path.read_text(),
+            "tracker logs the Secret forbidden",
+            [tracker],
+        )
+        assert tracker.alive
+        async with rbac_cluster.api_client() as api:
+            dyn = await DynamicClient(api)
+            await put(dyn, find(manifest, "Role", "kube-ip-tracker-tls-bootstrap"))
+            await eventually(lambda: copy_bundle(dyn, manifest, bundle), "CA bundle published", [tracker], within=60)
+        await eventually(tracker.serving, "tracker serves TLS verified by the published bundle", [tracker], within=60)
+
+        # The Deployment's readiness probe, with its files where this process has them, verifies it too.
+        container = pod_spec(find(manifest, "Deployment", "kube-ip-tracker"))["containers"][0]
+        local = {"--address": tracker.address, "--tls-ca-file": str(tls_dir / "ca.crt")}
+        probe = [
+            f"{flag}={local[flag]}" if (flag := a.split("=", 1)[0]) in local else a
+            for a in container["readinessProbe"]["exec"]["command"]
+        ]
+        assert probe[0] == "python"
+        assert await probe_exit_code([sys.executable, *probe[1:]]) == 0
+
+        # The Role is that narrow: no other Secret, and no new ones.
+        async with api_client(ClusterSpec("rbac", kubeconfig=str(kubeconfig))) as sa_api:
+            sa = await DynamicClient(sa_api)
+            other = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "kube-system"}}
+            for method, name in (("get", "other"), ("post", None)):
+                with pytest.raises(KubeError) as denied:
+                    await call(sa, method, other, name=name)
+                assert denied.value.status == 403, method
+    finally:
+        tracker.stop()
+
+
+AGENT_DIALS = "kube-ip-tracker.kube-system.svc.cluster.local"
+
+
+def agent_argv(
+    kubeconfig: Path, tracker: str, metrics_port: int, name: str, token_file: Path, ca_file: Path
+) -> list[str]:
+    """The DaemonSet's args, pointed at a local tracker and API server, with its own queue and rule names.
+
+    The agent connects to ``tracker`` (an IP) and checks the certificate for the Service name the
+    DaemonSet's --tracker-address has.
+    """
     container = pod_spec(find(load(), "DaemonSet", "kube-ip-agent"))["containers"][0]
+    assert f"--tracker-address={AGENT_DIALS}:50051" in container["args"]
     local = {
         "--tracker-address": tracker,
+        "--tracker-ca-file": str(ca_file),
         "--tracker-token-file": str(token_file),
         "--cluster-id": "rbac",
         "--node-name": "node-1",
@@ -321,6 +436,7 @@ def agent_argv(kubeconfig: Path, tracker: str, metrics_port: int, name: str, tok
         f"--kubeconfig={kubeconfig}",
         f"--name={name}",
         f"--nfqueue-id={nfqueue}",
+        f"--tracker-server-name={AGENT_DIALS}",
     ]
 
 
@@ -341,7 +457,7 @@ async def test_agent_process_with_the_daemonset_args_and_the_manifest_role(
     manifest = load()
     async with rbac_cluster.api_client() as api:
         dyn = await DynamicClient(api)
-        for kind, name in (("ClusterRole", "kube-ip-tracker"), ("ClusterRoleBinding", "kube-ip-tracker")):
+        for kind, name in TRACKER_OBJECTS:
             await put(dyn, find(manifest, kind, name))
         await put(dyn, without_resource(find(manifest, "ClusterRole", "kube-ip-agent"), "networkpolicies"))
         await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-agent"))
@@ -353,13 +469,14 @@ async def test_agent_process_with_the_daemonset_args_and_the_manifest_role(
             )
         )
     tracker_config = kubeconfig_for(rbac_cluster, TRACKER_SA, tmp_path / "tracker.kubeconfig")
-    # The Deployment's --client-auth: the tracker reviews the agent's token with the manifest's role.
-    [auth] = [
-        a
-        for a in pod_spec(find(manifest, "Deployment", "kube-ip-tracker"))["containers"][0]["args"]
-        if a.startswith("--client-auth")
-    ]
-    tracker = TrackerProcess("agent-rbac", ["--kubeconfig", str(tracker_config), auth], tmp_path).start()
+    # The Deployment's args: --client-auth=token reviews the agent's token with the manifest's role,
+    # the TLS bootstrap serves a certificate the agent verifies with the published bundle only.
+    ca_file = tmp_path / "agent-ca.crt"
+    args = tracker_args(manifest, tracker_config, tmp_path / "tls")
+    tracker = tls_tracker_process("agent-rbac", args, tmp_path, ca_file).start()
+    async with rbac_cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        await eventually(lambda: copy_bundle(dyn, manifest, ca_file), "CA bundle published", [tracker], within=60)
     metrics_port = free_port()
     readyz = f"http://127.0.0.1:{metrics_port}/readyz"
     name = f"kipm-{secrets.token_hex(3)}"
@@ -369,6 +486,7 @@ async def test_agent_process_with_the_daemonset_args_and_the_manifest_role(
         metrics_port,
         name,
         token_file,
+        ca_file,
     )
     log_path = tmp_path / "agent.log"
     with log_path.open("ab") as out:
