@@ -27,7 +27,7 @@ from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import bootstrap_pki, tls_bootstrap
 from kube_ip_tracker.testing import certs, objects
 from kube_ip_tracker.testing.clusters import LocalCluster
-from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
+from kube_ip_tracker.testing.trackers import TRACKER_CMD, TrackerProcess, eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -158,6 +158,14 @@ async def test_two_replicas_starting_together_share_one_ca_that_agents_verify(
             await eventually(lambda: any(p.name == "web" for p in store.pods()), "agent has the pod", replicas)
         finally:
             await agent.stop()
+        # The operator command of docs/deploy.md, with the bundle and one of the Service's names.
+        status = await asyncio.create_subprocess_exec(
+            *TRACKER_CMD, "status", "--address", replicas[0].address, "--tracker-ca-file", str(bundle_file),
+            "--tracker-server-name", f"kube-ip-tracker.{NS}.svc",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await status.communicate()
+        assert f"tracker {replicas[0].address}: SERVING" in out.decode(), err.decode()
 
         # Verification is real: another CA, or another name, is refused at the handshake.
         rogue = certs.TestCA(tmp_path / "rogue", "rogue")
