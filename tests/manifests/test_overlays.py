@@ -79,6 +79,17 @@ def test_hub_serves_the_spokes_and_spokes_watch_only_their_own_cluster_plus_the_
     assert tracker.cluster_id == agent.cluster_id
     [upstream] = tracker.upstream_tracker
     assert parse_listen_address(upstream)[1] == hub_port["port"]
+    # Over TLS: the hub's bootstrapped certificate names the address the spokes dial, and the spoke
+    # verifies it with the hub's bundle, mounted from a ConfigMap (copied from the hub cluster).
+    assert parse_listen_address(upstream)[0] in parsed(hub, "kube-ip-tracker").tls_bootstrap_extra_names
+    assert tracker.upstream_server_name is None
+    ca_dir, ca_name = tracker.upstream_ca_file.rsplit("/", 1)
+    [(_, source)] = [
+        mount_of(spoke, v["name"])
+        for v in pod_spec(find(spoke, "Deployment", "kube-ip-tracker"))["volumes"]
+        if mount_of(spoke, v["name"])[0] == ca_dir
+    ]
+    assert source["configMap"] == {"name": "kube-ip-tracker-hub-ca", "items": [{"key": "ca.crt", "path": ca_name}]}
 
 
 def test_renderer_refuses_what_it_does_not_know(tmp_path) -> None:  # type: ignore[no-untyped-def]
