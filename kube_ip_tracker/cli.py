@@ -461,10 +461,20 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if bootstrap is not None:
         synced: bool | None = None
+        # Alive (/healthz) but not ready while the first certificate is awaited, so that the liveness
+        # probe does not restart a tracker whose API server is slow to answer.
+        try:
+            waiting = start_metrics(args.metrics_address, ready=lambda: False)
+        except OSError as exc:
+            log.error("Cannot serve metrics: %s", exc)
+            return EXIT_CONFIG
         try:
             synced = await bootstrap_tls(bootstrap, stop)
         except PkiError as exc:
             log.error("%s", exc)
+        finally:
+            if waiting is not None:
+                waiting.stop()
         if not synced:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

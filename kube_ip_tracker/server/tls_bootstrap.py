@@ -40,7 +40,7 @@ from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker.backoff import Backoff
 from kube_ip_tracker.kube.errors import describe_error
-from kube_ip_tracker.kube.kubeconfig import KubeconfigError, api_client
+from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import bootstrap_pki as pki
 from kube_ip_tracker.tls_files import TlsFiles
@@ -258,11 +258,12 @@ class TlsBootstrap:
                 await self._sync_configmap(api, material.bundle().decode())
         except (BootstrapError, pki.PkiError):
             raise
-        except (KubeconfigError, OSError, TimeoutError, ValueError) as e:
-            raise self._error(e, f"TLS bootstrap for Secret {self._where}") from None
-        except Exception as e:  # aiohttp errors and the like: named, not fatal
-            raise self._error(e, f"TLS bootstrap for Secret {self._where}") from None
-        self._write_files(material)
+        except Exception as e:  # unreachable, timed out, bad kubeconfig: named, retried
+            raise self._error(e, f"sync Secret {self._where}") from None
+        try:
+            self._write_files(material)
+        except OSError as e:
+            raise BootstrapError(f"cannot write the TLS files to {self.config.directory}: {e}") from None
         self.current = material
         BOOTSTRAP_CA_EXPIRY.set(material.ca.cert.not_valid_after_utc.timestamp())
         return material
@@ -290,9 +291,11 @@ class TlsBootstrap:
             await asyncio.sleep(delay)
             try:
                 await self.sync()
-            except (BootstrapError, pki.PkiError) as e:
+            except Exception as e:  # never end the loop: the current certificate stays in use
                 BOOTSTRAP_SYNCS.labels("error").inc()
                 delay = backoff.next_delay()
+                if not isinstance(e, (BootstrapError, pki.PkiError)):
+                    log.exception("TLS bootstrap failed unexpectedly")
                 log.error("TLS bootstrap: %s; the current certificate stays in use; retrying in %.1fs", e, delay)
                 continue
             BOOTSTRAP_SYNCS.labels("ok").inc()

@@ -13,6 +13,8 @@ import base64
 import logging
 import socket
 import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -76,6 +78,15 @@ async def put_secret(cluster: LocalCluster, data: dict[str, bytes], type_: str =
     )
     async with cluster.api_client() as api:
         await client.CoreV1Api(api).create_namespaced_secret(NS, body)
+
+
+async def replace_secret_data(cluster: LocalCluster, data: dict[str, bytes]) -> None:
+    """What an operator's ``kubectl edit`` does: the Secret's data replaced."""
+    async with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        secret = await core.read_namespaced_secret(SECRET, NS)
+        secret.data = {k: base64.b64encode(v).decode() for k, v in data.items()} or None
+        await core.replace_namespaced_secret(SECRET, NS, secret)
 
 
 def subjects(bundle: bytes) -> list[str]:
@@ -280,14 +291,38 @@ async def test_secret_with_garbage_ca_is_a_named_error_and_a_foreign_certificate
         },
     )
     bundle_file = tmp_path / "ca.crt"
-    tracker = tls_tracker("recovers", bootstrap_args(cluster), tmp_path, bundle_file).start()
+    # 20s certificates: the Secret is read again every 2s.
+    args = bootstrap_args(cluster, "--tls-bootstrap-cert-validity=20s")
+    tracker = tls_tracker("recovers", args, tmp_path, bundle_file).start()
     try:
         bundle = await wait_bundle(cluster, bundle_file, [tracker])
         assert bundle == ca.cert_pem
         await eventually(tracker.serving, "tracker serves with a reissued certificate", [tracker])
-        peer_certificate(tracker.address, bundle).verify_directly_issued_by(ca.cert)
+        served = peer_certificate(tracker.address, bundle)
+        served.verify_directly_issued_by(ca.cert)
         assert "serving certificate not signed by the CA in ca.crt: reissued" in tracker.log_path.read_text()
         assert (await secret_data(cluster))["ca.key"] == ca.key_pem
+
+        # Garbage while running: logged (with the Secret and key), the certificate in use stays in use.
+        await replace_secret_data(cluster, {**(await secret_data(cluster)), "ca.key": b"garbage"})
+        await eventually(
+            lambda: "ca.key holds no unencrypted PEM private key" in tracker.log_path.read_text(),
+            "the running tracker logs the unusable CA",
+            [tracker],
+        )
+        assert "the current certificate stays in use" in tracker.log_path.read_text()
+        assert tracker.alive and await tracker.serving()
+        assert peer_certificate(tracker.address, bundle).serial_number == served.serial_number
+        # The documented way to start over: remove the Secret's data; a new CA is made and published.
+        await replace_secret_data(cluster, {})
+
+        async def new_ca_published() -> bool:
+            published = await published_bundle(cluster)
+            return bool(published) and published != bundle
+
+        await eventually(new_ca_published, "a new CA in the ConfigMap", [tracker], within=30)
+        bundle_file.write_bytes(await published_bundle(cluster))
+        await eventually(tracker.serving, "tracker serves a certificate of the new CA", [tracker])
     finally:
         tracker.stop()
 
@@ -329,3 +364,55 @@ async def test_concurrent_bootstraps_agree_on_one_ca_through_conflicts(
     for b in bootstraps:  # every replica serves a certificate of that CA from its files
         cert = x509.load_pem_x509_certificate(b.config.files.cert_file.read_bytes())
         cert.verify_directly_issued_by(results[0].ca.cert)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return -1
+
+
+async def test_a_tracker_waiting_for_its_api_server_is_alive_not_ready_and_serves_once_it_answers(
+    cluster_factory, tmp_path: Path
+) -> None:
+    [cluster] = cluster_factory(1, names=["late"])
+    cluster.stop_apiserver()
+    bundle_file = tmp_path / "ca.crt"
+    tracker = TrackerProcess(
+        "late",
+        bootstrap_args(cluster),
+        tmp_path,
+        metrics=True,
+        tls=lambda: grpc.ssl_channel_credentials(bundle_file.read_bytes()),
+        server_name=SERVER_NAME,
+    ).start()
+    base = f"http://127.0.0.1:{tracker.metrics_port}"
+    try:
+        await eventually(
+            lambda: (
+                "TLS bootstrap: sync Secret kube-system/kube-ip-tracker-tls: cannot connect to"
+                in tracker.log_path.read_text()
+            ),
+            "the bootstrap logs that it cannot reach the API server",
+            [tracker],
+        )
+        assert await asyncio.to_thread(http_status, f"{base}/healthz") == 200  # not restarted by liveness
+        assert await asyncio.to_thread(http_status, f"{base}/readyz") == 503
+        assert tracker.alive
+        await asyncio.to_thread(cluster.start_apiserver)
+        await wait_bundle(cluster, bundle_file, [tracker])
+        await eventually(tracker.serving, "tracker serves TLS once the API server answers", [tracker], within=60)
+
+        async def ready() -> bool:
+            return await asyncio.to_thread(http_status, f"{base}/readyz") == 200
+
+        await eventually(ready, "/readyz 200", [tracker])
+        metrics = tracker.metrics_text()
+        assert 'kube_ip_tracker_tls_bootstrap_syncs_total{result="error"}' in metrics
+        assert 'kube_ip_tracker_tls_bootstrap_writes_total{object="secret",verb="create"} 1.0' in metrics
+    finally:
+        tracker.stop()
