@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -182,6 +183,17 @@ class Agent:
 
     def status(self, cluster: str) -> ClusterStatusRecord | None:
         return self.store.cluster_statuses().get(cluster)
+
+
+def http_status(url: str) -> int:
+    """The HTTP status of a GET (e.g. a /readyz), -1 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return -1
 
 
 @contextlib.asynccontextmanager

@@ -19,8 +19,6 @@ import re
 import secrets
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from kube_ip_tracker.server import healthcheck
 from kube_ip_tracker.testing import objects as kobjects
 from kube_ip_tracker.testing.clusters import ClusterSet, LocalCluster, TokenUser, free_port, start_clusters
 from kube_ip_tracker.testing.sa_tokens import service_account_token
-from kube_ip_tracker.testing.trackers import TrackerProcess, eventually
+from kube_ip_tracker.testing.trackers import TrackerProcess, eventually, http_status
 
 from .kustomize import OVERLAY_NAMES, OVERLAYS, build
 from .manifest import Obj, find, key, load, missing_fields, pod_spec
@@ -438,16 +436,6 @@ def agent_argv(
         f"--nfqueue-id={nfqueue}",
         f"--tracker-server-name={AGENT_DIALS}",
     ]
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return -1
 
 
 @pytest.mark.root

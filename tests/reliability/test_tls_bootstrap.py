@@ -13,8 +13,6 @@ import base64
 import logging
 import socket
 import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -29,7 +27,7 @@ from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import bootstrap_pki, tls_bootstrap
 from kube_ip_tracker.testing import certs, objects
 from kube_ip_tracker.testing.clusters import LocalCluster
-from kube_ip_tracker.testing.trackers import TRACKER_CMD, TrackerProcess, eventually
+from kube_ip_tracker.testing.trackers import TRACKER_CMD, TrackerProcess, eventually, http_status
 
 pytestmark = pytest.mark.cluster
 
@@ -364,16 +362,6 @@ async def test_concurrent_bootstraps_agree_on_one_ca_through_conflicts(
     for b in bootstraps:  # every replica serves a certificate of that CA from its files
         cert = x509.load_pem_x509_certificate(b.config.files.cert_file.read_bytes())
         cert.verify_directly_issued_by(results[0].ca.cert)
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return -1
 
 
 async def test_a_tracker_waiting_for_its_api_server_is_alive_not_ready_and_serves_once_it_answers(
