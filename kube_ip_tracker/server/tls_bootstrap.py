@@ -64,6 +64,7 @@ BOOTSTRAP_CA_EXPIRY = Gauge(
 )
 
 MAX_CONFLICTS = 5
+LABELS = {"app.kubernetes.io/name": "kube-ip-tracker", "app.kubernetes.io/component": "tls-bootstrap"}
 REQUEST_TIMEOUT = 30.0
 
 
@@ -159,10 +160,15 @@ class TlsBootstrap:
         BOOTSTRAP_WRITES.labels(kind, verb).inc()
         return True
 
-    def _secret_body(self, material: pki.Pki, resource_version: str | None) -> client.V1Secret:
-        meta = client.V1ObjectMeta(name=self.config.secret, namespace=self.config.namespace)
-        meta.resource_version = resource_version
-        meta.labels = {"app.kubernetes.io/name": "kube-ip-tracker", "app.kubernetes.io/component": "tls-bootstrap"}
+    def _metadata(self, name: str, current: client.V1ObjectMeta | None) -> client.V1ObjectMeta:
+        """Metadata for a create (``current`` None) or a replace: the object's own (labels, annotations
+        such as kubectl's last-applied configuration, resourceVersion for the conflict check) plus ours."""
+        meta = current or client.V1ObjectMeta(name=name, namespace=self.config.namespace)
+        meta.labels = {**(meta.labels or {}), **LABELS}
+        return meta
+
+    def _secret_body(self, material: pki.Pki, current: client.V1ObjectMeta | None) -> client.V1Secret:
+        meta = self._metadata(self.config.secret, current)
         return client.V1Secret(metadata=meta, type="Opaque", data=_encode(material.secret_data()))
 
     async def _sync_secret(self, api: client.CoreV1Api) -> pki.Pki:
@@ -192,7 +198,7 @@ class TlsBootstrap:
             material, reasons = pki.plan(stored, names, lifetimes, ca_name)
             if not reasons:
                 return material
-            body = self._secret_body(material, secret.metadata.resource_version)
+            body = self._secret_body(material, secret.metadata)
             if await self._write(
                 "secret",
                 "update",
@@ -211,20 +217,16 @@ class TlsBootstrap:
         name, namespace = self.config.configmap, self.config.namespace
         for _ in range(MAX_CONFLICTS):
             current = await self._get(api.read_namespaced_config_map, "configmap", name)
-            meta = client.V1ObjectMeta(name=name, namespace=namespace)
-            meta.labels = {"app.kubernetes.io/name": "kube-ip-tracker", "app.kubernetes.io/component": "tls-bootstrap"}
             if current is None:
-                body = client.V1ConfigMap(metadata=meta, data={pki.BUNDLE_KEY: bundle})
+                body = client.V1ConfigMap(metadata=self._metadata(name, None), data={pki.BUNDLE_KEY: bundle})
                 if await self._write("configmap", "create", name, api.create_namespaced_config_map, namespace, body):
                     log.info("Published the CA bundle in ConfigMap %s/%s", namespace, name)
                     return
                 continue
             if (current.data or {}).get(pki.BUNDLE_KEY) == bundle:
                 return
-            meta.resource_version = current.metadata.resource_version
-            meta.labels = {**(current.metadata.labels or {}), **meta.labels}
             data = {**(current.data or {}), pki.BUNDLE_KEY: bundle}
-            body = client.V1ConfigMap(metadata=meta, data=data)
+            body = client.V1ConfigMap(metadata=self._metadata(name, current.metadata), data=data)
             if await self._write("configmap", "update", name, api.replace_namespaced_config_map, name, namespace, body):
                 log.info("Published the new CA bundle in ConfigMap %s/%s", namespace, name)
                 return

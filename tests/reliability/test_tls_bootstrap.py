@@ -68,9 +68,11 @@ async def secret_data(cluster: LocalCluster) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
 
-async def put_secret(cluster: LocalCluster, data: dict[str, bytes], type_: str = "Opaque") -> None:
+async def put_secret(
+    cluster: LocalCluster, data: dict[str, bytes], type_: str = "Opaque", annotations: dict[str, str] | None = None
+) -> None:
     body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=SECRET, namespace=NS),
+        metadata=client.V1ObjectMeta(name=SECRET, namespace=NS, annotations=annotations),
         type=type_,
         data={k: base64.b64encode(v).decode() for k, v in data.items()},
     )
@@ -341,8 +343,9 @@ async def test_concurrent_bootstraps_agree_on_one_ca_through_conflicts(
     """Five bootstraps in one event loop read the missing (or empty) Secret before any of them writes:
     all but one get 409 (AlreadyExists on create, Conflict on update), read again and reuse its CA."""
     [cluster] = cluster_factory(1, names=["race"])
-    if precreated:
-        await put_secret(cluster, {})
+    applied = {"kubectl.kubernetes.io/last-applied-configuration": '{"kind":"Secret"}'}
+    if precreated:  # as kubectl apply leaves it: the replace keeps the annotation
+        await put_secret(cluster, {}, annotations=applied)
     lifetimes = tls_bootstrap.lifetimes(3600, 7200)
     spec = ClusterSpec("race", kubeconfig=str(cluster.kubeconfig))
     bootstraps = [
@@ -358,6 +361,10 @@ async def test_concurrent_bootstraps_agree_on_one_ca_through_conflicts(
     assert "by another replica meanwhile" in caplog.text
     stored = await secret_data(cluster)
     assert stored["ca.crt"] == results[0].ca.cert_pem
+    async with cluster.api_client() as api:
+        meta = (await client.CoreV1Api(api).read_namespaced_secret(SECRET, NS)).metadata
+    assert meta.labels["app.kubernetes.io/component"] == "tls-bootstrap"
+    assert (meta.annotations or {}).items() >= (applied.items() if precreated else set())
     assert await published_bundle(cluster) == results[0].ca.cert_pem
     for b in bootstraps:  # every replica serves a certificate of that CA from its files
         cert = x509.load_pem_x509_certificate(b.config.files.cert_file.read_bytes())
