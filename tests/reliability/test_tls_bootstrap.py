@@ -336,6 +336,7 @@ async def test_secret_with_garbage_ca_is_a_named_error_and_a_foreign_certificate
     assert "has type kubernetes.io/tls, not Opaque" in typed.log_path.read_text()
 
 
+@pytest.mark.every_apiserver
 @pytest.mark.parametrize("precreated", [False, True], ids=["create-race", "update-race"])
 async def test_concurrent_bootstraps_agree_on_one_ca_through_conflicts(
     cluster_factory, tmp_path: Path, precreated: bool, caplog: pytest.LogCaptureFixture
