@@ -194,6 +194,42 @@ def pod_from_proto(msg: pb.Pod) -> PodRecord:
     )
 
 
+def pod_shared_bytes(data: bytes) -> bytes | None:
+    """What a serialized ``Pod`` holds that the pods of one workload share: the bytes of its fields
+    1 and 2 (cluster, namespace) followed by those of 4 and 5 (labels, ports), tags included.
+
+    Equal bytes decode to equal cluster, namespace, labels and ports, so a decoder can look what it
+    built from them up by these bytes instead of decoding them again (the labels are the costly
+    part of a pod). ``data`` must be what protobuf's ``SerializeToString`` of a parsed ``Pod``
+    gives: every implementation writes known fields in number order (unknown ones last), which
+    this relies on. ``None`` when the layout is anything else (a length of two or more bytes in
+    fields 1 to 5, a field out of order): decode the message instead.
+    """
+    n = len(data)
+    j = 0
+    namespace_end = 0
+    while j < n:  # fields 1-3: cluster, namespace, name
+        tag = data[j]
+        if tag > 0x1A:
+            break
+        if tag & 7 != 2 or j + 1 >= n or data[j + 1] & 0x80:
+            return None
+        j += 2 + data[j + 1]
+        if tag != 0x1A:
+            namespace_end = j
+    start = j
+    while j < n:  # fields 4-5: labels (map entries), ports
+        tag = data[j]
+        if tag != 0x22 and tag != 0x2A:
+            break
+        if j + 1 >= n or data[j + 1] & 0x80:
+            return None
+        j += 2 + data[j + 1]
+    if j > n or (j < n and data[j] < 0x2A):
+        return None
+    return data[:namespace_end] + data[start:j]
+
+
 _decoded_ports: dict[tuple[tuple[str, int, int], ...], tuple[ContainerPort, ...]] = {}
 
 
@@ -208,6 +244,9 @@ def _ports_from_proto(ports: Iterable[pb.ContainerPort]) -> tuple[ContainerPort,
             ContainerPort(_intern(name), port, _PROTOCOL_FROM_PB.get(protocol, "TCP")) for name, port, protocol in key
         )
     return shared
+
+
+ports_from_proto = _ports_from_proto  # public name for decoders of their own (the agent store's)
 
 
 def namespace_from_proto(msg: pb.Namespace) -> NamespaceRecord:

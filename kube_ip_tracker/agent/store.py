@@ -38,7 +38,10 @@ from prometheus_client import Counter, Gauge
 from kube_ip_tracker.agent import events as ev
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy.objects import Objects, PodEntry
+from kube_ip_tracker.agent.wire_pods import PodDecoder
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.client.sink import Delete, RecordChange, Upsert
+from kube_ip_tracker.client.stream import decode_change
 from kube_ip_tracker.cluster_labels import LabelRule, Mode, NamespaceStamper
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, NodeRecord, PodRecord
 
@@ -106,13 +109,14 @@ class _Batch:
 
 
 class _Snapshot:
-    """A snapshot being received into a fresh :class:`Objects` (implements ``SnapshotBuilder``)."""
+    """A snapshot being received into a fresh :class:`Objects` (implements ``WireSnapshotBuilder``)."""
 
     def __init__(self, store: AgentStore, epoch: str, reset: bool) -> None:
         self._store = store
         self._epoch = epoch
         self._reset = reset
         self._objects = store.engine.world.new_objects()
+        self._pods = PodDecoder(self._objects.identities)
         self._committed = False
 
     def add(self, changes: Sequence[RecordChange]) -> None:
@@ -121,6 +125,27 @@ class _Snapshot:
         for change in changes:
             apply(objects, change, None)
 
+    def add_message(self, msg: pb.WatchResponse) -> int:
+        """Stage a SNAPSHOT message: pod upserts decoded straight into entries (:mod:`.wire_pods`),
+        everything else (and a pod with an unparsable IP, rejected and logged there) as :meth:`add` does."""
+        apply = self._store._apply
+        objects = self._objects
+        put = objects.put
+        entry = self._pods.entry
+        pods = 0
+        changes = msg.changes
+        for change in changes:
+            if change.HasField("pod") and not change.deleted:
+                try:
+                    put(entry(change.pod))
+                    pods += 1
+                    continue
+                except ValueError:
+                    pass
+            apply(objects, decode_change(change), None)
+        _POD_UPSERTS.inc(pods)
+        return len(changes)
+
     def cluster_synced(self, cluster: str) -> None:
         self._objects.synced.add(cluster)
 
@@ -128,6 +153,7 @@ class _Snapshot:
         if self._committed:
             raise RuntimeError("snapshot already committed")
         self._committed = True
+        self._pods = PodDecoder(self._objects.identities)  # forget the identities it remembered
         self._store._swap(self._objects, self._epoch, revision, self._reset)
 
 

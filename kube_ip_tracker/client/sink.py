@@ -19,14 +19,19 @@ Contract:
   must leave no trace.
 * ``apply_delta`` applies changes to the live state, in order. Deletes of unknown keys are ignored.
 * All calls come from the event loop thread, one at a time.
+
+A builder may also decode the wire messages itself (:class:`WireSnapshotBuilder`): the session then
+hands it each SNAPSHOT message instead of decoded changes, so a sink that keeps its own compact form
+(the agent store) skips building a record per object. The index sink does not need this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from kube_ip_tracker.api.v1 import tracker_pb2 as pb
 from kube_ip_tracker.model import ClusterStatusRecord, Kind, Record
 
 
@@ -69,6 +74,15 @@ class SnapshotBuilder(Protocol):
 
     def commit(self, revision: int) -> None:
         """Replace the live state with the staged one, atomically for readers."""
+
+
+@runtime_checkable
+class WireSnapshotBuilder(SnapshotBuilder, Protocol):
+    """A snapshot builder that decodes the wire's changes itself."""
+
+    def add_message(self, msg: pb.WatchResponse) -> int:
+        """Stage the changes of one SNAPSHOT message, as :meth:`add` would their decoded form;
+        returns how many there were. ``ValueError`` for a change that cannot be decoded."""
 
 
 class ApplySink(Protocol):

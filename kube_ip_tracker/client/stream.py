@@ -24,6 +24,7 @@ from kube_ip_tracker.client.sink import (
     RecordChange,
     SnapshotBuilder,
     Upsert,
+    WireSnapshotBuilder,
 )
 from kube_ip_tracker.model import Kind
 
@@ -105,6 +106,7 @@ class WatchSession:
         self._checked = checked_continuity
         self._phase = Phase.START
         self._builder: SnapshotBuilder | None = None
+        self._wire_builder: WireSnapshotBuilder | None = None  # the same builder, when it decodes itself
         self.epoch = resume_epoch
         self.revision = resume_revision
         self.reset_seen = False
@@ -121,6 +123,11 @@ class WatchSession:
             return self._handle_live(msg, kind)
         if msg.kind == WR.SNAPSHOT:
             builder = self._begin(msg)
+            if self._wire_builder is not None:
+                try:
+                    return Applied(kind, self._wire_builder.add_message(msg))
+                except ValueError as e:
+                    raise ResyncRequired("protocol", str(e)) from e
             changes = self._decode(msg.changes)
             builder.add(changes)
             return Applied(kind, len(changes))
@@ -142,6 +149,7 @@ class WatchSession:
             self.reset_seen = msg.reset
             self.epoch = msg.epoch
             self._builder = self._sink.begin_snapshot(msg.epoch, msg.reset)
+            self._wire_builder = self._builder if isinstance(self._builder, WireSnapshotBuilder) else None
             self._phase = Phase.SNAPSHOT
         elif msg.epoch and msg.epoch != self.epoch:
             raise ResyncRequired("epoch", f"epoch changed from {self.epoch} to {msg.epoch} inside a snapshot")
@@ -164,7 +172,7 @@ class WatchSession:
             return Applied(kind, 0, resumed=True)
         builder = self._begin(msg)  # a snapshot with no entries is a valid (empty) snapshot
         builder.commit(msg.revision)
-        self._builder = None
+        self._builder = self._wire_builder = None
         self.revision = msg.revision
         self._phase = Phase.LIVE
         return Applied(kind, 0, snapshot_committed=True)
