@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .selectors import LabelSelector
 
@@ -12,6 +12,14 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
+V6_FLAG = 1 << 128  # set in the numeric key of an IPv6 address (objects.ip_key), so no IPv4 key equals an IPv6 one
+
+
+def _key_mask(network: IPNetwork) -> tuple[int, int]:
+    """``(mask, value)``: an address key ``k`` is in ``network`` when ``k & mask == value``."""
+    flag = V6_FLAG if network.version == 6 else 0
+    return int(network.netmask) | V6_FLAG, int(network.network_address) | flag
+
 
 @dataclass(frozen=True, slots=True)
 class IPBlock:
@@ -19,6 +27,22 @@ class IPBlock:
 
     cidr: IPNetwork
     excepts: tuple[IPNetwork, ...] = ()
+    # The same as masks over address keys (objects.ip_key), for the decision path.
+    _key_masks: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key_masks", tuple(_key_mask(n) for n in (self.cidr, *self.excepts)))
+
+    def contains_key(self, key: int) -> bool:
+        """:meth:`contains` for the numeric key of an address."""
+        masks = self._key_masks
+        mask, value = masks[0]
+        if key & mask != value:
+            return False
+        for mask, value in masks[1:]:
+            if key & mask == value:
+                return False
+        return True
 
     def contains(self, ip: IPAddress) -> bool:
         """Whether ``ip`` is in the CIDR and in none of the exceptions."""

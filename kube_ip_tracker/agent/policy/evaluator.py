@@ -32,7 +32,7 @@ from kube_ip_tracker.model import NamespaceRecord, NodeRecord, PodRecord
 from .cluster_compiled import Action, ClusterPeer, ClusterPolicy, ClusterRule, PeerKind, PortMatch, RuleRef
 from .compiled import CompiledPolicy, IPAddress, Peer, PolicyKey, PortSpec, Rule
 from .objects import address_key, ip_key
-from .tiers import TierStore
+from .tiers import NO_RULES, TierStore
 from .world import PodEntry, World
 
 
@@ -98,6 +98,15 @@ _NOT_ISOLATED: Outcome = (Reason.NOT_ISOLATED, None, None, None)
 _NP_DENIED: Outcome = (Reason.DENIED, None, None, None)
 
 
+# One Verdict object for each pair of outcomes that name no policy or rule (most decisions), keyed by
+# the ids of the module's outcome constants (which live as long as the module).
+_SHARED_VERDICTS: dict[tuple[int, int], Verdict] = {
+    (id(e), id(i)): Verdict(e[0] is not Reason.DENIED and i[0] is not Reason.DENIED, e[0], i[0])
+    for e in (_NOT_A_POD, _NOT_ISOLATED, _NP_DENIED)
+    for i in (_NOT_A_POD, _NOT_ISOLATED, _NP_DENIED)
+}
+
+
 class Tracer(Protocol):
     """Told what a decision considers, in order (``kube-ip-agent explain``); decisions without one tell nothing."""
 
@@ -115,21 +124,35 @@ class Endpoint:
     """One end of a connection: a pod (and the address used), or a bare address.
 
     The address may be given as text only (``ip_text``); it is parsed the first time :attr:`ip` is
-    read (an ipBlock peer), so most decisions never parse an address.
+    read (a ``networks`` peer), so most decisions never parse an address. ipBlock peers read
+    :attr:`key`, the address's number (:func:`~.objects.ip_key`), given by whoever looked the pod up.
     """
 
-    __slots__ = ("_ip", "_text", "pod")
+    __slots__ = ("_ip", "_key", "_text", "pod")
 
-    def __init__(self, pod: PodEntry | None, ip: IPAddress | None = None, ip_text: str | None = None) -> None:
+    def __init__(
+        self, pod: PodEntry | None, ip: IPAddress | None = None, ip_text: str | None = None, key: int | None = None
+    ) -> None:
         self.pod = pod
         self._ip = ip
         self._text = ip_text
+        self._key = key
 
     @property
     def ip(self) -> IPAddress | None:
         if self._ip is None and self._text is not None:
             self._ip = ipaddress.ip_address(self._text)
         return self._ip
+
+    @property
+    def key(self) -> int | None:
+        """The address as a number (:func:`~.objects.ip_key`), or None without an address."""
+        if self._key is None:
+            if self._ip is not None:
+                self._key = address_key(self._ip)
+            elif self._text is not None:
+                self._key = ip_key(self._text)
+        return self._key
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Endpoint) and self.pod is other.pod and self.ip == other.ip
@@ -169,9 +192,13 @@ def _port_matches(spec: PortSpec, protocol: str, port: int | None, dst: PodEntry
 
 
 def _ports_match(rule: Rule, protocol: str, port: int | None, dst: PodEntry | None) -> bool:
-    if not rule.ports:
+    ports = rule.ports
+    if not ports:
         return True
-    return any(_port_matches(spec, protocol, port, dst) for spec in rule.ports)
+    for spec in ports:
+        if _port_matches(spec, protocol, port, dst):
+            return True
+    return False
 
 
 def _tier_port_matches(match: PortMatch, protocol: str, port: int | None, dst: PodEntry | None) -> bool:
@@ -253,11 +280,13 @@ class PolicyEngine:
 
     def endpoint_for_ip(self, ip: str | IPAddress) -> Endpoint:
         """The endpoint owning ``ip`` (a pod if one has it). ValueError for an invalid address."""
-        world = self.world
+        claims = self.world.objects.claims
         if isinstance(ip, str):
-            # ValueError for an invalid address; parsed to an address only if an ipBlock peer asks.
-            return Endpoint(world.pod_by_key(ip_key(ip)), ip_text=ip)
-        return Endpoint(world.pod_by_key(address_key(ip)), ip)
+            # ValueError for an invalid address; parsed to an address object only if a networks peer asks.
+            key = ip_key(ip)
+            return Endpoint(claims.owner_record(key), ip_text=ip, key=key)
+        key = address_key(ip)
+        return Endpoint(claims.owner_record(key), ip, key=key)
 
     def endpoint_for_pod(self, cluster: str, namespace: str, name: str) -> Endpoint:
         """The endpoint of a named pod, addressed by its primary IP. KeyError if it is unknown."""
@@ -287,12 +316,13 @@ class PolicyEngine:
     ) -> Verdict:
         """Decide a connection between two endpoints; ``tracer`` is told every rule considered (explain)."""
         proto = normalize_protocol(protocol)
-        egress, egress_policy, egress_rule, egress_index = self._direction(
-            src.pod, dst, True, proto, port, dst.pod, tracer
-        )
-        ingress, ingress_policy, ingress_rule, ingress_index = self._direction(
-            dst.pod, src, False, proto, port, dst.pod, tracer
-        )
+        egress_outcome = self._direction(src.pod, dst, True, proto, port, dst.pod, tracer)
+        ingress_outcome = self._direction(dst.pod, src, False, proto, port, dst.pod, tracer)
+        shared = _SHARED_VERDICTS.get((id(egress_outcome), id(ingress_outcome)))
+        if shared is not None:
+            return shared
+        egress, egress_policy, egress_rule, egress_index = egress_outcome
+        ingress, ingress_policy, ingress_rule, ingress_index = ingress_outcome
         allowed = egress is not Reason.DENIED and ingress is not Reason.DENIED
         return Verdict(
             allowed,
@@ -323,20 +353,28 @@ class PolicyEngine:
         world = self.world
         identity = entry.identity
         direction = "egress" if egress else "ingress"
-        tiers = self.tiers.rules_for(identity, world.namespace_labels(identity.cluster, identity.namespace))
-        admin = tiers.admin_egress if egress else tiers.admin_ingress
-        if admin:
-            decided = self._tier(admin, peer, protocol, port, dst, direction, tracer)
-            if decided is not None:
-                return decided
-        selection = world.selection(entry)
-        policies = selection.egress if egress else selection.ingress
+        if self.tiers.has_policies(identity.cluster):
+            tiers = self.tiers.rules_for(identity, world.namespace_labels(identity.cluster, identity.namespace))
+            admin = tiers.admin_egress if egress else tiers.admin_ingress
+            if admin:
+                decided = self._tier(admin, peer, protocol, port, dst, direction, tracer)
+                if decided is not None:
+                    return decided
+        else:
+            tiers = NO_RULES
+        selection = (
+            identity.selection  # the world's cache, checked here to save a call per direction
+            if identity.selection_gen == world.policy_generation
+            else world.selection(entry)
+        )
+        policies = selection.egress if egress else selection.ingress  # type: ignore[union-attr]
         if tracer is not None:
             tracer.selected(direction, entry, policies)
         if policies:
+            peers_match = self._peers_match
             for policy in policies:
                 for index, rule in enumerate(policy.egress if egress else policy.ingress):
-                    matched = _ports_match(rule, protocol, port, dst) and self._peers_match(rule, policy, peer)
+                    matched = _ports_match(rule, protocol, port, dst) and peers_match(rule, policy, peer)
                     if tracer is not None:
                         tracer.rule(direction, policy, index, matched)
                     if matched:
@@ -426,23 +464,32 @@ class PolicyEngine:
         return peer.pod_selector is None or peer.pod_selector.matches(identity.labels)
 
     def _peers_match(self, rule: Rule, policy: CompiledPolicy, peer: Endpoint) -> bool:
-        if not rule.peers:
+        peers = rule.peers
+        if not peers:
             return True
-        return any(self._peer_matches(candidate, policy, peer) for candidate in rule.peers)
+        peer_matches = self._peer_matches
+        for candidate in peers:
+            if peer_matches(candidate, policy, peer):
+                return True
+        return False
 
     def _peer_matches(self, peer: Peer, policy: CompiledPolicy, endpoint: Endpoint) -> bool:
-        if peer.ip_block is not None:
-            return endpoint.ip is not None and peer.ip_block.contains(endpoint.ip)
+        ip_block = peer.ip_block
+        if ip_block is not None:
+            key = endpoint.key
+            return key is not None and ip_block.contains_key(key)
         entry = endpoint.pod
         if entry is None:
             return False
         identity = entry.identity
-        if peer.namespace_selector is None:
+        namespace_selector = peer.namespace_selector
+        if namespace_selector is None:
             # podSelector only: the policy's namespace name, in any cluster.
             if identity.namespace != policy.namespace:
                 return False
-        elif not peer.namespace_selector.is_empty and not peer.namespace_selector.matches(
-            self.world.namespace_labels(identity.cluster, identity.namespace)
-        ):
+        elif (
+            namespace_selector.match_labels or namespace_selector.requirements  # not the empty selector
+        ) and not namespace_selector.matches(self.world.namespace_labels(identity.cluster, identity.namespace)):
             return False
-        return peer.pod_selector is None or peer.pod_selector.matches(identity.labels)
+        pod_selector = peer.pod_selector
+        return pod_selector is None or pod_selector.matches(identity.labels)

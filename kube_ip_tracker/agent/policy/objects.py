@@ -27,10 +27,10 @@ from kube_ip_tracker.interning import Interner, SharedPool
 from kube_ip_tracker.ipclaims import IPClaims
 from kube_ip_tracker.model import ClusterStatusRecord, ContainerPort, NamespaceRecord, NodeRecord, PodRecord
 
-from .compiled import IPAddress
+from .compiled import V6_FLAG, IPAddress
 
 if TYPE_CHECKING:
-    from .world import PolicyBucket, Selection
+    from .world import Selection
 
 NAME_LABEL = "kubernetes.io/metadata.name"
 PodKey = tuple[str, str, str]
@@ -43,7 +43,6 @@ _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
 
-V6_FLAG = 1 << 128  # set in the key of an IPv6 address, so no IPv4 key equals an IPv6 one
 _AF_INET6 = socket.AF_INET6
 _from_bytes = int.from_bytes
 
@@ -80,8 +79,7 @@ def key_text(key: int) -> str:
 class Identity:
     """What pods with the same cluster, namespace, labels and ports share (one per such set)."""
 
-    __slots__ = ("cluster", "labels", "named_ports", "namespace", "ports", "selection", "selection_bucket",
-                 "selection_gen", "tiers")  # fmt: skip
+    __slots__ = ("cluster", "labels", "named_ports", "namespace", "ports", "selection", "selection_gen", "tiers")
 
     def __init__(
         self,
@@ -96,9 +94,8 @@ class Identity:
         self.labels = labels
         self.ports = ports
         self.named_ports = named_ports  # (name, protocol) -> port numbers, shared by equal port lists
-        # Policies of (cluster, namespace) selecting these labels; valid while the bucket is unchanged.
+        # Policies of (cluster, namespace) selecting these labels, valid at the world's policy generation.
         self.selection: Selection | None = None
-        self.selection_bucket: PolicyBucket | None = None
         self.selection_gen = -1
         # (tier generation, namespace labels, TierRules): the Admin/Baseline rules cached by tiers.py.
         self.tiers: tuple[int, Mapping[str, str], Any] | None = None

@@ -85,6 +85,10 @@ class TierStore:
         self._counter += 1
         self._generation[cluster] = self._counter
 
+    def has_policies(self, cluster: str) -> bool:
+        """Whether ``cluster`` has any cluster-scoped policy (else :meth:`rules_for` is ``NO_RULES``)."""
+        return cluster in self._ordered
+
     def rules_for(self, entry: Identity, namespace_labels: Mapping[str, str]) -> TierRules:
         """The rules applying to pods of identity ``entry`` (its own cluster's policies), cached on it."""
         cluster = entry.cluster

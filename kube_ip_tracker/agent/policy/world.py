@@ -6,12 +6,15 @@
 * policies by (cluster, namespace), each bucket with a generation counter.
 
 The policies selecting a pod are computed once per :class:`~.objects.Identity` (pods sharing
-cluster, namespace, labels and ports share one) and cached there; the cache entry is reused while
-the namespace's policy bucket is unchanged, so a decision never scans all policies or all pods.
+cluster, namespace, labels and ports share one) and cached there with the world's policy
+generation (a process-wide counter, drawn again on every policy change), so a decision checks one
+number and never scans all policies or all pods. After a change the selection is computed again
+from the pod's namespace bucket only, and the cached object is kept when the result is the same.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +35,9 @@ class Selection:
 
 
 EMPTY_SELECTION = Selection()
+
+# Policy generations of every world in the process: a cached selection never matches another world's state.
+_GENERATIONS = itertools.count(1)
 
 
 class PolicyBucket:
@@ -58,6 +64,7 @@ class World:
         self.objects = Objects(self._identities)
         self._buckets: dict[tuple[str, str], PolicyBucket] = {}
         self._policy_count = 0
+        self.policy_generation = next(_GENERATIONS)  # drawn again whenever a policy changes
 
     def new_objects(self) -> Objects:
         """An empty set of objects sharing this world's identities (to stage a snapshot in)."""
@@ -145,6 +152,7 @@ class World:
             self._policy_count += 1
         bucket.policies[policy.name] = policy
         bucket.changed()
+        self.policy_generation = next(_GENERATIONS)
 
     def delete_policy(self, cluster: str, namespace: str, name: str) -> None:
         """Remove a policy; unknown keys are ignored."""
@@ -154,6 +162,7 @@ class World:
         del bucket.policies[name]
         self._policy_count -= 1
         bucket.changed()
+        self.policy_generation = next(_GENERATIONS)
         if not bucket.policies:
             # Safe: cached selections are keyed by bucket identity, so a later bucket for the same
             # namespace never matches a stale entry, and no bucket means no selecting policy.
@@ -175,26 +184,28 @@ class World:
         self.objects.remove_cluster(cluster)
         for key in [key for key in self._buckets if key[0] == cluster]:
             self._policy_count -= len(self._buckets.pop(key).policies)
+        self.policy_generation = next(_GENERATIONS)
 
     # ---- selection cache --------------------------------------------------------------------
 
     def selection(self, entry: PodEntry) -> Selection:
         """Policies selecting ``entry`` (only its own cluster and namespace), cached per identity."""
         identity = entry.identity
-        bucket = self._buckets.get((identity.cluster, identity.namespace))
-        if bucket is None:
-            return EMPTY_SELECTION
-        if identity.selection_bucket is bucket and identity.selection_gen == bucket.generation:
+        if identity.selection_gen == self.policy_generation:
             return identity.selection  # type: ignore[return-value]
-        labels = identity.labels
-        selecting = [p for p in bucket.ordered if p.pod_selector.matches(labels)]
-        selection = Selection(
-            ingress=tuple(p for p in selecting if p.affects_ingress),
-            egress=tuple(p for p in selecting if p.affects_egress),
-        )
-        if not selection.ingress and not selection.egress:
-            selection = EMPTY_SELECTION
-        identity.selection = selection
-        identity.selection_bucket = bucket
-        identity.selection_gen = bucket.generation
-        return selection
+        bucket = self._buckets.get((identity.cluster, identity.namespace))
+        selection = EMPTY_SELECTION
+        if bucket is not None:
+            labels = identity.labels
+            selecting = [p for p in bucket.ordered if p.pod_selector.matches(labels)]
+            if selecting:
+                selection = Selection(
+                    ingress=tuple(p for p in selecting if p.affects_ingress),
+                    egress=tuple(p for p in selecting if p.affects_egress),
+                )
+                if not selection.ingress and not selection.egress:
+                    selection = EMPTY_SELECTION
+        if selection != identity.selection:  # (policies compare by value: equal is the same verdicts)
+            identity.selection = selection
+        identity.selection_gen = self.policy_generation
+        return identity.selection  # type: ignore[return-value]
