@@ -40,8 +40,11 @@ def test_the_certificate_is_renewed_with_a_third_left_from_the_same_ca() -> None
 
 def test_other_names_or_a_mismatched_key_are_reissued_and_garbage_ca_is_an_error() -> None:
     made, _ = step({}, 0)
-    _, reasons = step(made.secret_data(), 1, names=[*NAMES, "hub.example.com"])
+    wider, reasons = step(made.secret_data(), 1, names=[*NAMES, "hub.example.com"])
     assert any("serving certificate is for" in r and "reissued" in r for r in reasons)
+    # A replica still configured without the new name keeps the wider certificate (no flip-flop).
+    _, reasons = step(wider.secret_data(), 1)
+    assert reasons == []
     other, _ = step({}, 0)
     data = {**made.secret_data(), "tls.key": other.serving.key_pem}
     _, reasons = step(data, 1)
