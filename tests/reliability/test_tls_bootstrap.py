@@ -192,8 +192,8 @@ async def test_two_replicas_starting_together_share_one_ca_that_agents_verify(
 async def test_renewal_and_ca_rotation_keep_running_watches(cluster_factory, tmp_path: Path) -> None:
     [cluster] = cluster_factory(1, names=["rotate"])
     bundle_file = tmp_path / "ca.crt"
-    # Serving certificates for 4s (renewed after ~2.7s); CAs for 24s: a next CA after 16s, signing after 20s.
-    args = bootstrap_args(cluster, "--tls-bootstrap-cert-validity=4s", "--tls-bootstrap-ca-validity=24s")
+    # Serving certificates for 6s (renewed after 4s); CAs for 36s: a next CA after 24s, signing after 30s.
+    args = bootstrap_args(cluster, "--tls-bootstrap-cert-validity=6s", "--tls-bootstrap-ca-validity=36s")
     tracker = tls_tracker("rotating", args, tmp_path, bundle_file).start()
     try:
         first_bundle = await wait_bundle(cluster, bundle_file, [tracker])
