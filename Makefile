@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 CLUSTERS ?= 2
 
-.PHONY: help setup install system-deps kube-apiserver proto test test-all lint demo bench clusters clean
+.PHONY: help setup install system-deps kube-apiserver proto test test-images test-all images lint demo bench clusters clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -34,7 +34,13 @@ proto: install ## regenerate kube_ip_tracker/api/ from protos/
 test: setup ## run the test suite (real API servers; root-only tests skip without root)
 	$(PYTHON) -m pytest -q --durations=15
 
-test-all: setup ## the test suite including slow tests
+test-images: setup ## build both images with podman and run them (tests marked images; needs root)
+	$(PYTHON) -m pytest -q -m images --durations=5
+
+images: system-deps ## build localhost/kube-ip-tracker and localhost/kube-ip-agent with podman (needs root)
+	hack/build-images.sh
+
+test-all: setup ## the test suite including slow and image tests
 	$(PYTHON) -m pytest -q -m ''
 
 lint: install ## ruff

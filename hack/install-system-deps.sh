@@ -2,7 +2,8 @@
 # Install the Debian packages the tests, the demo and the dataplane need.
 set -euo pipefail
 pkgs=(etcd-server golang-go dpkg-dev rsync openssl iproute2 iptables nftables conntrack
-      libnetfilter-queue-dev libnfnetlink-dev curl procps)
+      libnetfilter-queue-dev libnfnetlink-dev curl procps
+      podman runc debootstrap)  # podman, runc, debootstrap: the image test (hack/build-images.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ certificate, a bearer-token file and a kubeconfig with one context named after t
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import json
@@ -421,17 +422,23 @@ class LocalCluster:
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
         return client.ApiClient(cfg)
 
-    def kubeconfig_dict(self, token: str | None = None, user: str = "admin") -> dict[str, object]:
-        """A kubeconfig (as a dict) with one context named after the cluster."""
+    def kubeconfig_dict(
+        self, token: str | None = None, user: str = "admin", *, embed_ca: bool = False
+    ) -> dict[str, object]:
+        """A kubeconfig (as a dict) with one context named after the cluster.
+
+        ``embed_ca`` puts the CA into the file (``certificate-authority-data``) instead of naming
+        :attr:`ca_file`: self-contained, as a Secret or a container mount needs it.
+        """
+        ca: dict[str, str] = (
+            {"certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode()}
+            if embed_ca
+            else {"certificate-authority": str(self.ca_file)}
+        )
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {
-                    "name": self.name,
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
-                }
-            ],
+            "clusters": [{"name": self.name, "cluster": {"server": self.server, **ca}}],
             "users": [{"name": f"{self.name}-{user}", "user": {"token": token or self.token}}],
             "contexts": [{"name": self.name, "context": {"cluster": self.name, "user": f"{self.name}-{user}"}}],
             "current-context": self.name,

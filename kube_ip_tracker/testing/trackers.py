@@ -40,7 +40,8 @@ class TrackerProcess:
     """One tracker child process; keeps its port across restarts.
 
     With ``tls`` (a function giving channel credentials, asked for each new channel) and
-    ``server_name``, the helpers below talk TLS to it.
+    ``server_name``, the helpers below talk TLS to it. ``command`` runs the tracker (default this interpreter's ``kube_ip_tracker.cli``; a ``podman run``
+    of the tracker image in tests/manifests/test_images_podman.py); the flags follow it.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class TrackerProcess:
         metrics: bool = False,
         tls: Callable[[], grpc.ChannelCredentials] | None = None,
         server_name: str | None = None,
+        command: Sequence[str] = TRACKER_CMD,
     ) -> None:
         self.name = name
         self.tls = tls
@@ -59,7 +61,7 @@ class TrackerProcess:
         self.port = free_port()
         self.metrics_port = free_port() if metrics else 0
         self.argv = [
-            *TRACKER_CMD,
+            *command,
             "--tracker-id",
             name,
             "--listen-address",

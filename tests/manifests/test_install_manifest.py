@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 
 import pytest
 
@@ -229,7 +230,10 @@ def test_image_tags_and_version_labels_are_the_package_version(objects: list[Obj
     version = package_version()
     assert version == kube_ip_tracker.__version__
     images = {o["metadata"]["name"]: c["image"] for o, c in containers(objects)}
-    assert images == {"kube-ip-tracker": f"kube-ip-tracker:{version}", "kube-ip-agent": f"kube-ip-agent:{version}"}
+    assert images == {
+        "kube-ip-tracker": f"localhost/kube-ip-tracker:{version}",
+        "kube-ip-agent": f"localhost/kube-ip-agent:{version}",
+    }
     for obj in objects:
         labels = obj["metadata"].get("labels", {})
         if "app.kubernetes.io/version" in labels:
@@ -241,16 +245,27 @@ def test_dockerfile_builds_the_images_the_manifest_names(objects: list[Obj]) -> 
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
     assert {"tracker", "agent"} <= stages
-    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile
-    for name, image in ((o["metadata"]["name"], c["image"]) for o, c in containers(objects)):
-        target = "tracker" if name == "kube-ip-tracker" else "agent"
-        assert re.search(rf"docker build --target {target} +-t {re.escape(image)} \.", dockerfile), (
+    # Every stage starts from the base hack/debian-base-image.sh makes from Debian's packages.
+    base = run_script("debian-base-image.sh", "--name")
+    assert set(re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)) - stages == {base}
+    # hack/build-images.sh builds, by default, exactly the images the workloads run.
+    built = run_script("build-images.sh", "--names").split()
+    images = {o["metadata"]["name"]: c["image"] for o, c in containers(objects)}
+    assert built == [images["kube-ip-tracker"], images["kube-ip-agent"]]
+    for target, image in zip(("tracker", "agent"), built, strict=True):
+        assert re.search(rf"podman build --target {target} +-t {re.escape(image)} \.", dockerfile), (
             f"Dockerfile documents how to build {image} (target {target})"
         )
     # The tracker image runs as the non-root user the Deployment expects.
     uid = pod_spec(find(objects, "Deployment", "kube-ip-tracker"))["securityContext"]["runAsUser"]
     tracker_stage = dockerfile.split("AS tracker", 1)[1].split("\nFROM ", 1)[0]
     assert f"USER {uid}:" in tracker_stage
+
+
+def run_script(name: str, *args: str) -> str:
+    done = subprocess.run([str(ROOT / "hack" / name), *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"hack/{name} {' '.join(args)}: exit {done.returncode}\n{done.stderr}"
+    return done.stdout.strip()
 
 
 def test_agents_send_a_projected_token_that_the_tracker_checks(objects: list[Obj]) -> None:

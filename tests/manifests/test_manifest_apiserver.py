@@ -11,7 +11,6 @@ the DaemonSet's args turns ready once the agent's ClusterRole is bound.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import logging
@@ -69,9 +68,7 @@ def kubeconfig_for(cluster: LocalCluster, user: TokenUser, path: Path) -> Path:
 
     Its one context is named after the cluster.
     """
-    config = cluster.kubeconfig_dict(token=user.token, user=user.user.rsplit(":", 1)[-1])
-    ca = base64.b64encode(cluster.ca_file.read_bytes()).decode()
-    config["clusters"][0]["cluster"] = {"server": cluster.server, "certificate-authority-data": ca}  # type: ignore[index]
+    config = cluster.kubeconfig_dict(token=user.token, user=user.user.rsplit(":", 1)[-1], embed_ca=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
     return path
