@@ -337,42 +337,51 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             report.profile_table(main["profile"]),
         ]
-    if report.missed(results):
+    missed = {t["name"] for t in report.missed(results)}
+    if missed:
         b = main.get("breakdown", {})
         objects = round(sum(b.values())) if b else "n/a"
-        lines += [
-            "",
-            "### Where the memory and time go / what remains",
-            "",
-            f"Memory: an agent pod is a name string, an entry object of five slots (name, identity, address, "
-            f"node, creation time), its address as a number (a 32 B int instead of a 64 B string), its creation "
-            f"time (a 32 B int), its slots in the IP-claims dict and in its namespace's name table, and its share "
-            f"of the identities: {objects} B per pod in objects (`sys.getsizeof`, table above; tracemalloc "
-            "counted ~360 B/pod during development, allocator headers included). The RSS figure adds pymalloc's "
-            "size classes (a 72 B entry takes 80), free slots left in pools where the decoding's short-lived "
-            "objects (protobuf messages, `PodRecord`s, label dicts, `Upsert`s) sat between long-lived entries, "
-            f"and the client's fixed cost (gRPC channel and threads, {main.get('agent_fixed_rss_bytes', 0) / 1e6:.1f} "
-            "MB with an empty snapshot, shown apart in the table). Free heap pages are returned after each "
-            "snapshot (`malloc_trim`, ~70 B/pod). Every part is already shared where pods repeat it (identity, "
-            "labels, ports, node and namespace names); going under 400 B/pod in CPython needs fewer objects per "
-            "pod, e.g. pod tables as parallel arrays indexed by a slot number with names packed in one buffer: "
-            "a different data structure, not done here.",
-            "",
-            "Time: the snapshot is applied as it arrives; the profile above shows the client decoding each pod "
-            "(protobuf -> `PodRecord` with interned labels and shared ports: `pod_from_proto`, `_ports_from_proto`, "
-            "`intern_labels`) and the store building its entry (identity lookup, IP-claims insert), each a few "
-            "microseconds of Python per pod. This run shared 2 cores with other developers' test clusters (see "
-            "the load average below; the raw client's receive time, 0.49 s when issue 23 measured it, shows how "
-            "much everything slowed): wall-clock seconds here are mostly waiting for a core, the agent's CPU "
-            "seconds (gRPC threads included) are the better figure. Going well under 1.5 s on a loaded node would "
-            "need decoding wire messages straight into store entries (no `PodRecord` step) or a compiled decoder.",
-            "",
-            "Decisions: the rate is per CPU second, but CPU time per decision also rises with the machine's load "
-            "(shared caches, hyper-threads). Checked during development at load average ~12 on the same world "
-            "(bench_evaluator's 100k pods / 1,000 policies, `build()` + `_rate()`), alternating the evaluator before "
-            "this store (commit 27b632f) and this one: 41,000-56,000 vs 45,000-75,000 decisions/s, so the store "
-            "did not slow decisions; scenario 6 measured 120,000+ on an idle machine.",
-        ]
+        fixed_mb = main.get("agent_fixed_rss_bytes", 0) / 1e6
+        lines += ["", "### Where the memory and time go / what remains"]
+        if any(name.startswith("agent RSS") for name in missed):
+            lines += [
+                "",
+                f"Memory: an agent pod is a name string, an entry object of five slots (name, identity, address, "
+                f"node, creation time; 72 B, which pymalloc rounds to 80), its address as a number (a 32 B int "
+                f"instead of a 64 B string), its creation time (a 32 B int), its slots in the IP-claims dict and in "
+                f"its namespace's name table, and its share of the identities: {objects} B per pod in objects "
+                "(`sys.getsizeof`, table above; tracemalloc counts ~360 B/pod, allocation sizes without pymalloc's "
+                "rounding). The RSS figure adds the client's fixed cost "
+                f"({fixed_mb:.1f} MB with an empty snapshot, ~42 B/pod here; in a development run "
+                "`/proc/self/smaps` put 3.9 MB of it in the pages of the gRPC extension module (`cygrpc`), first touched when a "
+                "client runs), pymalloc's size classes and partly used pools, and what gRPC's C core keeps after "
+                "the stream (free heap pages are returned after each snapshot with `malloc_trim`). Decoding the "
+                "snapshot straight into entries (`agent/wire_pods.py`, no `PodRecord`, label dict or `Upsert` per "
+                "pod) cut the short-lived objects but not what is held, so RSS moved only by some 10 B/pod "
+                "(486 B/pod at 09:50 UTC before it, same shape, load ~0.1). Every part is already shared where pods "
+                "repeat it (identity, labels, ports, node and namespace names); going under 400 B/pod in CPython "
+                "needs fewer objects per pod, e.g. pod tables as parallel arrays indexed by a slot number "
+                "(addresses and creation times in `array`s, names packed in one buffer, the IP claims as a sorted "
+                "array with a small dict for recent changes): a different data structure, not done here.",
+            ]
+        if any(name.startswith("snapshot") for name in missed):
+            lines += [
+                "",
+                "Time: pods are decoded straight into store entries: a pod's cluster, namespace, labels and ports "
+                "are looked up by their serialized bytes (`wire.pod_shared_bytes`, a scan of the first fields in "
+                "Python) and only its name, node, addresses and creation time are read (`PodDecoder.entry`); the "
+                "profile above is now that scan, the entry and the IP-claims insert, a few microseconds of Python "
+                "per pod (CPU seconds went from 2.06 to the figure in the table; 09:50 UTC, load ~0.1, before "
+                "this path). Wall-clock seconds on this shared 2-core machine are mostly waiting for a core: "
+                "compare the raw client's receive time in the same run (0.49 s when issue 23 measured it on a quiet "
+                "machine) and see the load average below. Going further needs a compiled decoder.",
+            ]
+        if any(name.startswith("evaluator") for name in missed):
+            lines += [
+                "",
+                "Decisions: the rate is per CPU second, but CPU time per decision also rises with the machine's "
+                "load (shared caches, hyper-threads); compare the runs in bench/results/agent.json.",
+            ]
     return "\n".join(lines)
 
 
