@@ -28,20 +28,22 @@ from typing import Any
 from prometheus_client import Counter
 
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
+from kube_ip_tracker.agent.dataplane.loop_metrics import LoopCounter
 from kube_ip_tracker.agent.dataplane.packet import IPAddress
 from kube_ip_tracker.agent.outcomes import NO_TIER, TIERS, deciding, direction_outcomes
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
 from kube_ip_tracker.agent.verdict_log import VerdictLog
 
-DECISIONS = Counter(
+# Counted on the event loop only, once or twice per decision: lock-free counters (see loop_metrics).
+DECISIONS = LoopCounter(
     "kube_ip_agent_decisions_total",
     "Connections decided by the agent (result: allow, deny; direction: the one that denied, or none).",
     ["result", "direction"],
 )
 _ALLOWED = DECISIONS.labels("allow", "none")
 _DENIED = {d: DECISIONS.labels("deny", d) for d in ("egress", "ingress", "both")}
-TIER_DECISIONS = Counter(
+TIER_DECISIONS = LoopCounter(
     "kube_ip_agent_policy_decisions_total",
     "Directions this agent enforced, by direction, result and the tier that decided (none: no policy applied).",
     ["direction", "result", "tier"],

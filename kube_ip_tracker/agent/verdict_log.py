@@ -24,12 +24,14 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from kube_ip_tracker.agent.dataplane.loop_metrics import LoopCounter
 from kube_ip_tracker.durations import parse_duration
 
 log = logging.getLogger("kube_ip_tracker.agent.verdicts")
 
 LINES = Counter("kube_ip_agent_verdict_log_lines_total", "Verdict log lines written, by verdict.", ["verdict"])
-SUPPRESSED = Counter(
+# Counted per decision on the event loop: a lock-free counter (see dataplane.loop_metrics).
+SUPPRESSED = LoopCounter(
     "kube_ip_agent_verdict_log_suppressed_total",
     "Verdicts not logged: duplicate (same tuple within --log-verdicts-interval) or rate (over --log-verdicts-rate).",
     ["reason"],

@@ -9,14 +9,17 @@ from collections.abc import Callable, Iterator
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .loop_metrics import LoopCounter, LoopHistogram
+
 log = logging.getLogger("kube_ip_tracker.agent.dataplane")
 
-PACKETS_QUEUED = Counter(
+# The per-packet ones are written by the event loop only, without a lock (see loop_metrics).
+PACKETS_QUEUED = LoopCounter(
     "kube_ip_agent_dataplane_packets_queued_total",
     "Packets the kernel handed to the agent over NFQUEUE (first packets of connections).",
     ["queue"],
 )
-VERDICTS = Counter(
+VERDICTS = LoopCounter(
     "kube_ip_agent_dataplane_verdicts_total",
     "Verdicts given, by result (accept/drop) and reason (decided, not-ready, timeout, error, parse-error, shutdown).",
     ["queue", "result", "reason"],
@@ -28,7 +31,8 @@ FAIL_OPEN_PASSES = Counter(
 )
 QUEUE_ERRORS = Counter(
     "kube_ip_agent_dataplane_queue_errors_total",
-    "Errors around the queue: receive, verdict, decision callback, unparseable packets, rebinds.",
+    "Errors around the queue: receive, verdict (a verdict write failed), decision callback, unparseable packets, "
+    "rebinds.",
     ["queue", "kind"],
 )
 PENDING = Gauge(
@@ -36,10 +40,11 @@ PENDING = Gauge(
     "Queued packets waiting for an asynchronous decision.",
     ["queue"],
 )
-DECISION_SECONDS = Histogram(
+DECISION_SECONDS = LoopHistogram(
     "kube_ip_agent_dataplane_decision_seconds",
-    "From a queued packet's arrival in the agent to its verdict, for packets decided at once (the agent's "
-    "decisions are): parse, policy decision, verdict log, verdict.",
+    "From a queued packet's arrival in the agent to its verdict, for every queued packet (decided at once, after "
+    "waiting for an unknown local pod's data, or given the default on a timeout, error, or shutdown): parse, "
+    "policy decision, verdict log, verdict (handed to the batch written at the end of the wakeup).",
     ["queue"],
     buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25),
 )

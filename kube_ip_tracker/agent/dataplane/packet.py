@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -35,9 +35,11 @@ class PacketParseError(ValueError):
     """The queued payload is not an IP packet we can read."""
 
 
-@dataclass(frozen=True, slots=True)
-class PacketInfo:
-    """The connection tuple of a packet (ports are None for protocols without ports or non-first fragments)."""
+class PacketInfo(NamedTuple):
+    """The connection tuple of a packet (ports are None for protocols without ports or non-first fragments).
+
+    A named tuple: immutable and hashable like a frozen dataclass, built in a third of its time (one per
+    queued packet)."""
 
     src_ip: IPAddress
     dst_ip: IPAddress
@@ -59,22 +61,37 @@ def _ports(data: bytes, offset: int, number: int) -> tuple[int | None, int | Non
     return src, dst
 
 
+# version/IHL, (5 bytes), flags/fragment offset, (TTL), protocol, (checksum), source, destination
+_IPV4_HEADER = struct.Struct("!B5xHxB2xII")
+_PORTS = struct.Struct("!HH")
+# Address objects of recent IPv4 addresses, by number: a queued packet needs two, mostly the same few.
+_V4_ADDRESSES: dict[int, ipaddress.IPv4Address] = {}
+_V4_ADDRESSES_MAX = 8192
+
+
+def _v4_address(number: int) -> ipaddress.IPv4Address:
+    address = _V4_ADDRESSES.get(number)
+    if address is None:
+        address = ipaddress.IPv4Address(number)
+        if len(_V4_ADDRESSES) >= _V4_ADDRESSES_MAX:
+            _V4_ADDRESSES.clear()
+        _V4_ADDRESSES[number] = address
+    return address
+
+
 def _parse_ipv4(data: bytes) -> PacketInfo:
     if len(data) < 20:
         raise PacketParseError(f"IPv4 packet of {len(data)} bytes is shorter than its 20-byte header")
-    header_len = (data[0] & 0x0F) * 4
+    first, fragment, number, src, dst = _IPV4_HEADER.unpack_from(data)
+    header_len = (first & 0x0F) * 4
     if header_len < 20 or len(data) < header_len:
         raise PacketParseError(f"IPv4 header length {header_len} is invalid for a {len(data)}-byte packet")
-    number = data[9]
-    fragment_offset = struct.unpack_from("!H", data, 6)[0] & 0x1FFF
-    src_port, dst_port = (None, None) if fragment_offset else _ports(data, header_len, number)
+    if fragment & 0x1FFF or number not in _PORTED or len(data) < header_len + 4:
+        src_port = dst_port = None
+    else:
+        src_port, dst_port = _PORTS.unpack_from(data, header_len)
     return PacketInfo(
-        src_ip=ipaddress.IPv4Address(data[12:16]),
-        dst_ip=ipaddress.IPv4Address(data[16:20]),
-        protocol=Protocol.from_number(number),
-        src_port=src_port,
-        dst_port=dst_port,
-        protocol_number=number,
+        _v4_address(src), _v4_address(dst), _BY_NUMBER.get(number, Protocol.OTHER), src_port, dst_port, number
     )
 
 
