@@ -21,7 +21,7 @@ from kube_ip_tracker.agent.dataplane import (
 )
 from kube_ip_tracker.agent.dataplane.conntrack import parse_line
 from kube_ip_tracker.agent.dataplane.metrics import read_kernel_queues
-from kube_ip_tracker.agent.dataplane.nfq import config_flags_message
+from kube_ip_tracker.agent.dataplane.nfq import NF_ACCEPT, NF_DROP, NF_REPEAT, config_flags_message, verdict_message
 from kube_ip_tracker.agent.dataplane.rules import RuleSet, parse_iptables_save
 
 
@@ -207,6 +207,19 @@ def test_fail_open_config_message_layout() -> None:
     assert struct.unpack_from("=HH", message, 20) == (8, 4) and struct.unpack_from("!I", message, 24) == (1,)
     assert struct.unpack_from("=HH", message, 28) == (8, 5) and struct.unpack_from("!I", message, 32) == (1,)
     assert len(message) == 36
+
+
+def test_verdict_message_layout_with_and_without_a_mark() -> None:
+    plain = verdict_message(queue_num=300, packet_id=0x01020304, verdict=NF_DROP)
+    assert struct.unpack_from("=IHHII", plain) == (32, (3 << 8) | 1, 1, 0x01020304, 0)  # the id is the seq
+    assert struct.unpack_from("!BBH", plain, 16) == (0, 0, 300)
+    # NFQA_VERDICT_HDR (2): verdict, packet id, big-endian.
+    assert struct.unpack_from("=HH", plain, 20) == (12, 2) and struct.unpack_from("!II", plain, 24) == (0, 0x01020304)
+    marked = verdict_message(queue_num=300, packet_id=7, verdict=NF_REPEAT, mark=0x02000001)
+    assert len(marked) == 40 and struct.unpack_from("!II", marked, 24) == (4, 7)
+    # NFQA_MARK (3), big-endian.
+    assert struct.unpack_from("=HH", marked, 32) == (8, 3) and struct.unpack_from("!I", marked, 36) == (0x02000001,)
+    assert verdict_message(300, 7, NF_ACCEPT, 0)[:4] == struct.pack("=I", 40)  # mark 0 is a mark, None is none
 
 
 def test_read_kernel_queues(tmp_path: object) -> None:

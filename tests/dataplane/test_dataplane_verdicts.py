@@ -9,6 +9,7 @@ import struct
 from prometheus_client import REGISTRY
 
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig, PacketInfo, Protocol
+from kube_ip_tracker.agent.dataplane.nfq import NF_ACCEPT, NF_DROP, NF_REPEAT
 
 VERDICT = DataplaneConfig().verdict_mark
 
@@ -19,8 +20,11 @@ def tcp_syn(src: str = "10.244.1.2", dst: str = "10.244.1.3", dport: int = 80) -
     return ip + struct.pack("!HH", 40000, dport) + b"\0" * 16
 
 
+NAMES = {NF_ACCEPT: "accept", NF_DROP: "drop", NF_REPEAT: "repeat"}
+
+
 class FakePacket:
-    """Stands in for netfilterqueue.Packet; records the verdict."""
+    """Stands in for a queued packet of an unbound dataplane, which answers itself; records the verdict."""
 
     def __init__(self, payload: bytes, mark: int = 0x01000000) -> None:
         self.payload = payload
@@ -30,17 +34,10 @@ class FakePacket:
     def get_payload(self) -> bytes:
         return self.payload
 
-    def get_mark(self) -> int:
-        return self.mark
-
-    def set_mark(self, mark: int) -> None:
-        self.mark = mark
-
-    def accept(self) -> None:
-        self.verdicts.append("accept")
-
-    def drop(self) -> None:
-        self.verdicts.append("drop")
+    def verdict(self, verdict: int, mark: int | None) -> None:
+        self.verdicts.append(NAMES[verdict])
+        if mark is not None:
+            self.mark = mark
 
 
 def counter(name: str, **labels: str) -> float:
@@ -143,3 +140,42 @@ async def test_verdict_objects_count_by_their_allowed_field_and_other_results_ar
     wrong_type = FakePacket(tcp_syn())
     make(lambda p: "yes", fail_open=False).handle_packet(wrong_type)
     assert wrong_type.verdicts == ["drop"]
+
+
+def decision_count() -> float:
+    return counter("kube_ip_agent_dataplane_decision_seconds_count", queue="61001")
+
+
+async def test_the_decision_histogram_counts_every_queued_packet() -> None:
+    """Decided at once, after an awaited decision, on the verdict timeout, on an error or garbage, at shutdown."""
+    gate = asyncio.Event()
+
+    async def waits(packet: PacketInfo) -> bool:
+        if packet.dst_port == 80:
+            await gate.wait()
+            return True
+        await asyncio.Event().wait()
+        return True
+
+    before = decision_count()
+    make(lambda p: True).handle_packet(FakePacket(tcp_syn()))
+    make(lambda p: True).handle_packet(FakePacket(b"\x99junk"))
+    assert decision_count() == before + 2
+    dp = make(waits, fail_open=False, verdict_timeout=0.05)
+    awaited, timed_out = FakePacket(tcp_syn(dport=80)), FakePacket(tcp_syn(dport=81))
+    dp.handle_packet(awaited)
+    dp.handle_packet(timed_out)
+    gate.set()
+    await asyncio.sleep(0.2)
+    assert awaited.verdicts == ["accept"] and timed_out.verdicts == ["drop"]
+    assert decision_count() == before + 4
+    stopped = make(waits, fail_open=False, verdict_timeout=10)
+    left = FakePacket(tcp_syn(dport=82))
+    stopped.handle_packet(left)
+    await asyncio.sleep(0)
+    await stopped.stop(remove_rules=False)
+    assert left.verdicts == ["drop"] and decision_count() == before + 5
+    buckets = [
+        counter("kube_ip_agent_dataplane_decision_seconds_bucket", queue="61001", le=le) for le in ("2e-05", "+Inf")
+    ]
+    assert buckets[0] <= buckets[1] == decision_count()

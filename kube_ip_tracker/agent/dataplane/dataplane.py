@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from kube_ip_tracker.backoff import Backoff
@@ -17,7 +17,7 @@ from .config import DataplaneConfig, IPNetwork, parse_networks
 from .decisions import Decide, Decision, IsReady, as_allowed
 from .errors import DataplaneError
 from .installer import RuleInstaller, detect_backend
-from .nfq import QueueBindError, QueueSocket
+from .nfq import NF_ACCEPT, NF_DROP, NF_REPEAT, QueueBindError, QueueSocket
 from .packet import IPAddress, PacketInfo, PacketParseError, parse_packet
 from .revalidate import Revalidation, Revalidator
 from .rules import Backend
@@ -50,7 +50,7 @@ class Dataplane:
         self._installer: RuleInstaller | None = None
         self._queue: QueueSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, tuple[Any, asyncio.Task[None]]] = {}
+        self._pending: dict[int, tuple[Any, asyncio.Task[None], float]] = {}  # packet, decision, arrival
         self._rebind_task: asyncio.Task[None] | None = None
         self._revalidator = Revalidator(config, self._allowed, self._ready, lambda: self._pods)
         self._revalidation_task: asyncio.Task[None] | None = None
@@ -63,6 +63,11 @@ class Dataplane:
         self._generation = 0  # invalidations before start() (the install flushes the cache anyway)
         self._provisional = False  # not-ready verdicts went into the cache since the last flush
         self._repair_task: asyncio.Task[None] | None = None
+        self._send: Callable[[Any, int, int | None], None] = _answer_itself  # queue.verdict once bound
+        self._verdict_mark = config.verdict_mark
+        self._not_queue_mark = ~config.queue_mark & 0xFFFFFFFF
+        self._iptables = False
+        self._debug = log.isEnabledFor(logging.DEBUG)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -84,6 +89,7 @@ class Dataplane:
         self.forget_left_over_verdicts()
         self._backend = await detect_backend(cfg) if cfg.backend == "auto" else Backend(cfg.backend)
         self._installer = RuleInstaller(cfg, self._backend)
+        self._iptables = self._backend is Backend.IPTABLES
         for backend in Backend:
             m.BACKEND.labels(self._label, backend.value).set(1 if backend is self._backend else 0)
         queue = QueueSocket(cfg.nfqueue_id, cfg.queue_max_len, self.handle_packet)
@@ -91,17 +97,16 @@ class Dataplane:
             queue.bind(cfg.fail_open)
         except QueueBindError as exc:
             raise DataplaneError(str(exc)) from exc
-        queue.on_error = self._on_queue_error
-        queue.attach(self._loop)
-        self._queue = queue
+        self._use_queue(queue)
         try:
             self._cache = VerdictCache(self._installer.rules)
             await self.sync_rules()
         except BaseException:
-            self._queue = None
             queue.poll()  # old rules may already be queueing to us: answer those packets
+            self._queue = None
             self._flush_pending("error")
             queue.close()
+            self._send = _answer_itself
             self._close_cache()
             raise
         if self._cache.enabled:
@@ -128,12 +133,14 @@ class Dataplane:
             if remove_rules:
                 await self.remove_rules()
         finally:
-            queue, self._queue = self._queue, None
+            queue = self._queue
             if queue is not None:
                 queue.poll()  # packets queued before the rules went away
+            self._queue = None
             self._flush_pending("shutdown")
             if queue is not None:
                 queue.close()
+            self._send = _answer_itself
             self._close_cache()
             log.info(
                 "dataplane stopped: queue=%d rules %s", self.config.nfqueue_id, "removed" if remove_rules else "kept"
@@ -186,30 +193,38 @@ class Dataplane:
 
     # --- verdicts --------------------------------------------------------------------------------
 
-    def _default_verdict(self, packet: Any, info: PacketInfo | None, reason: str) -> None:
+    def _use_queue(self, queue: QueueSocket) -> None:
+        assert self._loop is not None
+        queue.on_error = self._on_queue_error
+        queue.attach(self._loop)
+        self._queue = queue
+        self._send = queue.verdict
+
+    def _default_verdict(self, packet: Any, info: PacketInfo | None, reason: str, started: float) -> None:
         """The fail-open/closed verdict: accept without marking, or drop."""
         if self.config.fail_open:
             m.FAIL_OPEN_PASSES.labels(self._label, reason).inc()
-            self._give(packet, info, accept=False, fail_open=True, reason=reason)
+            self._give(packet, info, False, True, reason, started)
         else:
-            self._give(packet, info, accept=False, fail_open=False, reason=reason)
+            self._give(packet, info, False, False, reason, started)
 
-    def _give(self, packet: Any, info: PacketInfo | None, accept: bool, fail_open: bool, reason: str) -> None:
+    def _give(
+        self, packet: Any, info: PacketInfo | None, accept: bool, fail_open: bool, reason: str, started: float
+    ) -> None:
+        """The verdict, counted, and the time since the packet's arrival (``started``) observed."""
         try:
             if not (accept or fail_open):
-                packet.drop()
-            elif self._backend is Backend.IPTABLES:
+                self._send(packet, NF_DROP, None)
+            elif self._iptables:
                 # Repeat the security-table hook with our queue bit cleared instead of accepting: an
                 # accept would skip the rest of that chain, where another agent on this host (its own
                 # mark bits) may still have to see the packet. Our own rule no longer matches it.
-                mark = packet.get_mark() & ~self.config.queue_mark
-                packet.set_mark(mark | self.config.verdict_mark if accept else mark)
-                packet.repeat()
+                mark = packet.mark & self._not_queue_mark
+                self._send(packet, NF_REPEAT, mark | self._verdict_mark if accept else mark)
             elif accept:
-                packet.set_mark(packet.get_mark() | self.config.verdict_mark)
-                packet.accept()
+                self._send(packet, NF_ACCEPT, packet.mark | self._verdict_mark)
             else:
-                packet.accept()
+                self._send(packet, NF_ACCEPT, None)
         except RuntimeError as exc:  # queue unbound meanwhile: the kernel has dropped the packet
             m.QUEUE_ERRORS.labels(self._label, "verdict").inc()
             log.warning("verdict for %s failed: %s", info, exc)
@@ -220,8 +235,9 @@ class Dataplane:
         counter = self._verdict_counters.get((result, reason))
         if counter is None:
             counter = self._verdict_counters[result, reason] = m.VERDICTS.labels(self._label, result, reason)
-        counter.inc()
-        if log.isEnabledFor(logging.DEBUG):
+        counter.value += 1
+        self._decision_seconds.observe(time.perf_counter() - started)
+        if self._debug:
             log.debug("queue %d: %s %s (%s)", self.config.nfqueue_id, result, info, reason)
 
     def _ready(self) -> bool:
@@ -235,52 +251,56 @@ class Dataplane:
     def handle_packet(self, packet: Any) -> None:
         """Decide one queued packet (called by the queue socket on the event loop; public for tests).
 
-        ``packet`` is a netfilterqueue Packet (get_payload, get_mark, set_mark, accept, drop).
-        Never raises; always leads to exactly one verdict, now or after an awaitable decision.
+        ``packet`` is a netfilterqueue Packet (``get_payload()``, ``mark``, ``id``; the verdict goes through
+        the queue socket) or, without a bound queue, anything with ``get_payload()``, ``mark`` and
+        ``verdict(verdict, mark)``. Never raises; always leads to exactly one verdict, now or after an
+        awaitable decision.
         """
         started = time.perf_counter()
-        self._queued.inc()
+        self._queued.value += 1
         try:
             info = parse_packet(packet.get_payload())
         except (PacketParseError, RuntimeError) as exc:
             m.QUEUE_ERRORS.labels(self._label, "parse").inc()
             log.warning("queue %d: unreadable packet (%s)", self.config.nfqueue_id, exc)
-            self._default_verdict(packet, None, "parse-error")
+            self._default_verdict(packet, None, "parse-error", started)
             return
         if not self._ready():
             if self.config.fail_open:
                 # Accepted and marked, so the connection stays in the kernel; the revalidation
                 # requested here re-checks it (and cuts it if denied) once the agent is ready.
                 m.FAIL_OPEN_PASSES.labels(self._label, "not-ready").inc()
-                self._give(packet, info, accept=True, fail_open=False, reason="not-ready")
+                self._give(packet, info, True, False, "not-ready", started)
                 self._provisional = True  # cached too: flushed once ready
                 self._revalidator.wanted.set()
             else:
-                self._give(packet, info, accept=False, fail_open=False, reason="not-ready")
+                self._give(packet, info, False, False, "not-ready", started)
             return
         if self._provisional:
             self._provisional = False
             self._invalidate("ready")
         try:
             result = self._decide(info)
-            if hasattr(result, "__await__"):  # (inspect.isawaitable's ABC check costs more per packet)
+            if result is True or result is False:
+                allowed = result
+            elif hasattr(result, "__await__"):  # (inspect.isawaitable's ABC check costs more per packet)
                 key = id(packet)
-                finish = self._finish(key, packet, info, result, self.generation)
+                finish = self._finish(key, packet, info, result, self.generation, started)
                 task = asyncio.get_running_loop().create_task(finish)
-                self._pending[key] = (packet, task)
+                self._pending[key] = (packet, task, started)
                 m.PENDING.labels(self._label).set(len(self._pending))
                 return
-            allowed = as_allowed(result)
+            else:
+                allowed = as_allowed(result)
         except Exception:
             m.QUEUE_ERRORS.labels(self._label, "decide").inc()
             log.exception("decide failed for %s", info)
-            self._default_verdict(packet, info, "error")
+            self._default_verdict(packet, info, "error", started)
             return
-        self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
-        self._decision_seconds.observe(time.perf_counter() - started)
+        self._give(packet, info, allowed, False, "decided", started)
 
     async def _finish(
-        self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision], generation: int
+        self, key: int, packet: Any, info: PacketInfo, result: Awaitable[Decision], generation: int, started: float
     ) -> None:
         try:
             allowed = as_allowed(await asyncio.wait_for(result, self.config.verdict_timeout))
@@ -288,7 +308,7 @@ class Dataplane:
             m.QUEUE_ERRORS.labels(self._label, "timeout").inc()
             log.warning("no decision for %s within %ss", info, self.config.verdict_timeout)
             if self._pending.pop(key, None) is not None:
-                self._default_verdict(packet, info, "timeout")
+                self._default_verdict(packet, info, "timeout", started)
             return
         except asyncio.CancelledError:
             raise
@@ -296,12 +316,12 @@ class Dataplane:
             m.QUEUE_ERRORS.labels(self._label, "decide").inc()
             log.exception("decide failed for %s", info)
             if self._pending.pop(key, None) is not None:
-                self._default_verdict(packet, info, "error")
+                self._default_verdict(packet, info, "error", started)
             return
         else:
             # Absent when shutdown already gave the packet its verdict.
             if self._pending.pop(key, None) is not None:
-                self._give(packet, info, accept=allowed, fail_open=False, reason="decided")
+                self._give(packet, info, allowed, False, "decided", started)
                 if allowed and generation != self.generation:
                     self._invalidate("stale-decision")  # decided with what changed meanwhile: not cached
         finally:
@@ -309,9 +329,9 @@ class Dataplane:
 
     def _flush_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
-        for packet, task in pending.values():
+        for packet, task, started in pending.values():
             task.cancel()
-            self._default_verdict(packet, None, reason)
+            self._default_verdict(packet, None, reason, started)
         m.PENDING.labels(self._label).set(0)
 
     # --- queue recovery --------------------------------------------------------------------------
@@ -337,10 +357,7 @@ class Dataplane:
                 log.error("queue %d: rebind failed (%s); retrying in %.2fs", self.config.nfqueue_id, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            queue.on_error = self._on_queue_error
-            assert self._loop is not None
-            queue.attach(self._loop)
-            self._queue = queue
+            self._use_queue(queue)
             log.info("queue %d: rebound", self.config.nfqueue_id)
             return
 
@@ -361,6 +378,8 @@ class Dataplane:
         self._invalidate("change")
 
     def _invalidate(self, reason: str) -> None:
+        if self._queue is not None:
+            self._queue.flush()  # verdicts decided before the change reach the kernel (and its cache) first
         if self._cache is None:
             self._generation += 1
             return
@@ -415,3 +434,8 @@ class Dataplane:
             m.QUEUE_ERRORS.labels(self._label, "decide").inc()
             log.exception("decide failed for %s during revalidation", info)
             return self.config.fail_open
+
+
+def _answer_itself(packet: Any, verdict: int, mark: int | None) -> None:
+    """Without a bound queue (tests): the packet object takes its own verdict."""
+    packet.verdict(verdict, mark)
