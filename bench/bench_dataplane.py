@@ -15,7 +15,11 @@ Modes, side by side in each round (rounds alternate the modes, so load changes h
 - ``repeated`` (cache on): every connection has the same (source, destination, protocol, port)
   tuple per client process, so after the first one the kernel's verdict cache decides;
 - ``first-seen`` (cache on): every connection comes from a new client address, so each one misses
-  the cache and is decided by the agent (which then fills the cache).
+  the cache and is decided by the agent (which then fills the cache);
+- ``first-seen, log all``: the same with the verdict log on for every verdict (``--log-verdicts=all``
+  and its default limits: one line per tuple a minute, 20 lines a second; klog text to the agent's
+  stderr, here /dev/null); every other agent mode runs with ``--log-verdicts=off``. The difference to
+  ``first-seen`` is the verdict log's cost.
 
 TCP is connect + close (with a reset, so no TIME_WAIT piles up); UDP is a request and its echo from
 a fresh socket (a new connection to conntrack each). Latency is per connect (TCP) or round trip (UDP)
@@ -30,6 +34,8 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,6 +71,7 @@ class Mode:
     cache: bool = False
     first_seen: bool = False
     conntrack: bool = False
+    log_verdicts: str = "off"
 
 
 MODES = (
@@ -73,6 +80,7 @@ MODES = (
     Mode("cache off", agent=True),
     Mode("repeated", agent=True, cache=True),
     Mode("first-seen", agent=True, cache=True, first_seen=True),
+    Mode("first-seen, log all", agent=True, cache=True, first_seen=True, log_verdicts="all"),
 )
 CACHE_SIZE = 65536
 PROTOCOLS = ("tcp", "udp")
@@ -90,9 +98,16 @@ def _env() -> dict[str, str]:
 class Proc:
     """A child of ``bench.dataplane_procs`` speaking JSON lines."""
 
-    def __init__(self, argv: list[str], spec: dict[str, Any]) -> None:
+    def __init__(self, argv: list[str], spec: dict[str, Any], quiet: bool = False) -> None:
+        """``quiet``: its stderr (log lines) goes to /dev/null."""
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            argv,
+            cwd=ROOT,
+            env=_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            text=True,
         )
         self.send(spec)
 
@@ -126,6 +141,33 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class SyscallCount:
+    """The syscalls a process makes (all its threads) while the block runs, counted by ``perf stat``
+    (``count`` stays None without perf or its tracepoint)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.count: int | None = None
+        self._perf: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SyscallCount:
+        if shutil.which("perf"):
+            argv = ["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(self.pid)]
+            self._perf = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.2)  # attached
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._perf is None:
+            return
+        self._perf.send_signal(signal.SIGINT)
+        _, err = self._perf.communicate(timeout=10)
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter" and fields[0].isdigit():
+                self.count = int(fields[0])
 
 
 def _free_source_network() -> ipaddress.IPv4Network:
@@ -180,8 +222,9 @@ class Bench:
             "clients": [*(str(p.ip) for p in self.clients), *(a for block in self.sources for a in block)],
             "local_pods": [*pods, str(self.sources_net)],
             "config": {"verdict_cache_size": CACHE_SIZE} if mode.cache else {},
+            "log_verdicts": mode.log_verdicts,
         }
-        agent = Proc(_python("agent"), spec)
+        agent = Proc(_python("agent"), spec, quiet=mode.log_verdicts != "off")
         try:
             agent.read()
         except BaseException:
@@ -244,7 +287,8 @@ class Bench:
         agent = self.start_agent(mode)
         try:
             user0, sys0 = agent.ask("cpu")["cpu"]
-            result = self.clients_run(protocol, mode)
+            with SyscallCount(agent.proc.pid) as syscalls:
+                result = self.clients_run(protocol, mode)
             user1, sys1 = agent.ask("cpu")["cpu"]
             agent.ask("stop")
         finally:
@@ -254,6 +298,7 @@ class Bench:
             **result,
             "agent_cpu_ms_per_1000": round((user1 - user0 + sys1 - sys0) * 1e6 / count, 1),
             "agent_sys_ms_per_1000": round((sys1 - sys0) * 1e6 / count, 1),
+            "agent_syscalls_per_conn": round(syscalls.count / count, 2) if syscalls.count is not None else None,
         }
 
     def profile(self, protocol: str, mode: Mode) -> list[dict[str, Any]]:
@@ -284,6 +329,11 @@ def _summary(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict
         "added_p99_us": round(statistics.median(added99), 1),
         "agent_cpu_ms_per_1000": med("agent_cpu_ms_per_1000", runs),
         "agent_sys_ms_per_1000": med("agent_sys_ms_per_1000", runs),
+        "agent_syscalls_per_conn": (
+            round(statistics.median(r["agent_syscalls_per_conn"] for r in runs), 2)
+            if runs and all(r.get("agent_syscalls_per_conn") is not None for r in runs)
+            else None
+        ),
         "errors": sum(r["errors"] for r in runs),
         "connections": sum(r["count"] for r in runs),
     }
@@ -365,6 +415,33 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def _verdict_log_cost(results: dict[str, Any]) -> list[str]:
+    """The verdict log's overhead: first-seen with ``--log-verdicts=all`` against ``off``, same run."""
+    lines = []
+    for protocol in PROTOCOLS:
+        rows = results["summary"].get(protocol, {})
+        off, on = rows.get("first-seen"), rows.get("first-seen, log all")
+        if off is None or on is None:
+            continue
+        cpu_off, cpu_on = off["agent_cpu_ms_per_1000"], on["agent_cpu_ms_per_1000"]
+        share = f" ({(cpu_on - cpu_off) / cpu_off:+.0%})" if cpu_off else ""
+        lines.append(
+            f"- {protocol.upper()}: {cpu_on:g} us of agent CPU per connection with the log on, {cpu_off:g} us "
+            f"off: {cpu_on - cpu_off:+.1f} us{share}; {on['rate']:,.0f} vs {off['rate']:,.0f} conn/s, added p50 "
+            f"{on['added_p50_us']:g} vs {off['added_p50_us']:g} us."
+        )
+    if not lines:
+        return []
+    return [
+        "Verdict log overhead (`--log-verdicts=all` against `off`, first-seen tuples: every connection is decided "
+        "and offered to the log; the log's default limits write at most 20 lines a second, so the cost is its "
+        "per-decision bookkeeping, a tuple remembered per decision, plus those lines):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def _what_remains(results: dict[str, Any]) -> list[str]:
     """Where the missed targets' time goes, from this run's figures."""
     if not report.missed(results):
@@ -437,6 +514,7 @@ def markdown(results: dict[str, Any]) -> str:
                     s["added_p99_us"],
                     s["agent_cpu_ms_per_1000"],
                     s["agent_sys_ms_per_1000"],
+                    "" if s.get("agent_syscalls_per_conn") is None else s["agent_syscalls_per_conn"],
                     s["errors"],
                 )
             )
@@ -451,9 +529,11 @@ def markdown(results: dict[str, Any]) -> str:
         "added p99 us",
         "agent CPU ms / 1k conn",
         "of it in the kernel",
+        "agent syscalls / conn",
         "errors",
     )
     out += [report.table(header, rows), ""]
+    out += _verdict_log_cost(results)
     out += _what_remains(results)
     profile = results.get("profile")
     if profile:

@@ -8,7 +8,8 @@
   connection binds the next of these addresses (first-seen tuples; stops when they run out).
   Prints one JSON line: count, errors, elapsed seconds and the latencies in microseconds.
 - ``agent``: the real :class:`Dataplane` deciding with the agent's :class:`LocalEnforcement` over a
-  :class:`PolicyEngine` that holds the benchmark's pods and one ingress policy for the server.
+  :class:`PolicyEngine` that holds the benchmark's pods and one ingress policy for the server; with
+  ``log_verdicts`` (off, deny, all) its verdict log, writing klog lines to stderr.
   Prints ``{"ready": ...}`` once its rules are in, then answers ``cpu`` (CPU seconds so far:
   (user, system), ``profile-start``/``profile-stop`` (cProfile rows, by CPU time) and ``stop`` (removes its rules, exits).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import resource
 import socket
 import struct
@@ -154,8 +156,15 @@ async def agent(spec: dict[str, Any]) -> None:
     from bench.report import profile_rows
     from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig, parse_networks
     from kube_ip_tracker.agent.enforce import LocalEnforcement
+    from kube_ip_tracker.agent.verdict_log import VerdictLog, VerdictLogMode, VerdictLogOptions
+    from kube_ip_tracker.logs import configure_logging
 
-    enforcement = LocalEnforcement(_engine(spec), spec["cluster"])
+    mode = VerdictLogMode(spec.get("log_verdicts", "off"))
+    verdicts = None
+    if mode is not VerdictLogMode.OFF:
+        configure_logging(logging.INFO)  # as the agent's command line does
+        verdicts = VerdictLog(VerdictLogOptions(mode=mode))
+    enforcement = LocalEnforcement(_engine(spec), spec["cluster"], verdict_log=verdicts)
     config = DataplaneConfig(
         nfqueue_id=spec["queue"],
         name=spec["name"],
