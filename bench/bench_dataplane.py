@@ -201,8 +201,12 @@ class Bench:
             _ip("-n", pod.netns, "route", "add", "local", str(block), "dev", "lo")
             _ip("route", "add", str(block), "via", str(pod.ip), "dev", pod.host_if)
             self.sources.append([str(a) for a in block.hosts()])
+        from kube_ip_tracker.agent.run import MARK_SLOTS, marks_for_slot
+
         self.name = f"kipb-{secrets.token_hex(3)}"
         self.queue = 20000 + secrets.randbelow(40000)
+        # Agents (and tests) of other sessions run on this host: mark bits of our own, as theirs are.
+        self.marks = marks_for_slot(secrets.randbelow(MARK_SLOTS))
         server = Proc(_python("server", netns=self.server.netns), {"address": str(self.server.ip), "port": PORT})
         stack.callback(server.close)
         server.read()
@@ -221,7 +225,7 @@ class Bench:
             "server": str(self.server.ip),
             "clients": [*(str(p.ip) for p in self.clients), *(a for block in self.sources for a in block)],
             "local_pods": [*pods, str(self.sources_net)],
-            "config": {"verdict_cache_size": CACHE_SIZE} if mode.cache else {},
+            "config": {**self.marks, **({"verdict_cache_size": CACHE_SIZE} if mode.cache else {})},
             "log_verdicts": mode.log_verdicts,
         }
         agent = Proc(_python("agent"), spec, quiet=mode.log_verdicts != "off")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -23,5 +24,8 @@ def test_quick_run_measures_every_mode_and_leaves_no_rules() -> None:
     assert results["targets"]
     text = bench_dataplane.markdown(results)
     assert "## Dataplane: new connections" in text and "| TCP | no rules |" in text
+    assert "Verdict log overhead" in text  # first-seen with --log-verdicts=all beside off
+    if shutil.which("perf"):  # syscalls of the agent per connection, counted by perf stat
+        assert results["summary"]["tcp"]["cache off"]["agent_syscalls_per_conn"] > 0
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
     assert "kipb-" not in tables
