@@ -11,11 +11,40 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
+
+Child = TypeVar("Child")
+
+
+class _LoopFamily(Generic[Child]):
+    """A labelled metric registered with the default registry; children made by ``new_child``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], new_child: Callable[[], Child]):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._new_child = new_child
+        self._children: dict[tuple[str, ...], Child] = {}
+        self._lock = threading.Lock()  # only for creating children, never on an update
+        REGISTRY.register(self)
+
+    def labels(self, *values: object) -> Child:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(key, self._new_child())
+        return child
+
+    def _items(self) -> list[tuple[tuple[str, ...], Child]]:
+        return list(self._children.items())
 
 
 class LoopCounterChild:
@@ -28,33 +57,18 @@ class LoopCounterChild:
         self.value += amount
 
 
-class LoopCounter:
-    """A labelled counter (``name`` without ``_total``) for one writing thread; ``labels(...)`` as prometheus_client."""
+class LoopCounter(_LoopFamily[LoopCounterChild]):
+    """A labelled counter for one writing thread; ``labels(...).inc()`` as prometheus_client."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], LoopCounterChild] = {}
-        self._lock = threading.Lock()  # only for creating children, never on inc
-        REGISTRY.register(self)
-
-    def labels(self, *values: str) -> LoopCounterChild:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._children.setdefault(key, LoopCounterChild())
-        return child
+        super().__init__(name, documentation, labelnames, LoopCounterChild)
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, child in list(self._children.items()):
+        for key, child in self._items():
             family.add_metric(list(key), child.value)
         yield family
 
@@ -72,32 +86,19 @@ class LoopHistogramChild:
         self.sum += amount
 
 
-class LoopHistogram:
+class LoopHistogram(_LoopFamily[LoopHistogramChild]):
     """A labelled histogram for one writing thread; ``labels(...).observe(x)`` as prometheus_client."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.bounds = tuple(sorted(buckets))
-        self._children: dict[tuple[str, ...], LoopHistogramChild] = {}
-        self._lock = threading.Lock()
-        REGISTRY.register(self)
-
-    def labels(self, *values: str) -> LoopHistogramChild:
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._children.setdefault(key, LoopHistogramChild(self.bounds))
-        return child
+        super().__init__(name, documentation, labelnames, lambda: LoopHistogramChild(self.bounds))
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, child in list(self._children.items()):
+        for key, child in self._items():
             counts = list(child.counts)
             buckets, total = [], 0
             for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
