@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 
 import pytest
 
+from kube_ip_tracker import wire
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
+from kube_ip_tracker.client.sink import Delete, RecordChange, Upsert
+from kube_ip_tracker.client.stream import WatchSession
 from kube_ip_tracker.index import Index
-from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, NodeRecord
+from kube_ip_tracker.model import ClusterStatusRecord, Kind, NamespaceRecord, NodeRecord, PodRecord, Record
 from kube_ip_tracker.server.encode import WatchFilter
 
 from .conftest import Connect, StartServer
@@ -18,70 +22,118 @@ from .helpers import WR, Stream, pod
 CLUSTERS = ("a", "b", "c")
 
 
+Key = tuple[str, str, str, str]
+
+
+def entry(record: Record | ClusterStatusRecord) -> tuple[Key, bytes]:
+    """A watcher-side state entry: (kind, cluster, namespace, name) and the object's wire bytes."""
+    if isinstance(record, ClusterStatusRecord):
+        return ("cluster", record.cluster, "", ""), wire.cluster_status_to_proto(record).SerializeToString(
+            deterministic=True
+        )
+    if isinstance(record, PodRecord):
+        return ("pod", record.cluster, record.namespace, record.name), wire.pod_to_proto(record).SerializeToString(
+            deterministic=True
+        )
+    if isinstance(record, NamespaceRecord):
+        return ("namespace", record.cluster, "", record.name), wire.namespace_to_proto(record).SerializeToString(
+            deterministic=True
+        )
+    return ("node", record.cluster, "", record.name), wire.node_to_proto(record).SerializeToString(deterministic=True)
+
+
+def _apply(state: dict[Key, bytes], changes: Sequence[RecordChange]) -> None:
+    for change in changes:
+        if isinstance(change, Upsert):
+            key, data = entry(change.record)
+            state[key] = data
+        elif isinstance(change, Delete):
+            state.pop((change.kind.value, change.cluster, change.namespace, change.name), None)
+        elif change.deleted:  # a deleted cluster takes everything of it
+            for key in [k for k in state if k[1] == change.status.cluster]:
+                del state[key]
+        else:
+            key, data = entry(change.status)
+            state[key] = data
+
+
+class _Staged:
+    """A snapshot being received: invisible until END_OF_SNAPSHOT, then it replaces the whole state."""
+
+    def __init__(self, applier: Applier) -> None:
+        self.applier = applier
+        self.state: dict[Key, bytes] = {}
+
+    def add(self, changes: Sequence[RecordChange]) -> None:
+        _apply(self.state, changes)
+
+    def cluster_synced(self, cluster: str) -> None:
+        pass
+
+    def commit(self, revision: int) -> None:
+        self.applier.state = self.state
+
+
 class Applier:
-    """A minimal watcher-side state: applies a stream's messages and checks revision continuity."""
+    """A watcher's state, fed through the shared client's protocol state machine (:class:`WatchSession`:
+    message order, epochs, revision continuity when ``checked``), so it follows the protocol as agents do.
+
+    ``state`` maps each object's key to its wire bytes. A snapshot is staged and replaces the whole state
+    at END_OF_SNAPSHOT; a stream that resumes and cannot must get a snapshot whose first message has
+    ``reset``. ``epoch``/``revision`` are the resume point: the last state that was live. Once live, a
+    SNAPSHOT or END_OF_SNAPSHOT can only be the start of a next stream fed to the same applier (a live
+    stream never sends them again): it starts a new session resuming from that point.
+    """
 
     def __init__(self, checked: bool) -> None:
         self.checked = checked
-        self.state: dict[tuple[str, ...], bytes] = {}
-        self.revision = 0
+        self.state: dict[Key, bytes] = {}
         self.epoch = ""
-        self.live = False
+        self.revision = 0
+        self._session = self._new_session()
+
+    @property
+    def live(self) -> bool:
+        return self._session.live
 
     def apply(self, msg: pb.WatchResponse) -> None:
-        if msg.kind == WR.SNAPSHOT:
-            if self.live or not self.epoch:  # the first SNAPSHOT of a stream replaces the whole state
-                self.state.clear()
-            self.live = False
-            self.epoch = msg.epoch
-            self._changes(msg.changes)
-        elif msg.kind == WR.END_OF_SNAPSHOT:
-            assert msg.revision >= self.revision or not self.live
-            self.revision = msg.revision
-            self.live = True
-        elif msg.kind == WR.DELTA:
-            assert self.live
-            if self.checked:
-                assert msg.first_revision == self.revision + 1, (msg.first_revision, self.revision)
-            assert msg.first_revision > self.revision and msg.revision >= msg.first_revision
-            self._changes(msg.changes)
-            self.revision = msg.revision
-        elif msg.kind == WR.PROGRESS:
-            assert msg.revision >= self.revision
-            if self.checked:
-                assert msg.revision == self.revision
-            self.revision = msg.revision
+        if self._session.live and msg.kind in (WR.SNAPSHOT, WR.END_OF_SNAPSHOT):
+            self._session = self._new_session()
+        self._session.handle(msg)
+        if self._session.live:
+            self.epoch, self.revision = self._session.epoch, self._session.revision
 
-    def _changes(self, changes) -> None:  # type: ignore[no-untyped-def]
-        for c in changes:
-            which = c.WhichOneof("object")
-            obj = getattr(c, which)
-            if which == "cluster" and c.deleted:
-                self.state = {k: v for k, v in self.state.items() if k[1] != obj.cluster}
-                continue
-            key = (which, obj.cluster, getattr(obj, "namespace", ""), "" if which == "cluster" else obj.name)
-            if c.deleted:
-                self.state.pop(key, None)
-            else:
-                self.state[key] = obj.SerializeToString(deterministic=True)
+    def resumed(self) -> Applier:
+        """A copy for a new stream resuming from this one's point (the old reader may still apply a message)."""
+        copy = Applier(self.checked)
+        copy.state, copy.epoch, copy.revision = dict(self.state), self.epoch, self.revision
+        copy._session = copy._new_session()
+        return copy
+
+    def _new_session(self) -> WatchSession:
+        return WatchSession(
+            self,
+            resume_epoch=self.epoch,
+            resume_revision=self.revision,
+            checked_continuity=self.checked,
+        )
+
+    # -- ApplySink ---------------------------------------------------------------------------------
+
+    def begin_snapshot(self, epoch: str, reset: bool) -> _Staged:
+        assert reset or not self.epoch, f"a resume from epoch {self.epoch} got a snapshot without reset"
+        return _Staged(self)
+
+    def apply_delta(self, changes: Sequence[RecordChange], revision: int) -> None:
+        _apply(self.state, changes)
 
 
-def expected(index: Index, flt: WatchFilter) -> dict[tuple[str, ...], bytes]:
-    from kube_ip_tracker import wire
-
+def expected(index: Index, flt: WatchFilter) -> dict[Key, bytes]:
     out = {}
     for content in index.snapshot(flt.admits).clusters:
-        out[("cluster", content.status.cluster, "", "")] = wire.cluster_status_to_proto(
-            content.status
-        ).SerializeToString(deterministic=True)
-        for ns in content.namespaces:
-            out[("namespace", ns.cluster, "", ns.name)] = wire.namespace_to_proto(ns).SerializeToString(
-                deterministic=True
-            )
-        for node in content.nodes:
-            out[("node", node.cluster, "", node.name)] = wire.node_to_proto(node).SerializeToString(deterministic=True)
-        for p in content.pods:
-            out[("pod", p.cluster, p.namespace, p.name)] = wire.pod_to_proto(p).SerializeToString(deterministic=True)
+        for record in (content.status, *content.namespaces, *content.nodes, *content.pods):
+            key, data = entry(record)
+            out[key] = data
     return out
 
 
@@ -153,14 +205,8 @@ async def test_filtered_and_resumed_watchers_converge(seed: int, start_server: S
             flt, applier, stream, task = watchers.pop(0)
             task.cancel()
             stream.call.cancel()
-            resumed = Applier(applier.checked)  # a copy: the cancelled reader may still apply one message
-            resumed.state, resumed.revision, resumed.epoch, resumed.live = (
-                dict(applier.state),
-                applier.revision,
-                applier.epoch,
-                applier.live,
-            )
-            start(flt, applier.epoch, applier.revision, resumed)
+            resumed = applier.resumed()  # from its last live state (none yet: a fresh snapshot)
+            start(flt, resumed.epoch, resumed.revision, resumed)
         await asyncio.sleep(rng.choice([0, 0, 0.001, 0.01]))
     final = index.revision
     async with asyncio.timeout(10):
