@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 CLUSTERS ?= 2
 
-.PHONY: help setup install system-deps kube-apiserver proto test test-images test-all images lint demo bench clusters clean
+.PHONY: help setup install system-deps kube-apiserver cert-manager proto test test-images test-all images lint demo bench clusters clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -26,7 +26,10 @@ kube-apiserver: system-deps ## build (once) and cache kube-apiserver from Go mod
 	@hack/build-kube-apiserver-module.sh >/dev/null
 	@if [ "$${KIT_KUBE_APISERVER:-module}" = debian ]; then hack/build-kube-apiserver.sh >/dev/null; fi
 
-setup: system-deps kube-apiserver install ## everything the tests and the demo need
+cert-manager: system-deps ## build (once) and cache a cert-manager controller and its CRDs from the Go module (tests of the cert-manager overlay)
+	@hack/build-cert-manager.sh >/dev/null
+
+setup: system-deps kube-apiserver cert-manager install ## everything the tests and the demo need
 
 proto: install ## regenerate kube_ip_tracker/api/ from protos/
 	$(PYTHON) -m kube_ip_tracker.api.generate

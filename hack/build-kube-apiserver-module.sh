@@ -12,9 +12,8 @@
 #        KIT_KUBE_VERSION     k8s.io/kubernetes version to build (default below)
 #        KIT_GO               the go command to build with (default: `go` on PATH, /usr/local/go/bin/go)
 #
-# Without a Go 1.26+ on the machine, any older go (Debian's golang-go) downloads the toolchain module
-# golang.org/toolchain@v0.0.1-go$bootstrap_go from the Go module proxy (checksums from sum.golang.org),
-# as GOTOOLCHAIN=auto would, into the cache dir.
+# Finding the Go toolchain (and downloading one when the machine has only an older go) is shared
+# with the other module builds: hack/go-toolchain.sh.
 set -euo pipefail
 
 # The newest release that builds with Go 1.26 (go.mod says `go 1.26.0`); v1.38 is still beta.
@@ -36,52 +35,9 @@ if [ -x "$out" ]; then
   exit 0
 fi
 
-# Build with exactly the chosen toolchain; never let the go command switch to another one.
-export GOTOOLCHAIN=local
-export GOCACHE="$cache_root/gocache" GOMODCACHE="$cache_root/gomodcache" GOFLAGS=-mod=mod
-export CGO_ENABLED=0 GOWORK=off GO111MODULE=on
-
-# "1.26" from `go env GOVERSION` (go1.26.8, go1.19.8, ...) and whether it is at least $need_go.
-go_minor() { "$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
-go_is_new_enough() { local m; m="$(go_minor "$1")"; [ -n "$m" ] && [ "$m" -ge "${need_go#1.}" ]; }
-
-candidates=()
-[ -n "${KIT_GO:-}" ] && candidates+=("$KIT_GO")
-command -v go >/dev/null 2>&1 && candidates+=("$(command -v go)")
-candidates+=(/usr/local/go/bin/go)
-gobin=""
-for c in "${candidates[@]}"; do
-  if [ -x "$c" ] && go_is_new_enough "$c"; then gobin="$c"; break; fi
-done
-if [ -z "$gobin" ]; then
-  goroot="$cache_root/go$bootstrap_go"
-  if [ ! -x "$goroot/bin/go" ]; then
-    boot=""
-    for c in "${candidates[@]}" /usr/lib/go-*/bin/go; do
-      if [ -x "$c" ]; then boot="$c"; break; fi
-    done
-    if [ -z "$boot" ]; then
-      log "no go command found: install Go $need_go+ (https://go.dev/dl/) or Debian's golang-go (make system-deps)"
-      exit 1
-    fi
-    arch="$("$boot" env GOHOSTARCH)"
-    log "no Go $need_go+ found; downloading go$bootstrap_go (golang.org/toolchain) with $boot"
-    dir="$(cd "$cache_root" && "$boot" mod download -json "golang.org/toolchain@v0.0.1-go$bootstrap_go.linux-$arch" |
-           sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-    if [ ! -x "$dir/bin" ]; then
-      log "downloading golang.org/toolchain@v0.0.1-go$bootstrap_go.linux-$arch failed"
-      exit 1
-    fi
-    # Module files are read-only and lose their exec bits: copy, then restore them.
-    rm -rf "$goroot.tmp"
-    cp -R "$dir" "$goroot.tmp"
-    chmod -R u+w "$goroot.tmp"
-    chmod +x "$goroot.tmp"/bin/* "$goroot.tmp"/pkg/tool/*/*
-    mv "$goroot.tmp" "$goroot"
-  fi
-  gobin="$goroot/bin/go"
-fi
-go() { "$gobin" "$@"; }
+# shellcheck source=hack/go-toolchain.sh
+. "$(dirname "$0")/go-toolchain.sh"
+kit_go_setup
 
 staging_minor="v0.${version#v1.}"
 work="$cache_root/build-module-$version"
