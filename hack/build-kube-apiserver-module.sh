@@ -30,10 +30,9 @@ case "$version" in
   *) log "KIT_KUBE_VERSION must look like v1.X.Y, got '$version'"; exit 1 ;;
 esac
 out="$cache_root/kube-apiserver-$version"
-if [ -x "$out" ]; then
-  echo "$out"
-  exit 0
-fi
+# shellcheck source=hack/cache-lock.sh
+. "$(dirname "$0")/cache-lock.sh"
+kit_cached_or_lock "$out"
 
 # shellcheck source=hack/go-toolchain.sh
 . "$(dirname "$0")/go-toolchain.sh"

@@ -56,10 +56,9 @@ if [ -z "$version" ]; then
   exit 1
 fi
 out="$cache_root/kube-apiserver-$version"
-if [ -x "$out" ]; then
-  echo "$out"
-  exit 0
-fi
+# shellcheck source=hack/cache-lock.sh
+. "$(dirname "$0")/cache-lock.sh"
+kit_cached_or_lock "$out"
 
 log "building kube-apiserver $version (a few minutes on first use)"
 work="$cache_root/build-$version"
