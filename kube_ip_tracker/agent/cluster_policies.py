@@ -43,6 +43,7 @@ from kube_ip_tracker.agent.policy.cluster_parse import (
     parse_baseline_admin_network_policy,
     parse_cluster_network_policy,
 )
+from kube_ip_tracker.agent.policy.staged import enforcement, new_staged_problem
 from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.kube.reflector import (
     ApiClientFactory,
@@ -99,6 +100,11 @@ INVALID = Gauge(
 DEGRADED = Gauge(
     "kube_ip_agent_cluster_policies_degraded",
     "Enforced cluster-scoped policies with a part the agent cannot enforce (made to fail closed), by kind.",
+    ["cluster", "kind"],
+)
+STAGED = Gauge(
+    "kube_ip_agent_cluster_policies_staged",
+    "Cluster-scoped policies compiled as staged (kube-ip-tracker.io/staged: evaluated, not enforced).",
     ["cluster", "kind"],
 )
 PARSE_ERRORS = Counter(
@@ -168,7 +174,7 @@ class ClusterPolicyStore:
         self.on_change()
 
     def _log_event(self, name: str, what: str) -> None:
-        enforced = "enforced" if name in self.policies else "not enforced"
+        enforced = enforcement(self.policies.get(name))
         log.info("Cluster %s: %s %s %s (%s)", self.cluster, self.kind.kind, name, what, enforced)
 
     def _apply(self, obj: dict[str, Any]) -> bool:
@@ -191,6 +197,9 @@ class ClusterPolicyStore:
         if self.invalid.pop(name, None) is not None:
             log.info("Cluster %s: %s %s is valid again and enforced", self.cluster, self.kind.kind, name)
         previous = self.policies.get(name)
+        problem = new_staged_problem(previous, policy)
+        if problem:
+            log.error("Cluster %s: %s %s: %s", self.cluster, self.kind.kind, name, problem)
         if previous == policy:
             self._update_gauges()
             return False
@@ -214,6 +223,7 @@ class ClusterPolicyStore:
         POLICIES.labels(*self._labels).set(len(self.policies))
         INVALID.labels(*self._labels).set(len(self.invalid))
         DEGRADED.labels(*self._labels).set(sum(1 for p in self.policies.values() if p.warnings))
+        STAGED.labels(*self._labels).set(sum(1 for p in self.policies.values() if p.staged))
 
 
 class ClusterPolicyInformer:

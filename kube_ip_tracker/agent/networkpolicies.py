@@ -7,7 +7,10 @@ engine holds (policies gone from the list are deleted), watches apply each event
 
 Each policy is parsed with ``strict=False`` (fields of other API versions are ignored). A policy the
 parser rejects is not enforced: the error names the namespace/name and the problem, is counted in
-``kube_ip_agent_networkpolicies_invalid``, and the agent carries on. ``synced`` turns true after the
+``kube_ip_agent_networkpolicies_invalid``, and the agent carries on. A policy annotated
+``kube-ip-tracker.io/staged: "true"`` is compiled as staged (evaluated, never enforced;
+``kube_ip_agent_networkpolicies_staged``); another value of that annotation is logged for the policy
+and the policy is enforced. ``synced`` turns true after the
 first complete list and stays true across reconnects (the last known policies keep being enforced).
 
 While connected, the liveness probe (:func:`kube_ip_tracker.kube.reflector.liveness_probe`, a GET
@@ -31,6 +34,7 @@ from kubernetes_asyncio import client
 from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker.agent.policy import CompiledPolicy, PolicyEngine, PolicyError, parse_network_policy
+from kube_ip_tracker.agent.policy.staged import enforcement, new_staged_problem
 from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.kube.reflector import (
     ApiClientFactory,
@@ -60,6 +64,11 @@ PARSE_ERRORS = Counter(
 POLICIES = Gauge(
     "kube_ip_agent_networkpolicies",
     "NetworkPolicies of the local cluster compiled into the evaluator.",
+    ["cluster"],
+)
+STAGED = Gauge(
+    "kube_ip_agent_networkpolicies_staged",
+    "NetworkPolicies of the local cluster compiled as staged (kube-ip-tracker.io/staged: evaluated, not enforced).",
     ["cluster"],
 )
 SYNCED = Gauge(
@@ -111,7 +120,7 @@ class PolicyStore:
 
     def _changed_by_event(self, changed: bool, key: Key, what: str) -> None:
         if changed:
-            enforced = "enforced" if key in self.policies else "no longer enforced"
+            enforced = enforcement(self.policies.get(key))
             log.info("Cluster %s: NetworkPolicy %s/%s %s (%s)", self.cluster, *key, what, enforced)
             self.changed()
 
@@ -138,7 +147,11 @@ class PolicyStore:
             return removed
         if self.invalid.pop(key, None) is not None:
             log.info("Cluster %s: NetworkPolicy %s/%s is valid again and enforced", self.cluster, *key)
-        if self.policies.get(key) == policy:
+        previous = self.policies.get(key)
+        problem = new_staged_problem(previous, policy)
+        if problem:
+            log.error("Cluster %s: NetworkPolicy %s/%s: %s", self.cluster, key[0], key[1], problem)
+        if previous == policy:
             self._update_gauges()
             return False
         self.policies[key] = policy
@@ -160,6 +173,7 @@ class PolicyStore:
     def _update_gauges(self) -> None:
         INVALID.labels(self.cluster).set(len(self.invalid))
         POLICIES.labels(self.cluster).set(len(self.policies))
+        STAGED.labels(self.cluster).set(sum(1 for p in self.policies.values() if p.staged))
 
     def changed(self) -> None:
         if self.on_change is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kube_ip_tracker.agent.policy import PolicyEngine, PolicyError, parse_network_policy
+from kube_ip_tracker.agent.policy import PolicyEngine, PolicyError, Reason, parse_network_policy
 from kube_ip_tracker.agent.policy.cluster_compiled import Action, ClusterPolicy, PeerKind, Tier
 from kube_ip_tracker.agent.policy.cluster_parse import parse_cluster_network_policy
 from kube_ip_tracker.agent.policy.worldfile import load_world
@@ -467,6 +468,27 @@ def oracle(
     return allowed(src, "egress", dst, dst_ip) and allowed(dst, "ingress", src, src_ip)
 
 
+def engine_of(
+    records: tuple[list[NamespaceRecord], list[PodRecord]],
+    compiled: Sequence[Any],
+    tiered: Sequence[ClusterPolicy] = (),
+    nodes: Sequence[NodeRecord] = (),
+) -> PolicyEngine:
+    """An engine holding the namespaces, pods, nodes and compiled policies given."""
+    engine = PolicyEngine()
+    for namespace in records[0]:
+        engine.set_namespace(namespace)
+    for record in records[1]:
+        engine.set_pod(record)
+    for node in nodes:
+        engine.set_node(node)
+    for policy in compiled:
+        engine.set_policy(policy)
+    for cluster_policy in tiered:
+        engine.set_cluster_policy(cluster_policy)
+    return engine
+
+
 def check_against_oracle(
     records: tuple[list[NamespaceRecord], list[PodRecord]],
     specs: list[tuple[str, Any]],
@@ -477,17 +499,7 @@ def check_against_oracle(
     """The engine's verdict equals the oracle's for every pair of pod and extra addresses."""
     namespaces, pods = records
     compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
-    engine = PolicyEngine()
-    for namespace in namespaces:
-        engine.set_namespace(namespace)
-    for record in pods:
-        engine.set_pod(record)
-    for node in nodes:
-        engine.set_node(node)
-    for policy in compiled:
-        engine.set_policy(policy)
-    for cluster_policy in tiered:
-        engine.set_cluster_policy(cluster_policy)
+    engine = engine_of(records, compiled, tiered, nodes)
     ips = [ip for record in pods for ip in record.ips] + list(extra_ips)
     for src in ips:
         for dst in ips:
@@ -622,48 +634,68 @@ def tier_probes(engine: PolicyEngine) -> dict[tuple[str, str, str, int], bool]:
     }
 
 
+class Held:
+    """What a sequence of operations left in an engine (namespaces, nodes, policies), to build a fresh one."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.namespaces = {
+            (c, n): NamespaceRecord(c, n, engine.world.namespace_labels(c, n)) for c in CLUSTERS for n in NAMESPACES
+        }
+        self.nodes: dict[tuple[str, str], NodeRecord] = {}
+        self.tiered: dict[tuple[str, str, str], ClusterPolicy] = {}
+        self.policies: dict[tuple[str, str, str], Any] = {}
+
+    def apply(self, engine: PolicyEngine, kind: str, arg: Any) -> None:
+        """One operation of :func:`tier_operations` or :func:`staged_operations`, on ``engine`` and here."""
+        if kind == "cnp":
+            engine.set_cluster_policy(arg)
+            self.tiered[arg.key] = arg
+        elif kind == "delete-cnp":
+            engine.delete_cluster_policy(*arg)
+            self.tiered.pop(arg, None)
+        elif kind == "namespace":
+            engine.set_namespace(arg)
+            self.namespaces[arg.key] = arg
+        elif kind == "node":
+            engine.set_node(arg)
+            self.nodes[arg.key] = arg
+        elif kind == "delete-node":
+            engine.delete_node(*arg)
+            self.nodes.pop(arg, None)
+        elif kind == "pod":
+            engine.set_pod(arg)
+        elif kind == "delete-policy":
+            engine.delete_policy(*arg)
+            self.policies.pop(arg, None)
+        else:
+            engine.set_policy(arg)
+            self.policies[arg.key] = arg
+
+    def fresh(self, engine: PolicyEngine) -> PolicyEngine:
+        """A new engine with what is held and ``engine``'s pods."""
+        fresh = PolicyEngine()
+        for record in self.namespaces.values():
+            fresh.set_namespace(record)
+        for entry in sorted(engine.world.pods(), key=lambda e: e.record.creation_timestamp):
+            fresh.set_pod(entry.record)
+        for node in self.nodes.values():
+            fresh.set_node(node)
+        for policy in self.policies.values():
+            fresh.set_policy(policy)
+        for cluster_policy in self.tiered.values():
+            fresh.set_cluster_policy(cluster_policy)
+        return fresh
+
+
 @FUZZ
 @given(engine=worlds(), ops=tier_operations())
 def test_tier_updates_match_a_fresh_build(engine: PolicyEngine, ops: list[tuple[str, Any]]) -> None:
     tier_probes(engine)  # warm the per-pod caches
-    namespaces = {
-        (c, n): NamespaceRecord(c, n, engine.world.namespace_labels(c, n)) for c in CLUSTERS for n in NAMESPACES
-    }
-    nodes: dict[tuple[str, str], NodeRecord] = {}
-    tiered: dict[tuple[str, str, str], ClusterPolicy] = {}
-    policies_now: dict[tuple[str, str, str], Any] = {}
+    held = Held(engine)
     for kind, arg in ops:
-        if kind == "cnp":
-            engine.set_cluster_policy(arg)
-            tiered[arg.key] = arg
-        elif kind == "delete-cnp":
-            engine.delete_cluster_policy(*arg)
-            tiered.pop(arg, None)
-        elif kind == "namespace":
-            engine.set_namespace(arg)
-            namespaces[arg.key] = arg
-        elif kind == "node":
-            engine.set_node(arg)
-            nodes[arg.key] = arg
-        elif kind == "delete-node":
-            engine.delete_node(*arg)
-            nodes.pop(arg, None)
-        else:
-            engine.set_policy(arg)
-            policies_now[arg.key] = arg
+        held.apply(engine, kind, arg)
         tier_probes(engine)  # decide between updates so stale caches would show
-    fresh = PolicyEngine()
-    for record in namespaces.values():
-        fresh.set_namespace(record)
-    for entry in engine.world.pods():
-        fresh.set_pod(entry.record)
-    for node in nodes.values():
-        fresh.set_node(node)
-    for policy in policies_now.values():
-        fresh.set_policy(policy)
-    for cluster_policy in tiered.values():
-        fresh.set_cluster_policy(cluster_policy)
-    assert tier_probes(engine) == tier_probes(fresh)
+    assert tier_probes(engine) == tier_probes(held.fresh(engine))
 
 
 @FUZZ
@@ -682,3 +714,126 @@ def test_mutated_cluster_policies_compile_or_raise_policy_error(
         engine.set_pod(PodRecord(cluster, "x", "a", {"app": "a"}, CONTAINER_PORTS, "n", ("10.1.0.1",)))
         engine.set_cluster_policy(compiled)
         engine.decide("10.1.0.1", "10.1.0.1", "TCP", 80)
+
+
+# ---- staged policies ----------------------------------------------------------------------------
+
+
+def staged(policy: Any, flag: bool) -> Any:
+    """``policy`` (a NetworkPolicy or cluster-scoped policy) staged when ``flag``, as the parser makes it."""
+    if not flag:
+        return policy
+    if isinstance(policy, ClusterPolicy):
+
+        def mark(rules: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(dataclasses.replace(r, ref=dataclasses.replace(r.ref, staged=True)) for r in rules)
+
+        return dataclasses.replace(policy, staged=True, ingress=mark(policy.ingress), egress=mark(policy.egress))
+    return dataclasses.replace(policy, staged=True)
+
+
+def staged_probes(engine: PolicyEngine, ips: Sequence[str]) -> dict[tuple[str, str, str, int], tuple[Any, Any]]:
+    """Per probe (the enforced verdict's reasons, the staged verdict's reasons)."""
+    result = {}
+    for src in ips:
+        for dst in ips:
+            for protocol, port in (("TCP", 80), ("UDP", 53)):
+                verdict = engine.decide(src, dst, protocol, port)
+                with_staged = verdict.staged or verdict
+                result[src, dst, protocol, port] = (
+                    (verdict.allowed, verdict.egress, verdict.ingress),
+                    (with_staged.allowed, with_staged.egress, with_staged.ingress),
+                )
+    return result
+
+
+@settings(FUZZ, max_examples=150)
+@given(
+    records=world_records(),
+    specs=policy_sets(min_size=1),
+    tiered=cluster_policy_sets(),
+    flags=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_staged_policies_never_change_a_verdict_and_decide_as_if_enforced(
+    records: tuple[list[NamespaceRecord], list[PodRecord]],
+    specs: list[tuple[str, Any]],
+    tiered: list[ClusterPolicy],
+    flags: list[bool],
+) -> None:
+    """Oracle: the enforced verdict is the one without the staged policies, the staged verdict the one
+    with every policy enforced; where a direction's allow/deny differs, a staged policy is named."""
+    namespaces, pods = records
+    compiled = [parse_network_policy(obj, cluster) for cluster, obj in specs]
+    nps = [staged(p, f) for p, f in zip(compiled, flags, strict=False)]
+    cnps = [staged(p, f) for p, f in zip(tiered, reversed(flags), strict=False)]
+    engine = engine_of(records, nps, cnps, NODES)
+    enforced_np = [p for p in nps if not p.staged]
+    enforced_cnp = [p for p in cnps if not p.staged]
+    ips = [ip for record in pods for ip in record.ips] + ["192.0.2.9", "172.18.0.2"]
+    for src in ips:
+        for dst in ips:
+            for protocol, port in (("TCP", 80), ("UDP", 53)):
+                probe = (src, dst, protocol, port)
+                verdict = engine.decide(*probe)
+                assert verdict.allowed == oracle(namespaces, pods, enforced_np, probe, enforced_cnp, NODES), probe
+                with_staged = verdict.staged or verdict
+                assert with_staged.allowed == oracle(namespaces, pods, compiled, probe, tiered, NODES), probe
+                src_end, dst_end = engine.endpoint_for_ip(src), engine.endpoint_for_ip(dst)
+                assert engine.decide_staged(src_end, dst_end, protocol, port) == with_staged
+                for direction in ("egress", "ingress"):
+                    before, after = getattr(verdict, direction), getattr(with_staged, direction)
+                    if (before is Reason.DENIED) != (after is Reason.DENIED):
+                        cause = engine.staged_cause(src_end, dst_end, protocol, port, direction)
+                        assert cause.rule is not None or cause.policy is not None or cause.isolating, (probe, direction)
+                        assert cause.rule is None or cause.rule.staged
+
+
+@st.composite
+def staged_operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    """Policy and cluster-policy changes, each staged or not (so policies move between the two), and pod
+    and namespace changes."""
+    ops: list[tuple[str, Any]] = []
+    for step in range(draw(st.integers(1, 12))):
+        kind = draw(
+            st.sampled_from(("policy", "policy", "delete-policy", "cnp", "cnp", "delete-cnp", "pod", "namespace"))
+        )
+        cluster = draw(st.sampled_from(CLUSTERS))
+        namespace = draw(st.sampled_from(NAMESPACES))
+        index = draw(st.integers(0, 2))
+        if kind == "policy":
+            policy_cluster, obj = draw(policies(f"q{index}"))
+            ops.append((kind, staged(parse_network_policy(obj, policy_cluster), draw(st.booleans()))))
+        elif kind == "delete-policy":
+            ops.append((kind, (cluster, namespace, f"q{index}")))
+        elif kind == "cnp":
+            policy_cluster, obj = draw(cluster_policies(f"t{index}"))
+            ops.append((kind, staged(parse_cluster_network_policy(obj, policy_cluster), draw(st.booleans()))))
+        elif kind == "delete-cnp":
+            ops.append((kind, (cluster, "ClusterNetworkPolicy", f"t{index}")))
+        elif kind == "pod":
+            ip = f"10.{CLUSTERS.index(cluster) + 1}.{NAMESPACES.index(namespace)}.{index + 1}"
+            ops.append(
+                (kind, PodRecord(cluster, namespace, f"p{index}", draw(labels_st), CONTAINER_PORTS, "n", (ip,), step))
+            )
+        else:
+            ops.append((kind, NamespaceRecord(cluster, namespace, draw(labels_st))))
+    return ops
+
+
+@FUZZ
+@given(engine=worlds(), ops=staged_operations())
+def test_staged_updates_match_a_fresh_build(engine: PolicyEngine, ops: list[tuple[str, Any]]) -> None:
+    """Enforced and staged verdicts after staging, unstaging and deleting policies equal a fresh engine's."""
+
+    def ips() -> list[str]:
+        return [entry.primary_ip for entry in engine.world.pods()] + ["192.0.2.9"]
+
+    staged_probes(engine, ips())  # warm the per-pod caches
+    held = Held(engine)
+    for kind, arg in ops:
+        held.apply(engine, kind, arg)
+        staged_probes(engine, ips())  # decide between updates so stale caches would show
+    fresh = held.fresh(engine)
+    assert engine.staged_policies == fresh.staged_policies
+    assert engine.world.policy_count == fresh.world.policy_count == len(held.policies)
+    assert staged_probes(engine, ips()) == staged_probes(fresh, ips())

@@ -95,10 +95,15 @@ class RuleRef:
     index: int  # position in spec.ingress / spec.egress as written
     name: str
     action: Action
+    staged: bool = False  # a rule of a staged policy (kube-ip-tracker.io/staged)
 
     def __str__(self) -> str:
         label = f" ({self.name})" if self.name else ""
-        return f"{self.tier.value.lower()} {self.kind} {self.cluster}/{self.policy} rule {self.index}{label} {self.action.value}"
+        staged = " (staged)" if self.staged else ""
+        return (
+            f"{self.tier.value.lower()} {self.kind} {self.cluster}/{self.policy}{staged} rule {self.index}{label} "
+            f"{self.action.value}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,9 @@ class ClusterPolicy:
     ingress: tuple[ClusterRule, ...] = ()
     egress: tuple[ClusterRule, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=True)
+    # kube-ip-tracker.io/staged "true": evaluated beside the enforced policies, never enforced (see staged.py).
+    staged: bool = False
+    staged_problem: str = ""  # an invalid value of that annotation (the policy is then enforced)
 
     @property
     def key(self) -> ClusterPolicyKey:

@@ -52,6 +52,7 @@ from .selectors import (
     parse_selector,
     reject_unknown,
 )
+from .staged import staged_annotation
 
 V1ALPHA2 = "policy.networking.k8s.io/v1alpha2"
 V1ALPHA1 = "policy.networking.k8s.io/v1alpha1"
@@ -178,9 +179,10 @@ def parse_by_kind(obj: Any, cluster: str, *, strict: bool = True) -> ClusterPoli
 class _Context:
     """Per-object parse state: the flavour, strictness and the warnings collected so far."""
 
-    def __init__(self, flavour: _Flavour, strict: bool) -> None:
+    def __init__(self, flavour: _Flavour, strict: bool, staged: bool = False) -> None:
         self.flavour = flavour
         self.strict = strict
+        self.staged = staged
         self.warnings: list[str] = []
 
 
@@ -194,13 +196,14 @@ def _parse(flavour: _Flavour, obj: Any, cluster: str, strict: bool) -> ClusterPo
     if "kind" in top and top["kind"] != flavour.kind:
         raise PolicyError("kind", f"must be {flavour.kind!r}, got {top['kind']!r}")
     name = _parse_name(top.get("metadata"), flavour)
+    staged, staged_problem = staged_annotation(top["metadata"])
     if top.get("spec") is None:
         raise PolicyError("spec", "required value")
     spec = expect_object(top["spec"], "spec")
     reject_unknown(spec, frozenset(flavour.schema["spec"]), "spec")
     tier = flavour.tier or _parse_tier(spec.get("tier"))
     priority = _parse_priority(spec.get("priority")) if flavour.priority else 0
-    context = _Context(flavour, strict)
+    context = _Context(flavour, strict, staged)
     subject = _parse_subject(spec.get("subject"), context)
     ingress = _parse_rules(spec.get("ingress"), "spec.ingress", "from", tier, cluster, name, context)
     egress = _parse_rules(spec.get("egress"), "spec.egress", "to", tier, cluster, name, context)
@@ -214,6 +217,8 @@ def _parse(flavour: _Flavour, obj: Any, cluster: str, strict: bool) -> ClusterPo
         ingress=ingress,
         egress=egress,
         warnings=tuple(context.warnings),
+        staged=staged,
+        staged_problem=staged_problem,
     )
 
 
@@ -369,7 +374,7 @@ def _parse_rule(
             "networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts "
             "for networks/nodes/domainNames",
         )
-    ref = RuleRef(tier, flavour.kind, cluster, policy, index, name, action)
+    ref = RuleRef(tier, flavour.kind, cluster, policy, index, name, action, context.staged)
     if not unenforceable:
         return ClusterRule(action, tuple(peers), tuple(ports), ref)
     label = f"{path} ({name})" if name else path
@@ -381,7 +386,7 @@ def _parse_rule(
         context.warnings.append(f"{label}: {what}: matches nothing; the rest of the Accept rule applies")
         return ClusterRule(action, tuple(peers), tuple(ports), ref)
     context.warnings.append(f"{label}: {what}: the {action.value} rule denies all traffic (fail closed)")
-    deny_ref = RuleRef(tier, flavour.kind, cluster, policy, index, name, Action.DENY)
+    deny_ref = RuleRef(tier, flavour.kind, cluster, policy, index, name, Action.DENY, context.staged)
     return ClusterRule(Action.DENY, (), (), deny_ref, all_peers=True)
 
 

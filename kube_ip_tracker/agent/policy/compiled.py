@@ -100,6 +100,9 @@ class CompiledPolicy:
     egress: tuple[Rule, ...] = ()
     affects_ingress: bool = True
     affects_egress: bool = False
+    # kube-ip-tracker.io/staged "true": evaluated beside the enforced policies, never enforced (see staged.py).
+    staged: bool = False
+    staged_problem: str = ""  # an invalid value of that annotation (the policy is then enforced)
 
     @property
     def key(self) -> PolicyKey:

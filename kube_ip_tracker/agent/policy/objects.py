@@ -79,7 +79,19 @@ def key_text(key: int) -> str:
 class Identity:
     """What pods with the same cluster, namespace, labels and ports share (one per such set)."""
 
-    __slots__ = ("cluster", "labels", "named_ports", "namespace", "ports", "selection", "selection_gen", "tiers")
+    __slots__ = (
+        "cluster",
+        "labels",
+        "named_ports",
+        "namespace",
+        "ports",
+        "selection",
+        "selection_gen",
+        "staged_selection",
+        "staged_selection_gen",
+        "staged_tiers",
+        "tiers",
+    )
 
     def __init__(
         self,
@@ -99,6 +111,10 @@ class Identity:
         self.selection_gen = -1
         # (tier generation, namespace labels, TierRules): the Admin/Baseline rules cached by tiers.py.
         self.tiers: tuple[int, Mapping[str, str], Any] | None = None
+        # The same two with the staged policies applied (only computed while staged policies exist).
+        self.staged_selection: Selection | None = None
+        self.staged_selection_gen = -1
+        self.staged_tiers: tuple[int, Mapping[str, str], Any] | None = None
 
     def __repr__(self) -> str:
         return f"Identity({self.cluster}/{self.namespace} {dict(self.labels)} ports={len(self.ports)})"

@@ -23,6 +23,7 @@ from .selectors import (
     parse_selector,
     reject_unknown,
 )
+from .staged import staged_annotation
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
@@ -122,6 +123,7 @@ def parse_network_policy(obj: Any, cluster: str, *, strict: bool = True) -> Comp
     if "kind" in top and top["kind"] != KIND:
         raise PolicyError("kind", f"must be {KIND!r}, got {top['kind']!r}")
     namespace, name = _parse_metadata(top.get("metadata"))
+    staged, staged_problem = staged_annotation(top["metadata"])
     spec = expect_object(top.get("spec", {}), "spec") if top.get("spec") is not None else {}
     reject_unknown(spec, _SPEC_FIELDS, "spec")
     pod_selector = parse_selector(spec.get("podSelector"), "spec.podSelector")
@@ -149,6 +151,8 @@ def parse_network_policy(obj: Any, cluster: str, *, strict: bool = True) -> Comp
         egress=egress,
         affects_ingress=affects_ingress,
         affects_egress=affects_egress,
+        staged=staged,
+        staged_problem=staged_problem,
     )
 
 

@@ -10,6 +10,10 @@ cluster, namespace, labels and ports share one) and cached there with the world'
 generation (a process-wide counter, drawn again on every policy change), so a decision checks one
 number and never scans all policies or all pods. After a change the selection is computed again
 from the pod's namespace bucket only, and the cached object is kept when the result is the same.
+
+Staged policies (``CompiledPolicy.staged``) live in buckets of their own, which the enforced
+selection never reads. :meth:`World.staged_selection` is the selection with them applied (enforced
+and staged policies together); for a pod whose namespace has no staged policy it is the enforced one.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class World:
         self._identities = Identities()
         self.objects = Objects(self._identities)
         self._buckets: dict[tuple[str, str], PolicyBucket] = {}
+        self._staged_buckets: dict[tuple[str, str], PolicyBucket] = {}  # staged policies only
         self._policy_count = 0
         self.policy_generation = next(_GENERATIONS)  # drawn again whenever a policy changes
 
@@ -144,46 +149,59 @@ class World:
     # ---- policies ---------------------------------------------------------------------------
 
     def set_policy(self, policy: CompiledPolicy) -> None:
-        """Add or replace a policy."""
-        bucket = self._buckets.get((policy.cluster, policy.namespace))
+        """Add or replace a policy; a staged one goes to the staged buckets (and leaves the enforced, and
+        the other way round)."""
+        buckets, others = (
+            (self._staged_buckets, self._buckets) if policy.staged else (self._buckets, self._staged_buckets)
+        )
+        known = _drop(others, policy.cluster, policy.namespace, policy.name)
+        bucket = buckets.get((policy.cluster, policy.namespace))
         if bucket is None:
-            bucket = self._buckets[(policy.cluster, policy.namespace)] = PolicyBucket()
-        if policy.name not in bucket.policies:
+            bucket = buckets[(policy.cluster, policy.namespace)] = PolicyBucket()
+        if not known and policy.name not in bucket.policies:
             self._policy_count += 1
         bucket.policies[policy.name] = policy
         bucket.changed()
         self.policy_generation = next(_GENERATIONS)
 
     def delete_policy(self, cluster: str, namespace: str, name: str) -> None:
-        """Remove a policy; unknown keys are ignored."""
-        bucket = self._buckets.get((cluster, namespace))
-        if bucket is None or name not in bucket.policies:
-            return
-        del bucket.policies[name]
-        self._policy_count -= 1
-        bucket.changed()
-        self.policy_generation = next(_GENERATIONS)
-        if not bucket.policies:
-            # Safe: cached selections are keyed by bucket identity, so a later bucket for the same
-            # namespace never matches a stale entry, and no bucket means no selecting policy.
-            del self._buckets[(cluster, namespace)]
+        """Remove a policy (enforced or staged); unknown keys are ignored."""
+        if _drop(self._buckets, cluster, namespace, name) or _drop(self._staged_buckets, cluster, namespace, name):
+            self._policy_count -= 1
+            self.policy_generation = next(_GENERATIONS)
 
     def policies(self, cluster: str, namespace: str) -> tuple[CompiledPolicy, ...]:
-        """The policies of one namespace of one cluster, sorted by name."""
+        """The enforced policies of one namespace of one cluster, sorted by name."""
         bucket = self._buckets.get((cluster, namespace))
         return bucket.ordered if bucket is not None else ()
 
+    def staged_policies(self, cluster: str, namespace: str) -> tuple[CompiledPolicy, ...]:
+        """The staged policies of one namespace of one cluster, sorted by name."""
+        bucket = self._staged_buckets.get((cluster, namespace))
+        return bucket.ordered if bucket is not None else ()
+
+    def has_staged_policies(self, cluster: str, namespace: str) -> bool:
+        """Whether pods of this namespace may decide differently with the staged policies applied."""
+        return (cluster, namespace) in self._staged_buckets
+
     @property
     def policy_count(self) -> int:
+        """Policies held, enforced and staged."""
         return self._policy_count
+
+    @property
+    def staged_count(self) -> int:
+        """Staged policies held."""
+        return sum(len(bucket.policies) for bucket in self._staged_buckets.values())
 
     # ---- clusters ---------------------------------------------------------------------------
 
     def remove_cluster(self, cluster: str) -> None:
         """Drop every pod, namespace, node and policy of ``cluster``."""
         self.objects.remove_cluster(cluster)
-        for key in [key for key in self._buckets if key[0] == cluster]:
-            self._policy_count -= len(self._buckets.pop(key).policies)
+        for buckets in (self._buckets, self._staged_buckets):
+            for key in [key for key in buckets if key[0] == cluster]:
+                self._policy_count -= len(buckets.pop(key).policies)
         self.policy_generation = next(_GENERATIONS)
 
     # ---- selection cache --------------------------------------------------------------------
@@ -209,3 +227,46 @@ class World:
             identity.selection = selection
         identity.selection_gen = self.policy_generation
         return identity.selection  # type: ignore[return-value]
+
+    def staged_selection(self, entry: PodEntry) -> Selection:
+        """:meth:`selection` with the staged policies of the pod's namespace applied (enforced and
+        staged together, sorted by name), cached per identity; the enforced selection where none is staged."""
+        identity = entry.identity
+        staged = self._staged_buckets.get((identity.cluster, identity.namespace))
+        if staged is None:
+            return self.selection(entry)
+        if identity.staged_selection_gen == self.policy_generation:
+            return identity.staged_selection  # type: ignore[return-value]
+        enforced = self.selection(entry)
+        labels = identity.labels
+        selecting = [p for p in staged.ordered if p.pod_selector.matches(labels)]
+        selection = enforced
+        if selecting:
+            selection = Selection(
+                ingress=_merged(enforced.ingress, [p for p in selecting if p.affects_ingress]),
+                egress=_merged(enforced.egress, [p for p in selecting if p.affects_egress]),
+            )
+        identity.staged_selection = selection
+        identity.staged_selection_gen = self.policy_generation
+        return selection
+
+
+def _merged(enforced: tuple[CompiledPolicy, ...], staged: list[CompiledPolicy]) -> tuple[CompiledPolicy, ...]:
+    """Enforced and staged policies of one namespace in one tuple, sorted by name (names are unique there)."""
+    if not staged:
+        return enforced
+    return tuple(sorted((*enforced, *staged), key=lambda p: p.name))
+
+
+def _drop(buckets: dict[tuple[str, str], PolicyBucket], cluster: str, namespace: str, name: str) -> bool:
+    """Remove a policy from one set of buckets; whether it was there. An emptied bucket is removed."""
+    bucket = buckets.get((cluster, namespace))
+    if bucket is None or name not in bucket.policies:
+        return False
+    del bucket.policies[name]
+    bucket.changed()
+    if not bucket.policies:
+        # Safe: cached selections are keyed by the policy generation, drawn again on every change, and
+        # no bucket means no selecting policy.
+        del buckets[(cluster, namespace)]
+    return True

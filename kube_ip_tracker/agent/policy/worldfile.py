@@ -81,11 +81,19 @@ class WorldFile:
         return engine
 
     def warnings(self) -> list[str]:
-        """What the cluster-scoped policies carry that the agent cannot enforce, one line each."""
+        """What the cluster-scoped policies carry that the agent cannot enforce, and invalid values of the
+        staged annotation, one line each."""
         return [
             f"{policy.kind} {policy.cluster}/{policy.name}: {warning}"
             for policy in self.cluster_policies
             for warning in policy.warnings
+        ] + [
+            f"{name}: {policy.staged_problem}"
+            for name, policy in [
+                *((f"NetworkPolicy {p.cluster}/{p.namespace}/{p.name}", p) for p in self.policies),
+                *((f"{p.kind} {p.cluster}/{p.name}", p) for p in self.cluster_policies),
+            ]
+            if policy.staged_problem
         ]
 
 
