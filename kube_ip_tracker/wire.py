@@ -125,6 +125,8 @@ def encode_change(record: AnyRecord, deleted: bool = False) -> bytes:
 
 _CACHE_MAX = 20_000
 _labels_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+_label_entries: dict[tuple[str, str], bytes] = {}  # one map entry per (key, value), for label sets not cached
+_shared_fields: dict[tuple[bytes, str], bytes] = {}  # cluster, namespace and node: few values, many pods
 _ports_cache: dict[int, tuple[tuple[ContainerPort, ...], bytes]] = {}
 
 
@@ -134,12 +136,32 @@ def _string_field(tag: bytes, value: str) -> bytes:
     return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + raw
 
 
+def _shared_field(tag: bytes, value: str) -> bytes:
+    """:func:`_string_field` of a value many pods share, cached."""
+    key = (tag, value)
+    out = _shared_fields.get(key)
+    if out is None:
+        if len(_shared_fields) >= _CACHE_MAX:
+            _shared_fields.clear()
+        out = _shared_fields[key] = _string_field(tag, value)
+    return out
+
+
+def _label_entry(item: tuple[str, str]) -> bytes:
+    out = _label_entries.get(item)
+    if out is None:
+        entry = _string_field(b"\x0a", item[0]) + _string_field(b"\x12", item[1])
+        if len(_label_entries) >= _CACHE_MAX:
+            _label_entries.clear()
+        out = _label_entries[item] = b"\x22" + _varint(len(entry)) + entry
+    return out
+
+
 def _labels_field(labels: Mapping[str, str]) -> bytes:
     key = tuple(labels.items())
     out = _labels_cache.get(key)
-    if out is None:
-        entries = (_string_field(b"\x0a", k) + _string_field(b"\x12", v) for k, v in key)
-        out = b"".join(b"\x22" + _varint(len(e)) + e for e in entries)
+    if out is None:  # a new label set: usually all but one of its entries were seen before
+        out = b"".join(map(_label_entry, key))
         if len(_labels_cache) >= _CACHE_MAX:
             _labels_cache.clear()
         _labels_cache[key] = out
@@ -162,12 +184,12 @@ def _ports_field(ports: tuple[ContainerPort, ...]) -> bytes:
 def encode_pod_change(r: PodRecord) -> bytes:
     """``Change{pod}`` of a pod upsert, serialized by hand; parses to the same message as :func:`change_to_proto`."""
     parts = [
-        _string_field(b"\x0a", r.cluster) if r.cluster else b"",
-        _string_field(b"\x12", r.namespace) if r.namespace else b"",
+        _shared_field(b"\x0a", r.cluster) if r.cluster else b"",
+        _shared_field(b"\x12", r.namespace) if r.namespace else b"",
         _string_field(b"\x1a", r.name) if r.name else b"",
         _labels_field(r.labels) if r.labels else b"",
         _ports_field(r.ports) if r.ports else b"",
-        _string_field(b"\x32", r.node) if r.node else b"",
+        _shared_field(b"\x32", r.node) if r.node else b"",
         *[_string_field(b"\x3a", ip) for ip in r.ips],
         b"\x40" + _varint(r.creation_timestamp & 0xFFFFFFFFFFFFFFFF) if r.creation_timestamp else b"",
         _string_field(b"\x4a", r.uid) if r.uid else b"",

@@ -3,7 +3,8 @@
 The shape of Calico Typha's breadcrumbs: one chain of immutable entries, each holding a batch, its
 changes serialized and framed once (at commit) and, per watcher filter, the DELTA messages that
 encode it (memoised on the entry by the filter's group, shared by every watcher of the filter; a
-resume joins the framed changes instead). A watcher is a position in this log (:class:`~.fanout.Watcher`), not a
+resume joins the framed changes instead: for an unfiltered watcher one slice of the log's run of
+framed changes, found by revision arithmetic, with no per-change work but the copy into messages). A watcher is a position in this log (:class:`~.fanout.Watcher`), not a
 queue, so memory is bounded by the log, not by the number of watchers or how far behind they are.
 
 The log reaches back as far as the index's change log (``--change-log-changes``) and at most
@@ -15,6 +16,7 @@ those bound what is kept beyond the log size (see :mod:`.fanout`).
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -61,6 +63,10 @@ class ChangeLog:
         self.index = index
         self.max_bytes = max_bytes
         self.entries: deque[LogEntry] = deque()
+        # Every logged change framed, in revision order, from index _run_start on (the entries' framed
+        # lists end to end), so a run of changes is one list slice; trimmed from the front lazily.
+        self._run: list[bytes] = []
+        self._run_start = 0
         self.first_seq = 0  # seq of entries[0]
         self.next_seq = 0
         self.bytes = 0
@@ -72,6 +78,7 @@ class ChangeLog:
         """Log a batch just committed (framed now, so no resume has to encode it)."""
         entry = LogEntry(self.next_seq, batch)
         self.entries.append(entry)
+        self._run += entry.framed
         self.next_seq += 1
         self.bytes += entry.nbytes
         return entry
@@ -91,8 +98,13 @@ class ChangeLog:
             and (keep_from is None or self.first_seq < keep_from)
             and (entries[0].batch.first_revision < oldest or (self.bytes > self.max_bytes and len(entries) > 1))
         ):
-            self.bytes -= entries.popleft().nbytes
+            dropped = entries.popleft()
+            self.bytes -= dropped.nbytes
+            self._run_start += len(dropped.framed)
             self.first_seq += 1
+        if self._run_start > len(self._run) // 2:  # amortised: each change is moved at most once more
+            del self._run[: self._run_start]
+            self._run_start = 0
         metrics.CHANGE_LOG_ENTRIES.set(len(entries))
         metrics.CHANGE_LOG_BYTES.set(self.bytes)
 
@@ -111,12 +123,14 @@ class ChangeLog:
         """Seq of the first entry with a change after ``revision``; ``None`` when the log does not reach back to it."""
         if revision + 1 < self.first_revision:
             return None
-        seq = self.next_seq
-        for entry in reversed(self.entries):
-            if entry.batch.revision <= revision:
-                break
-            seq = entry.seq
-        return seq
+        return self.first_seq + bisect.bisect_right(self.entries, revision, key=_last_revision)
+
+    def framed_after(self, revision: int) -> list[bytes]:
+        """Every logged change after ``revision``, framed, in order: one slice of the log's run (the log
+        must reach back to it; revisions have no gaps, so the i-th is ``revision + 1 + i``)."""
+        first = self.first_revision
+        assert revision + 1 >= first, f"the change log does not reach back to revision {revision}"
+        return self._run[self._run_start + revision + 1 - first :]
 
     def changes_after(self, revision: int) -> Iterator[tuple[Change, bytes]]:
         """Every logged ``(change, framed)`` after ``revision``, in order (the log must reach back to it)."""
@@ -140,3 +154,7 @@ class ChangeLog:
             else:
                 statuses[change.cluster] = change.previous
         return statuses
+
+
+def _last_revision(entry: LogEntry) -> int:
+    return entry.batch.revision

@@ -105,30 +105,38 @@ class DeltaMessage:
     data: bytes
 
 
-def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: int) -> list[DeltaMessage]:
-    """DELTA messages for ``(revision, framed change)`` items; the last message carries ``last_revision``."""
+def _message_end(framed: Sequence[bytes], start: int) -> int:
+    """End of the DELTA that starts at ``framed[start]``: at most ``MAX_CHANGES_PER_MESSAGE`` changes and
+    ``MAX_BYTES_PER_MESSAGE`` bytes, at least one change."""
+    end = min(len(framed), start + MAX_CHANGES_PER_MESSAGE)
+    if sum(map(len, framed[start:end])) <= MAX_BYTES_PER_MESSAGE:  # nearly always: changes are ~250 B
+        return end
+    size, i = len(framed[start]), start + 1
+    while i < end and size + len(framed[i]) <= MAX_BYTES_PER_MESSAGE:
+        size += len(framed[i])
+        i += 1
+    return i
+
+
+def chunk_run(epoch: str, revisions: Sequence[int], framed: Sequence[bytes], last_revision: int) -> list[DeltaMessage]:
+    """DELTA messages for framed changes at ``revisions`` (a ``range`` for a run without gaps, so nothing is
+    looked at per change but its size); the last message carries ``last_revision``."""
     out: list[DeltaMessage] = []
-    start = 0
-    n = len(items)
+    start, n = 0, len(framed)
     while start < n:
-        end = start
-        size = 0
-        while (
-            end < n
-            and end - start < MAX_CHANGES_PER_MESSAGE
-            and (size == 0 or size + len(items[end][1]) <= MAX_BYTES_PER_MESSAGE)
-        ):
-            size += len(items[end][1])
-            end += 1
-        revision = last_revision if end == n else items[end - 1][0]
-        first = items[start][0]
-        data = wire.encode_response(
-            WR.DELTA, epoch, revision, first_revision=first, framed_changes=[f for _, f in items[start:end]]
-        )
+        end = _message_end(framed, start)
+        revision = last_revision if end == n else revisions[end - 1]
+        first = revisions[start]
+        data = wire.encode_response(WR.DELTA, epoch, revision, first_revision=first, framed_changes=framed[start:end])
         out.append(DeltaMessage(first, revision, data))
         start = end
     metrics.DELTA_ENCODINGS.inc(len(out))
     return out
+
+
+def chunk_deltas(epoch: str, items: Sequence[tuple[int, bytes]], last_revision: int) -> list[DeltaMessage]:
+    """DELTA messages for ``(revision, framed change)`` items; the last message carries ``last_revision``."""
+    return chunk_run(epoch, [r for r, _ in items], [f for _, f in items], last_revision)
 
 
 def fits_after(first: DeltaMessage, size: int, nxt: DeltaMessage) -> bool:
@@ -187,7 +195,19 @@ class FilterGroup:
 
     def encode(self, batch: Batch, framed_changes: Sequence[bytes], epoch: str) -> list[DeltaMessage]:
         """DELTA messages of a batch just committed, for this group (shared by its watchers)."""
+        if self.filter.everything:
+            return self.encode_run(batch.first_revision, framed_changes, epoch, batch.revision)
         return self.encode_changes(zip(batch.changes, framed_changes, strict=True), epoch, batch.revision)
+
+    def encode_run(
+        self, first_revision: int, framed_changes: Sequence[bytes], epoch: str, last_revision: int
+    ) -> list[DeltaMessage]:
+        """DELTA messages of every change from ``first_revision`` on, without gaps (an unfiltered group:
+        every change goes out, none is looked at)."""
+        assert self.filter.everything, "a filtered group decides per change"
+        revisions = range(first_revision, first_revision + len(framed_changes))
+        epoch = self.filter.stream_epoch(epoch)
+        return chunk_run(epoch, revisions, framed_changes, last_revision) if framed_changes else []
 
     def encode_changes(
         self, changes: Iterable[tuple[Change, bytes]], epoch: str, last_revision: int

@@ -95,10 +95,13 @@ class Fanout:
         flt = watcher.filter
         head = self.index.committed_revision
         watcher.cursor, watcher.revision, watcher.counted_from = self.log.next_seq, head, self.log.next_seq
-        if revision < head:
-            visible = None
-            if not flt.everything:
-                visible = {name for name, status in self.log.statuses_at(revision).items() if flt.admits(status)}
+        if revision < head and flt.everything:  # the log's run of framed changes, sliced and joined
+            framed = self.log.framed_after(revision)
+            assert len(framed) == head - revision, "the change log holds every committed change"
+            catch_up = FilterGroup(flt, self.index)
+            watcher.pending.extend(catch_up.encode_run(revision + 1, framed, self.index.epoch, head))
+        elif revision < head:
+            visible = {name for name, status in self.log.statuses_at(revision).items() if flt.admits(status)}
             catch_up = FilterGroup(flt, self.index, visible)
             watcher.pending.extend(catch_up.encode_changes(self.log.changes_after(revision), self.index.epoch, head))
         if flt not in self._groups:

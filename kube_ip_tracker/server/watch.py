@@ -281,10 +281,15 @@ class WatchService:
                 await fanout.changed()
 
 
+# The counters of each message kind, looked up once (two labels() calls cost ~3 µs of a ~40 µs write).
+_SENT = {kind: (metrics.MESSAGES_SENT.labels(kind), metrics.BYTES_SENT.labels(kind)) for kind in WR.Kind.keys()}
+
+
 async def _write(context: grpc.aio.ServicerContext, data: bytes, kind: str) -> None:
     await context.write(data)  # type: ignore[arg-type]  # bytes: the method has no response serializer
-    metrics.MESSAGES_SENT.labels(kind).inc()
-    metrics.BYTES_SENT.labels(kind).inc(len(data))
+    messages, sent = _SENT[kind]
+    messages.inc()
+    sent.inc(len(data))
 
 
 def _admits(flt: WatchFilter) -> Callable[[ClusterStatusRecord], bool] | None:
