@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
     ready: Callable[[], bool] | None = None
+    ready_note: str = ""  # said by /readyz after "ok" (the agent's audit mode)
     # Seconds a connection may stay silent (before or between requests): idle or slow clients each
     # hold a thread, so they are dropped instead of accumulating.
     timeout = 10.0
@@ -30,6 +31,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, CONTENT_TYPE_LATEST, body)
         elif path == "/readyz" and self.ready is not None and not self.ready():
             self._reply(503, "text/plain; charset=utf-8", b"not ready\n")
+        elif path == "/readyz" and self.ready_note:
+            self._reply(200, "text/plain; charset=utf-8", f"ok: {self.ready_note}\n".encode())
         elif path in ("/healthz", "/livez", "/readyz"):
             self._reply(200, "text/plain; charset=utf-8", b"ok\n")
         else:
@@ -66,15 +69,21 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    address: str, registry: CollectorRegistry = REGISTRY, ready: Callable[[], bool] | None = None
+    address: str,
+    registry: CollectorRegistry = REGISTRY,
+    ready: Callable[[], bool] | None = None,
+    ready_note: str = "",
 ) -> MetricsServer:
     """Serve ``/metrics`` and ``/healthz`` on ``address`` (e.g. ``"0.0.0.0:9090"``) from a daemon thread.
 
-    ``/readyz`` answers 503 while ``ready()`` (called from the server thread) is False.
+    ``/readyz`` answers 503 while ``ready()`` (called from the server thread) is False, then ``ok``
+    (``ok: <ready_note>`` with a note).
     """
     host, port = parse_listen_address(address)
     handler = type(
-        "MetricsHandler", (_Handler,), {"registry": registry, "ready": staticmethod(ready) if ready else None}
+        "MetricsHandler",
+        (_Handler,),
+        {"registry": registry, "ready": staticmethod(ready) if ready else None, "ready_note": ready_note},
     )
 
     class _Server(ThreadingHTTPServer):

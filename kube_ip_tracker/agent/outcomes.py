@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, RuleRef, Verdict
-from kube_ip_tracker.agent.policy.evaluator import Endpoint
+from kube_ip_tracker.agent.policy.evaluator import Endpoint, StagedCause
 
 NETWORK_POLICY = "NetworkPolicy"
 NO_TIER = "none"
@@ -56,6 +56,19 @@ def policy_name(key: tuple[str, str, str]) -> str:
     return f"{key[1]}/{key[2]}"
 
 
+def _tier_rule(direction: str, allowed: bool, rule: RuleRef) -> DirectionOutcome:
+    named = f" {rule.name}" if rule.name else ""
+    return DirectionOutcome(
+        direction,
+        True,
+        allowed,
+        rule.tier.value,
+        (f"{rule.kind}/{rule.policy}",),
+        rule.index,
+        f"{rule.action.value} rule{named}",
+    )
+
+
 def _direction(
     engine: PolicyEngine,
     direction: str,
@@ -64,18 +77,10 @@ def _direction(
     policy_rule: int | None,
     rule: RuleRef | None,
     subject: Endpoint,
+    staged: bool = False,
 ) -> DirectionOutcome:
     if rule is not None:  # an Admin or Baseline tier rule decided
-        named = f" {rule.name}" if rule.name else ""
-        return DirectionOutcome(
-            direction,
-            True,
-            reason is Reason.ALLOWED,
-            rule.tier.value,
-            (f"{rule.kind}/{rule.policy}",),
-            rule.index,
-            f"{rule.action.value} rule{named}",
-        )
+        return _tier_rule(direction, reason is Reason.ALLOWED, rule)
     if reason is Reason.NOT_A_POD:
         return DirectionOutcome(direction, True, True, NO_TIER, (), None, NOT_A_POD)
     if reason is Reason.NOT_ISOLATED:
@@ -84,7 +89,7 @@ def _direction(
         names = (policy_name(policy),) if policy is not None else ()
         return DirectionOutcome(direction, True, True, NETWORK_POLICY, names, policy_rule, ALLOWED_BY_RULE)
     assert subject.pod is not None  # only a pod can be isolated
-    selection = engine.world.selection(subject.pod)
+    selection = engine.world.staged_selection(subject.pod) if staged else engine.world.selection(subject.pod)
     isolating = selection.egress if direction == "egress" else selection.ingress
     names = tuple(policy_name(p.key) for p in isolating)
     return DirectionOutcome(direction, True, False, NETWORK_POLICY, names, None, NO_RULE_MATCHED)
@@ -97,8 +102,10 @@ def direction_outcomes(
     dst: Endpoint,
     egress_enforced: bool,
     ingress_enforced: bool,
+    staged: bool = False,
 ) -> tuple[DirectionOutcome, DirectionOutcome]:
-    """(egress, ingress) outcomes of ``verdict``; a direction not enforced here allows, as far as this agent goes."""
+    """(egress, ingress) outcomes of ``verdict``; a direction not enforced here allows, as far as this agent goes.
+    ``staged``: ``verdict`` is the one with the staged policies applied (``Verdict.staged``)."""
     outcomes = []
     v = verdict
     for direction, enforced, reason, policy, policy_rule, rule, subject in (
@@ -106,7 +113,7 @@ def direction_outcomes(
         ("ingress", ingress_enforced, v.ingress, v.ingress_policy, v.ingress_policy_rule, v.ingress_rule, dst),
     ):
         if enforced:
-            outcomes.append(_direction(engine, direction, reason, policy, policy_rule, rule, subject))
+            outcomes.append(_direction(engine, direction, reason, policy, policy_rule, rule, subject, staged))
         else:
             outcomes.append(DirectionOutcome(direction, False, True, NO_TIER, (), None, NOT_ENFORCED_HERE))
     return outcomes[0], outcomes[1]
@@ -128,3 +135,17 @@ def deciding(egress: DirectionOutcome, ingress: DirectionOutcome) -> tuple[str, 
         enforced = [o for o in (egress, ingress) if o.enforced]
         return "none", enforced[0] if enforced else egress
     return ("both" if len(chosen) == 2 else chosen[0].direction), chosen[0]
+
+
+def staged_difference(cause: StagedCause, direction: str, allowed: bool) -> DirectionOutcome:
+    """The staged policy and rule that made ``direction`` decide ``allowed`` with the staged policies applied."""
+    if cause.rule is not None:
+        return _tier_rule(direction, allowed, cause.rule)
+    if cause.policy is not None:
+        return DirectionOutcome(
+            direction, True, allowed, NETWORK_POLICY, (policy_name(cause.policy),), cause.policy_rule, ALLOWED_BY_RULE
+        )
+    names = tuple(policy_name(key) for key in cause.isolating)
+    return DirectionOutcome(
+        direction, True, allowed, NETWORK_POLICY if names else NO_TIER, names, None, NO_RULE_MATCHED
+    )

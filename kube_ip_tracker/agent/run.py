@@ -44,6 +44,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from kube_ip_tracker import cluster_labels
+from kube_ip_tracker.agent.audit import AUDIT_MODE, NOT_ENFORCING, add_audit_argument, audit_dataplane
 from kube_ip_tracker.agent.cluster_policies import CRD_CHECK_INTERVAL, ClusterPolicyInformer
 from kube_ip_tracker.agent.dataplane import (
     ConfigError,
@@ -230,6 +231,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         help="with --metrics-per-policy, at most N policies get their own series; the others count as "
         f'policy="(other)" (default {DEFAULT_PER_POLICY_LIMIT})',
     )
+    add_audit_argument(parser.add_argument_group("audit"))
     other.add_argument(
         "--explain-socket",
         default=None,
@@ -259,6 +261,7 @@ class AgentConfig:
     cluster_labels: LabelRule = DEFAULT_RULE
     crd_check_interval: float = CRD_CHECK_INTERVAL
     token: TokenOptions | None = None
+    audit_mode: bool = False  # --policy-audit-mode: decide, log and count, accept everything
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -295,6 +298,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     dataplane = dataclasses.replace(
         base, name=args.name or default_name(cluster_id), revalidate_delay=0.2, **marks_for_slot(slot)
     )
+    if args.policy_audit_mode:
+        dataplane = audit_dataplane(dataplane)
     return AgentConfig(
         cluster_id=cluster_id,
         node_name=args.node_name,
@@ -312,6 +317,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         per_policy_limit=args.metrics_per_policy_limit if args.metrics_per_policy else 0,
         cluster_labels=cluster_labels.rule_from_args(args),
         crd_check_interval=args.crd_check_interval,
+        audit_mode=args.policy_audit_mode,
     )
 
 
@@ -332,6 +338,7 @@ class Agent:
             verdicts,
             config.per_policy_limit,
             is_local=self._in_pod_range if config.static_pods else None,
+            audit_mode=config.audit_mode,
         )
         self._tracker_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
@@ -362,6 +369,7 @@ class Agent:
         self._stopping = False
         self.failed = asyncio.Event()  # set when a task of the agent died: exit so the agent is restarted
         READY.set(0)
+        AUDIT_MODE.set(1 if config.audit_mode else 0)
 
     def is_ready(self) -> bool:
         """Decisions can be trusted: the tracker's snapshot is applied and local policies are listed
@@ -419,13 +427,16 @@ class Agent:
         READY.set(1)
         log.info(
             "Agent ready: tracker snapshot applied (%s), %d local NetworkPolicies (%d invalid), "
-            "%d cluster-scoped policies (%d invalid)",
+            "%d cluster-scoped policies (%d invalid); %d of them staged (evaluated, not enforced)",
             ", ".join(f"{k}={v}" for k, v in self.store.counts().items()),
             len(self.informer.policies),
             len(self.informer.invalid),
             len(self.cluster_policies.policies),
             len(self.cluster_policies.invalid),
+            self.engine.staged_policies,
         )
+        if self.config.audit_mode:
+            log.warning("Agent ready in %s", NOT_ENFORCING)
         statuses = self.store.cluster_statuses()
         if self.config.cluster_id not in statuses:
             log.warning(
@@ -510,7 +521,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     try:
         if config.metrics_address not in ("", "0", "off"):
             try:
-                metrics = start_metrics_server(config.metrics_address, ready=agent.is_ready)
+                metrics = start_metrics_server(
+                    config.metrics_address, ready=agent.is_ready, ready_note=NOT_ENFORCING if config.audit_mode else ""
+                )
             except (OSError, ValueError) as exc:
                 log.error("Cannot serve metrics on %s: %s", config.metrics_address, exc)
                 return EXIT_CONFIG
@@ -528,6 +541,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
             dp.accepted_ct_mark,
             ",".join(str(p) for p in dp.local_pods) if config.static_pods else "from the tracker",
         )
+        if config.audit_mode:
+            log.warning("Starting in %s", NOT_ENFORCING)
         if not dp.fail_open and not config.static_pods:
             log.warning(
                 "--no-fail-open without --pod-cidr: this node's pods are known once the tracker's snapshot arrives; "

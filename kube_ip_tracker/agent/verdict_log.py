@@ -9,6 +9,11 @@ first). Everything not written counts in ``kube_ip_agent_verdict_log_suppressed_
 
 Lines carry structured fields (see :mod:`kube_ip_tracker.logs`), in klog text or JSON with
 ``--logging-format``.
+
+Staged policies: a connection whose verdict here would differ with the staged policies applied gets a
+``would-deny`` or ``would-allow`` line (with ``deny`` or ``all``; not with ``off``), de-duplicated per
+tuple and rate-limited like the others but with a budget of its own, so a flood of denials never hides
+what a staged policy would do.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from kube_ip_tracker.durations import parse_duration
 
 log = logging.getLogger("kube_ip_tracker.agent.verdicts")
 
-LINES = Counter("kube_ip_agent_verdict_log_lines_total", "Verdict log lines written, by verdict.", ["verdict"])
+LINES = Counter(
+    "kube_ip_agent_verdict_log_lines_total",
+    "Verdict log lines written, by verdict (allow, deny; would-allow, would-deny for staged policies).",
+    ["verdict"],
+)
 # Counted per decision on the event loop: a lock-free counter (see dataplane.loop_metrics).
 SUPPRESSED = LoopCounter(
     "kube_ip_agent_verdict_log_suppressed_total",
@@ -113,6 +122,7 @@ class VerdictLog:
         self._log_allowed = options.mode is VerdictLogMode.ALL
         self._log_denied = options.mode is not VerdictLogMode.OFF
         self.limiter = Limiter(options.interval, options.rate, options.max_tuples, clock)
+        self.staged_limiter = Limiter(options.interval, options.rate, options.max_tuples, clock)
 
     def wants(self, allowed: bool) -> bool:
         """Whether verdicts like this are logged at all (cheap; check before building anything)."""
@@ -122,7 +132,20 @@ class VerdictLog:
         """Log one verdict unless suppressed; True when a line was written."""
         if not self.wants(allowed):
             return False
-        repeats = self.limiter.admit((key, allowed))
+        message = "Connection allowed" if allowed else "Connection denied"
+        return self._write(self.limiter, "allow" if allowed else "deny", message, key, fields)
+
+    def record_staged(self, would_allow: bool, key: Hashable, fields: Callable[[], dict[str, Any]]) -> bool:
+        """Log that the staged policies would change this verdict (would-allow or would-deny) unless suppressed."""
+        if not self._log_denied:
+            return False
+        message = "Connection would be allowed" if would_allow else "Connection would be denied"
+        return self._write(self.staged_limiter, "would-allow" if would_allow else "would-deny", message, key, fields)
+
+    def _write(
+        self, limiter: Limiter, verdict: str, message: str, key: Hashable, fields: Callable[[], dict[str, Any]]
+    ) -> bool:
+        repeats = limiter.admit((key, verdict))
         if repeats is None:
             return False
         try:
@@ -133,9 +156,8 @@ class VerdictLog:
             return False
         if repeats:
             line["suppressed"] = repeats
-        verdict = "allow" if allowed else "deny"
         LINES.labels(verdict).inc()
-        log.info("Connection %s", "allowed" if allowed else "denied", extra={"fields": line})
+        log.info(message, extra={"fields": line})
         return True
 
 
