@@ -36,7 +36,7 @@ DEFAULT_MAX_BYTES = 256 << 20
 class LogEntry:
     """One committed batch: its framed changes and its DELTA messages per filter (memoised)."""
 
-    __slots__ = ("batch", "deltas", "framed", "nbytes", "seq")
+    __slots__ = ("batch", "delta_bytes", "deltas", "framed", "nbytes", "seq")
 
     def __init__(self, seq: int, batch: Batch) -> None:
         self.seq = seq
@@ -44,12 +44,13 @@ class LogEntry:
         # Each change serialized and framed (``wire.frame_change``) once, in revision order.
         self.framed = [wire.frame_change(wire.encode_change(c.record, c.deleted)) for c in batch.changes]
         self.deltas: dict[WatchFilter, list[DeltaMessage]] = {}
+        self.delta_bytes: dict[WatchFilter, int] = {}  # the size of each filter's DELTAs
         self.nbytes = sum(map(len, self.framed))
 
     def memoise(self, flt: WatchFilter, messages: list[DeltaMessage]) -> int:
         """Keep ``messages`` as this entry's encoding for ``flt``; returns the bytes added."""
         self.deltas[flt] = messages
-        added = sum(len(m.data) for m in messages)
+        added = self.delta_bytes[flt] = sum(len(m.data) for m in messages)
         self.nbytes += added
         return added
 

@@ -183,7 +183,7 @@ class Fanout:
             return []
         if entry.seq >= watcher.counted_from:
             watcher.behind_messages -= len(memo)
-            watcher.behind_bytes -= sum(len(m.data) for m in memo)
+            watcher.behind_bytes -= entry.delta_bytes[watcher.filter]
         return memo
 
     def _fell_behind(self, watcher: Watcher) -> None:
@@ -210,9 +210,10 @@ class Fanout:
                     w.fail("internal error encoding changes; reconnect", grpc.StatusCode.INTERNAL)
                     self.remove(w)
                 continue
-            self.log.grew(entry.memoise(flt, messages))
+            added = entry.memoise(flt, messages)
+            self.log.grew(added)
             if messages:
-                self._count(flt, messages)
+                self._count(flt, len(messages), added)
         watchers = self.watchers
         self.log.trim(min((w.cursor for w in watchers), default=None))
         first = self.log.first_seq
@@ -221,9 +222,9 @@ class Fanout:
                 self._fell_behind(w)
         self._wake()
 
-    def _count(self, flt: WatchFilter, messages: list[DeltaMessage]) -> None:
-        """Add a new entry's DELTAs to how far behind each watcher of ``flt`` is; mark those over their limits."""
-        n, size = len(messages), sum(len(m.data) for m in messages)
+    def _count(self, flt: WatchFilter, n: int, size: int) -> None:
+        """Add a new entry's ``n`` DELTAs of ``size`` bytes to how far behind each watcher of ``flt`` is; mark
+        those over their limits."""
         for w in list(self._members.get(flt, ())):
             w.behind_messages += n
             w.behind_bytes += size
