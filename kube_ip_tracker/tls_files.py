@@ -1,13 +1,15 @@
 """PEM files for TLS, shared by the tracker's server and the tracker client: read, check, fingerprint.
 
 Errors name the file and what is wrong (:class:`TlsConfigError`); :func:`stat_fingerprint` tells
-when a rotated file must be read again.
+when a rotated file must be read again. :func:`load` reads a certificate and its key as one version
+(:func:`read_together`), so a rotation between the two reads is read again rather than taken for a
+mismatched pair.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,37 @@ def _read(path: Path, what: str) -> bytes:
         raise TlsConfigError(f"cannot read TLS {what} {path}: {e.strerror}") from e
 
 
+#: How often :func:`read_together` reads again when the files keep changing under it.
+READ_ATTEMPTS = 5
+
+
+def _identity(paths: Sequence[tuple[Path, str]]) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+    """Per file: where it resolves to (an AtomicWriter version directory is new per version) and its stat."""
+    return tuple((os.path.realpath(p), *stat_fingerprint([p])) for p, _ in paths)
+
+
+def read_together(paths: Sequence[tuple[Path, str]]) -> list[bytes]:
+    """Read files rotated together (``(path, what)`` pairs) as one version; TlsConfigError naming a bad file.
+
+    A file set published the kubelet's way (:mod:`kube_ip_tracker.server.atomic_files`, Secret
+    volumes) resolves to a new directory per version: when any file's target or stat changed while
+    they were read, or a file vanished with the version it belonged to, all are read again (up to
+    :data:`READ_ATTEMPTS` times; then the last read is returned and checked as it is).
+    """
+    data: list[bytes] = []
+    for attempt in range(READ_ATTEMPTS):
+        before = _identity(paths)
+        try:
+            data = [_read(path, what) for path, what in paths]
+        except TlsConfigError:
+            if attempt + 1 < READ_ATTEMPTS and _identity(paths) != before:
+                continue
+            raise
+        if _identity(paths) == before:
+            break
+    return data
+
+
 def _certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
@@ -70,8 +103,7 @@ def read_certificates(path: Path, what: str) -> bytes:
 
 def load(files: TlsFiles) -> LoadedTls:
     """Read and check the files: PEM certificates, a PEM key that matches the first certificate."""
-    chain = _read(files.cert_file, "certificate file")
-    key_pem = _read(files.key_file, "key file")
+    chain, key_pem = read_together([(files.cert_file, "certificate file"), (files.key_file, "key file")])
     ca = read_certificates(files.client_ca_file, "client CA file") if files.client_ca_file is not None else None
     leaf = _certificates(chain, files.cert_file, "certificate file")[0]
     try:

@@ -5,8 +5,11 @@ names the file and what is wrong) and gives ``grpc.dynamic_ssl_server_credential
 the current configuration on every new TLS handshake; it compares the files' stat fingerprints
 (inode, size, mtime) with the loaded ones and re-reads them only when one changed. A rotation is thus
 used by the next connection, while established connections (and their Watch streams) keep the session
-they negotiated. A half-written or mismatched set of files (new certificate, old key) is not used: the
-previous configuration stays in force, the problem is logged once and counted, and the files are
+they negotiated. The certificate and key are read as one version
+(:func:`kube_ip_tracker.tls_files.read_together`), so files published as the TLS bootstrap and the
+kubelet's Secret volumes do (:mod:`.atomic_files`: a swap of the ``..data`` symlink, every file a
+new inode) are never combined across versions. A mismatched set from a writer that replaces files
+one by one (new certificate, old key) is not used: the previous configuration stays in force, the problem is logged once and counted, and the files are
 checked again on the next handshake.
 
 With a client CA every client must present a certificate signed by it (mTLS); the CA bundle is

@@ -11,8 +11,9 @@ Each :meth:`~TlsBootstrap.sync`:
    start together thus end up with one CA;
 2. publishes the CA bundle (previous + current + next CA) under ``ca.crt`` in the ConfigMap
    ``config.configmap`` that the agents mount (created, or replaced when it differs);
-3. writes ``tls.crt``, ``tls.key`` and ``ca.crt`` into ``config.directory`` (each atomically,
-   key first) when they differ. The gRPC server reads those files through
+3. writes ``tls.crt``, ``tls.key`` and ``ca.crt`` into ``config.directory`` when they differ, as
+   one version (:class:`~.atomic_files.AtomicDirectory`: a new directory, then one rename), so no
+   reader sees a new certificate with the old key. The gRPC server reads those files through
    :class:`kube_ip_tracker.server.tls.ReloadingTls`, which picks up a renewal on the next
    handshake while open streams keep their session.
 
@@ -28,7 +29,6 @@ import asyncio
 import base64
 import datetime
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ from kube_ip_tracker.kube.errors import describe_error
 from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import bootstrap_pki as pki
+from kube_ip_tracker.server.atomic_files import AtomicDirectory
 from kube_ip_tracker.tls_files import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -109,21 +110,6 @@ def _decode(data: dict[str, str] | None) -> dict[str, bytes]:
 
 def _encode(data: dict[str, bytes]) -> dict[str, str]:
     return {k: base64.b64encode(v).decode() for k, v in data.items()}
-
-
-def _write_if_changed(path: Path, content: bytes) -> bool:
-    """Replace ``path`` atomically (mode 0600) unless it already holds ``content``."""
-    try:
-        if path.read_bytes() == content:
-            return False
-    except OSError:
-        pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-    os.replace(tmp, path)
-    return True
 
 
 class TlsBootstrap:
@@ -233,10 +219,12 @@ class TlsBootstrap:
         raise BootstrapError(f"ConfigMap {namespace}/{name}: still conflicting after {MAX_CONFLICTS} attempts")
 
     def _write_files(self, material: pki.Pki) -> None:
-        self.config.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_if_changed(self.config.ca_file, material.bundle())
-        _write_if_changed(self.config.files.key_file, material.serving.key_pem)  # key first: see ReloadingTls
-        if _write_if_changed(self.config.files.cert_file, material.serving.cert_pem):
+        files = {
+            pki.BUNDLE_KEY: material.bundle(),
+            pki.TLS_CERT: material.serving.cert_pem,
+            pki.TLS_KEY: material.serving.key_pem,
+        }
+        if pki.TLS_CERT in AtomicDirectory(self.config.directory).write(files):
             log.info(
                 "Serving certificate for %s (expires %s) written to %s",
                 ", ".join(self.config.names),
