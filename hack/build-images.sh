@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
 TAG=${KIT_IMAGE_TAG:-$version}
-read -r -a PODMAN <<<"podman ${KIT_PODMAN_OPTS:---runtime runc --cgroup-manager=cgroupfs}"
+# shellcheck source=hack/podman.sh
+. hack/podman.sh
 read -r -a BUILD_OPTS <<<"${KIT_BUILD_OPTS:---network=host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096}"
 
 if [ "${1:-}" = --names ]; then

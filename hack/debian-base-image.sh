@@ -19,7 +19,8 @@ DATE=${KIT_BASE_DATE:-$(date -u +%Y%m%d)}
 CACHE=${KIT_CACHE_DIR:-$HOME/.cache/kube-ip-tracker}/images
 ARCHIVE=$CACHE/debian-$SUITE-minbase-$DATE.tar
 LABEL=io.github.kube-ip-tracker.base-date
-PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
+# shellcheck source=hack/podman.sh
+. "$(dirname "$0")/podman.sh"
 
 [ "${1:-}" = --name ] && { echo "$IMAGE"; exit 0; }
 
@@ -49,9 +50,11 @@ if [ "$("${PODMAN[@]}" image inspect --format "{{index .Labels \"$LABEL\"}}" "$I
 fi
 
 if [ ! -s "$ARCHIVE" ]; then
+  # The tree, its log and a half-written archive go on any exit: a failure (set -e), Ctrl-C or
+  # SIGTERM (bash runs the EXIT trap before it dies of the signal). --one-file-system: never into
+  # a /proc or /sys that a failed debootstrap left mounted.
   root=$(mktemp -d /var/tmp/kit-debootstrap.XXXXXX)
-  # --one-file-system: never into a /proc or /sys that a failed debootstrap left mounted
-  trap 'rm -rf --one-file-system "$root" "$root.log"' EXIT
+  trap 'rm -rf --one-file-system "$root" "$root.log" "$ARCHIVE.partial"' EXIT
   url=$(mirror)
   echo "debian-base-image: debootstrap --variant=minbase $SUITE from $url" >&2
   if ! debootstrap --variant=minbase "$SUITE" "$root" "$url" >"$root.log" 2>&1; then

@@ -3,13 +3,14 @@
 :func:`build_images` runs ``hack/build-images.sh`` (the Dockerfile's ``tracker`` and ``agent``
 targets on a base bootstrapped from Debian's packages) under a tag of the caller's;
 :func:`run_argv` is a ``podman run`` with the options this machine needs: Debian's ``runc``, the
-cgroupfs manager, the host's network (the test API servers listen on loopback) and ulimits no
+cgroupfs manager (both replaced by ``$KIT_PODMAN_OPTS``, as for the scripts), the host's network (the test API servers listen on loopback) and ulimits no
 higher than the host's.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ from pathlib import Path
 from kube_ip_tracker.testing.clusters import PROJECT_ROOT
 
 BUILD_SCRIPT = PROJECT_ROOT / "hack" / "build-images.sh"
-#: Global podman options (hack/build-images.sh uses the same): crun fails on hybrid cgroup layouts.
-PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
+#: Global podman options, replaced by $KIT_PODMAN_OPTS as in hack/podman.sh (which the image scripts
+#: source; tests/manifests/test_image_build.py checks both defaults agree): crun fails on hybrid cgroup layouts.
+DEFAULT_PODMAN_OPTS = "--runtime runc --cgroup-manager=cgroupfs"
+PODMAN = ["podman", *shlex.split(os.environ.get("KIT_PODMAN_OPTS") or DEFAULT_PODMAN_OPTS)]
 #: Per-container options: raising limits above the host's is not permitted here.
 RUN_OPTIONS = ["--network=host", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 TARGETS = ("tracker", "agent")

@@ -11,8 +11,10 @@ import importlib.metadata
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 
 from kube_ip_tracker import cli as tracker_cli
 from kube_ip_tracker.server import healthcheck
+from kube_ip_tracker.testing import images
 
 from .manifest import ROOT, containers, load, package_version
 
@@ -160,3 +163,86 @@ def test_apt_packages_of_the_dockerfile_exist_in_debian_12() -> None:
     if not found:
         pytest.skip("apt package lists are empty (run apt-get update)")
     assert found == set(packages), f"not in the apt lists: {set(packages) - found}"
+
+
+@pytest.mark.parametrize("opts", [None, "--runtime crun --log-level=debug"], ids=["default", "KIT_PODMAN_OPTS"])
+def test_the_image_scripts_and_tests_run_podman_with_the_same_options(opts: str | None) -> None:
+    """hack/podman.sh (sourced by the image scripts) and testing/images.py: one default, one variable."""
+    env = {k: v for k, v in os.environ.items() if k != "KIT_PODMAN_OPTS"}
+    if opts is not None:
+        env["KIT_PODMAN_OPTS"] = opts
+    script = f'. {ROOT / "hack" / "podman.sh"} && printf "%s\\n" "${{PODMAN[@]}}"'
+    in_shell = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)
+    code = "from kube_ip_tracker.testing import images; print('\\n'.join(images.PODMAN))"
+    in_python = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert in_shell.stdout.split("\n") == in_python.stdout.split("\n")
+    assert in_shell.stdout.split() == ["podman", *(opts or images.DEFAULT_PODMAN_OPTS).split()]
+    for path in (ROOT / "hack").glob("*.sh"):  # no script starts podman with options of its own
+        if path.name != "podman.sh":
+            assert not re.search(r"\(podman |podman --", path.read_text()), f"{path.name} runs podman directly"
+
+
+FAKE_DEBOOTSTRAP = """#!/bin/sh
+echo "$3" > "$KIT_TEST_RECORD"            # debootstrap --variant=minbase SUITE TARGET MIRROR
+mkdir -p "$3/etc/dpkg/dpkg.cfg.d" "$3/etc/apt/apt.conf.d" "$3/usr/share/doc"
+case "$KIT_TEST_MODE" in
+  hang) exec sleep 60 ;;
+  save-fails) exit 0 ;;
+esac
+echo "E: Failed getting release file" >&2; exit 1
+"""
+#: No image yet; import works; save writes part of its archive, then fails (a full disk).
+FAKE_PODMAN = """#!/bin/sh
+case "$*" in
+  *" import "*) cat >/dev/null ;;
+  *" save "*) while [ "$1" != -o ]; do shift; done; echo partial > "$2"; exit 125 ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["fails", "hang", "save-fails"])
+def test_the_base_image_script_removes_its_tree_and_partial_archive_on_failure(tmp_path: Path, mode: str) -> None:
+    """hack/debian-base-image.sh leaves no tree and no archive behind when debootstrap fails, hangs
+    until SIGTERM, or the archive cannot be written. Fake podman and debootstrap come first on PATH;
+    nothing reaches the real ones.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "debootstrap").write_text(FAKE_DEBOOTSTRAP)
+    (bin_dir / "podman").write_text(FAKE_PODMAN)
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    record = tmp_path / "target"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "KIT_CACHE_DIR": str(tmp_path / "cache"),
+        "KIT_DEBIAN_MIRROR": "http://mirror.invalid/debian",
+        "KIT_TEST_RECORD": str(record),
+        "KIT_TEST_MODE": mode,
+    }
+    script = subprocess.Popen(
+        [str(ROOT / "hack" / "debian-base-image.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    if mode == "hang":
+        deadline = time.monotonic() + 30
+        while not (record.exists() and Path(record.read_text().strip(), "usr", "share", "doc").exists()):
+            assert script.poll() is None and time.monotonic() < deadline, "the fake debootstrap never ran"
+            time.sleep(0.05)
+        os.killpg(script.pid, signal.SIGTERM)  # as a CI timeout or `kill` stops the job
+    _, err = script.communicate(timeout=30)
+    assert script.returncode == {"fails": 1, "hang": -signal.SIGTERM, "save-fails": 125}[mode], err
+    if mode == "fails":
+        assert "debootstrap failed (mirror http://mirror.invalid/debian" in err and "Failed getting release" in err
+    tree = Path(record.read_text().strip())
+    assert tree.parent == Path("/var/tmp") and tree.name.startswith("kit-debootstrap.")
+    assert not tree.exists() and not Path(f"{tree}.log").exists()
+    left = [p.name for p in (tmp_path / "cache" / "images").iterdir() if p.name != ".debian-base.lock"]
+    assert not left, "no archive, whole or partial"
