@@ -53,10 +53,10 @@ lint: install ## ruff
 clusters: setup ## start $(CLUSTERS) local clusters and wait (Ctrl-C stops them)
 	$(PYTHON) -m kube_ip_tracker.testing.clusters up --count $(CLUSTERS)
 
-demo: ## the local multi-cluster demo (needs root: network namespaces, iptables, NFQUEUE)
+demo: ## the local multi-cluster demo (needs root: network namespaces, iptables, NFQUEUE; DEMO_ARGS=--staged adds the staged-policy steps)
 	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, iptables, NFQUEUE): run it as root" >&2; exit 1; }
 	@$(MAKE) --no-print-directory setup
-	$(PYTHON) -m kube_ip_tracker.demo
+	$(PYTHON) -m kube_ip_tracker.demo $(DEMO_ARGS)
 
 bench: setup ## benchmarks (BENCH_ARGS="index --quick" for a subset); writes bench/results/*.json and docs/benchmarks.md
 	$(PYTHON) -m bench $(BENCH_ARGS)

@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .scenario import DEFAULT_SUBNET
+from .scenario import DEFAULT_SUBNET, STAGED_STEPS, STEPS, Step
 from .stack import DemoError, DemoSettings, DemoStack
 from .steps import StepResult, run_all
 
@@ -59,6 +59,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_SUBNET,
         help=f"private IPv4 /16 for the pods; cluster-N uses its N-th /24 (default {DEFAULT_SUBNET})",
     )
+    parser.add_argument(
+        "--staged",
+        action="store_true",
+        help="add steps g-i: a staged deny (kube-ip-tracker.io/staged) changes nothing but is logged and counted "
+        "as would-deny, then removing the annotation enforces it",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the demo does in detail")
     args = parser.parse_args(argv)
     try:
@@ -74,7 +80,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def run_demo(settings: DemoSettings) -> int:
+async def run_demo(settings: DemoSettings, steps: tuple[Step, ...] = STEPS) -> int:
     """Start the stack, run the steps, tear down; the exit code."""
     task = asyncio.current_task()
     assert task is not None
@@ -85,7 +91,7 @@ async def run_demo(settings: DemoSettings) -> int:
     failed = True
     try:
         await stack.start()
-        results = await run_all(stack)
+        results = await run_all(stack, steps=steps)
         failed = not all(r.passed for r in results)
     except DemoError as exc:
         _say(f"\nThe demo could not run: {exc}")
@@ -132,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(INTRO, flush=True)
     try:
-        return asyncio.run(run_demo(DemoSettings(subnet=args.subnet)))
+        steps = STEPS + STAGED_STEPS if args.staged else STEPS
+        return asyncio.run(run_demo(DemoSettings(subnet=args.subnet), steps))
     except KeyboardInterrupt:  # a second Ctrl-C; cleanup already ran as far as it could
         return EXIT_INTERRUPTED

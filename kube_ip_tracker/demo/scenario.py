@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from kube_ip_tracker.agent.policy.staged import STAGED_ANNOTATION
+
 CLUSTERS = ("cluster-1", "cluster-2")
 CLUSTER_LABEL = "cluster.clusterset.k8s.io"
 NAME_LABEL = "kubernetes.io/metadata.name"
@@ -119,19 +121,27 @@ DENY_FROM_CLUSTER_1 = {
 }
 
 
+def staged(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` annotated ``kube-ip-tracker.io/staged: "true"``: evaluated and reported, not enforced."""
+    return {**body, "metadata": {**body["metadata"], "annotations": {STAGED_ANNOTATION: "true"}}}
+
+
 @dataclass(frozen=True)
 class PolicyChange:
-    """A policy created (or, with ``delete``, deleted) in one cluster before a step: a namespaced
-    NetworkPolicy, or a cluster-scoped ClusterNetworkPolicy (``kind`` tells)."""
+    """A policy created or replaced (or, with ``delete``, deleted) in one cluster before a step: a namespaced
+    NetworkPolicy, or a cluster-scoped ClusterNetworkPolicy (``kind`` tells). ``what`` words the change
+    (default: created, or deleted)."""
 
     cluster: str
     body: dict[str, Any]
     delete: bool = False
+    what: str = ""
 
     def describe(self) -> str:
         meta = self.body["metadata"]
         name = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
-        return f"{self.body.get('kind', 'NetworkPolicy')} {name} {'deleted' if self.delete else 'created'} in {self.cluster}"
+        what = self.what or ("deleted" if self.delete else "created")
+        return f"{self.body.get('kind', 'NetworkPolicy')} {name} {what} in {self.cluster}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,8 @@ class Step:
     target: str
     reachable: bool
     changes: tuple[PolicyChange, ...] = field(default=())
+    # (cluster, policy): that cluster's agent must log and count a would-deny naming the staged policy.
+    would_deny: tuple[str, str] | None = None
 
 
 STEPS = (
@@ -176,6 +188,38 @@ STEPS = (
     Step(
         "f",
         "deleting the ClusterNetworkPolicy lets it through again",
+        "client-c1",
+        "web-c2",
+        True,
+        (PolicyChange("cluster-2", DENY_FROM_CLUSTER_1, delete=True),),
+    ),
+)
+
+
+# The optional steps of ``--staged`` (after step f): rolling out a cross-cluster deny in three steps,
+# stage it, watch the would-deny lines and the metric, enforce it.
+STAGED_STEPS = (
+    Step(
+        "g",
+        "staged (kube-ip-tracker.io/staged), the Admin tier deny of step e changes no verdict; "
+        "cluster-2's agent logs and counts a would-deny naming it",
+        "client-c1",
+        "web-c2",
+        True,
+        (PolicyChange("cluster-2", staged(DENY_FROM_CLUSTER_1), what="created as staged"),),
+        would_deny=("cluster-2", "ClusterNetworkPolicy/deny-web-from-cluster-1"),
+    ),
+    Step(
+        "h",
+        "removing the annotation enforces it",
+        "client-c1",
+        "web-c2",
+        False,
+        (PolicyChange("cluster-2", DENY_FROM_CLUSTER_1, what="replaced without the staged annotation"),),
+    ),
+    Step(
+        "i",
+        "deleting it lets it through again",
         "client-c1",
         "web-c2",
         True,

@@ -15,6 +15,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,6 +114,13 @@ class ChildProcess:
                 self.proc.wait(5)
         return self.proc.returncode
 
+    def lines(self) -> list[str]:
+        """Every line of the process's log so far."""
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -123,12 +131,26 @@ class ChildProcess:
 
 def agent_ready(metrics_port: int) -> bool:
     """Whether the agent serving metrics on ``metrics_port`` reports ``kube_ip_agent_ready 1``."""
+    return metric_sum(metrics_port, "kube_ip_agent_ready") == 1
+
+
+def _names_would_deny(line: str, policy: str) -> bool:
+    return '"Connection would be denied"' in line and f'policy="{policy}"' in line
+
+
+def metric_sum(metrics_port: int, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 when unreachable or absent)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as resp:
-            families = text_string_to_metric_families(resp.read().decode())
-            return any(s.value == 1 for f in families if f.name == "kube_ip_agent_ready" for s in f.samples)
+            families = list(text_string_to_metric_families(resp.read().decode()))
     except OSError:
-        return False
+        return 0.0
+    return sum(
+        s.value
+        for f in families
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def rules_left(name: str) -> list[str]:
@@ -395,6 +417,24 @@ class DemoStack:
         """Whether a datagram to <target>:80/UDP is echoed."""
         target = self.pods[target_key]
         return await asyncio.to_thread(self.pods[client_key].udp_probe, target.ip, WEB_PORT, wait)
+
+    async def would_deny(self, cluster: str, policy: str) -> str | None:
+        """What ``cluster``'s agent said about the staged ``policy``: its would-deny line and count, or None
+        while it has logged none."""
+        index = CLUSTERS.index(cluster)
+        agent, port = self.agents[index], self.agent_metrics[cluster]
+
+        def seen() -> str | None:
+            line = next((line for line in agent.lines() if _names_would_deny(line, policy)), None)
+            counted = metric_sum(port, "kube_ip_agent_staged_decisions_total", result="would-deny")
+            if line is None or not counted:
+                return None
+            fields = " ".join(re.findall(r'\b(?:verdict|policy|rule|reason|enforced)=(?:"[^"]*"|\S+)', line))
+            return (
+                f'{cluster}\'s agent: {fields}; kube_ip_agent_staged_decisions_total{{result="would-deny"}} {counted:g}'
+            )
+
+        return await self._blocking(seen)
 
     def rule_names(self) -> list[str]:
         return [self.settings.rule_name(c) for c in CLUSTERS]

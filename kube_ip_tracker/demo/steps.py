@@ -27,6 +27,7 @@ class StepResult:
     http: HttpResult
     udp: bool | None  # None: UDP not probed
     seconds: float  # from the policy change (or the step's start) to the expected result
+    note: str = ""  # what else the step checked (the would-deny of a staged policy)
 
     @property
     def reachable(self) -> bool:
@@ -77,7 +78,24 @@ async def run_step(stack: DemoStack, step: Step, *, udp: bool = False) -> StepRe
     for change in step.changes:
         await stack.apply(change)
     passed, http, udp_ok, seconds = await probe_until(stack, step, udp=udp)
-    return StepResult(step, passed, http, udp_ok, seconds)
+    note = ""
+    if step.would_deny is not None:
+        seen = await _would_deny(stack, step)
+        passed = passed and seen is not None
+        note = seen or f"no would-deny line naming {step.would_deny[1]} in {step.would_deny[0]}'s agent log"
+    return StepResult(step, passed, http, udp_ok, seconds, note)
+
+
+async def _would_deny(stack: DemoStack, step: Step, within: float = SETTLE_TIMEOUT) -> str | None:
+    """Probe ``step`` again until the agent reports the would-deny of its staged policy (a probe decided
+    before the agent had the policy shows none); what the agent said, or None at the deadline."""
+    assert step.would_deny is not None
+    deadline = time.monotonic() + within
+    while True:
+        seen = await stack.would_deny(*step.would_deny)
+        if seen is not None or time.monotonic() > deadline:
+            return seen
+        await _probe(stack, step, udp=False)
 
 
 def describe_step(stack: DemoStack, step: Step) -> list[str]:
@@ -106,13 +124,14 @@ def describe_result(result: StepResult) -> str:
         got = f"{result.http.detail} (no answer)"
     udp = "" if result.udp is None else f"; UDP echo {'answered' if result.udp else 'got no answer'}"
     when = f"; took effect after {result.seconds:.1f}s" if result.step.changes and result.passed else ""
-    return f"  {verdict}: {got}{udp}{when}"
+    note = f"\n        {result.note}" if result.note else ""
+    return f"  {verdict}: {got}{udp}{when}{note}"
 
 
-async def run_all(stack: DemoStack, *, udp: bool = False) -> list[StepResult]:
+async def run_all(stack: DemoStack, *, udp: bool = False, steps: tuple[Step, ...] = STEPS) -> list[StepResult]:
     """Every step in order, announced and reported through ``stack.say``."""
     results = []
-    for step in STEPS:
+    for step in steps:
         stack.say("")
         for line in describe_step(stack, step):
             stack.say(line)

@@ -21,6 +21,7 @@ from kube_ip_tracker.agent.explain.server import ExplainServer
 from kube_ip_tracker.agent.explain.trace import Explanation, explain
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
 from kube_ip_tracker.agent.policy.cluster_parse import parse_cluster_network_policy
+from kube_ip_tracker.agent.policy.staged import STAGED_ANNOTATION
 from kube_ip_tracker.model import NamespaceRecord, PodRecord
 
 AGENT_BIN = Path(sys.executable).with_name("kube-ip-agent")
@@ -228,3 +229,65 @@ def test_explain_and_evaluate_start_without_the_daemon_code() -> None:
     assert done.stdout.split() == ["False", "False"]
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(commands.choices) == {"evaluate", "run", "explain"}  # the full parser, for --help and run
+
+
+def staged_policy(name: str, spec: dict[str, object], cluster: str = C1) -> object:
+    meta = {"namespace": "demo", "name": name, "annotations": {STAGED_ANNOTATION: "true"}}
+    return parse_network_policy({"metadata": meta, "spec": spec}, cluster)
+
+
+def test_the_staged_outcome_is_shown_beside_the_enforced_one(engine: PolicyEngine) -> None:
+    web, client = engine.endpoint_for_ip("10.1.0.1"), engine.endpoint_for_ip("10.1.0.2")
+    _, before = explain(engine, client, web, "TCP", 80, C1)
+    assert before.staged_verdict == "" and "staged" not in render(before)  # no staged policy: nothing said
+    engine.set_policy(staged_policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    verdict, e = explain(engine, client, web, "TCP", 80, C1)
+    assert verdict.allowed and e.verdict == "allow" and e.staged_verdict == "deny"
+    assert e.ingress.outcome == "not isolated" and not e.ingress.staged_allowed
+    assert e.ingress.staged_outcome == "deny: NetworkPolicy demo/default-deny (isolated, no rule matched)"
+    (network_policies,) = [t for t in e.ingress.staged_tiers if t.tier == "NetworkPolicy"]
+    assert [(p.name, p.selects) for p in network_policies.policies] == [("demo/default-deny (staged)", True)]
+    assert e.egress.staged_outcome == "not isolated" and e.egress.staged_tiers == []  # the same: no trace
+    text = render(e)
+    assert "allow: c1/demo/client -> c1/demo/web TCP/80 (as this agent of c1 enforces it)\n" in text
+    assert "with staged policies: would deny (staged policies are not enforced)" in text
+    assert "  with staged policies: deny: NetworkPolicy demo/default-deny (isolated, no rule matched)" in text
+    assert "      demo/default-deny (staged): selects: podSelector {} selects the pod" in text
+    assert "  with staged policies: not isolated (the same)" in text
+    assert Explanation.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_evaluate_explain_shows_staged_policies_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": "x", "name": "deny", "annotations": {STAGED_ANNOTATION: "true"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    world = {
+        "clusters": {
+            "a": {
+                "namespaces": [{"name": "x"}],
+                "pods": [
+                    {"namespace": "x", "name": "p", "labels": {"app": "p"}, "ips": ["10.0.0.1"]},
+                    {"namespace": "x", "name": "q", "labels": {"app": "q"}, "ips": ["10.0.0.2"]},
+                ],
+                "networkPolicies": [deny],
+            }
+        },
+        "probes": [
+            {
+                "from": {"cluster": "a", "namespace": "x", "pod": "p"},
+                "to": {"cluster": "a", "namespace": "x", "pod": "q"},
+                "port": 80,
+                "protocol": "TCP",
+                "expect": "allow",
+            }
+        ],
+    }
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(world))
+    assert main(["evaluate", "--check", "--explain", str(path)]) == 0  # the staged deny is not enforced
+    out = capsys.readouterr().out
+    assert "allow: a/x/p -> a/x/q TCP/80\nwith staged policies: would deny" in out
+    assert "  with staged policies: deny: NetworkPolicy x/deny (isolated, no rule matched)" in out

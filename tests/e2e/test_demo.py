@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_ip_tracker.demo.scenario import STEPS
+from kube_ip_tracker.demo.scenario import STAGED_STEPS, STEPS
 from kube_ip_tracker.demo.stack import DemoError, DemoSettings, DemoStack, namespaces_left, rules_left
 from kube_ip_tracker.demo.steps import describe_result, run_step
 
@@ -61,11 +61,13 @@ async def test_demo_steps_on_tcp_and_udp_and_clean_shutdown() -> None:
         web_c2 = stack.pods["web-c2"]
         web_c2.serve_tcp(ECHO_PORT)
         stream = None
-        for step in STEPS:
+        for step in STEPS + STAGED_STEPS:  # the staged steps of --staged too (they end in step f's state)
             result = await run_step(stack, step, udp=True)
             logs = "\n".join([*lines, *(a.tail(80) for a in stack.agents)])
             assert result.passed, f"step {step.key} ({step.title}): {describe_result(result)}\n{logs}"
             assert result.http.ok is step.reachable and result.udp is step.reachable
+            if step.would_deny is not None:  # the would-deny line names the staged policy and its rule
+                assert 'policy="ClusterNetworkPolicy/deny-web-from-cluster-1" rule=0' in result.note, result.note
             if step.key == "a":
                 # A connection opened while allowed must be cut once the deny policy arrives (step b).
                 stream = await asyncio.to_thread(stack.pods["client-c1"].open_stream, web_c2.ip, ECHO_PORT)

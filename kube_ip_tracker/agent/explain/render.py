@@ -49,14 +49,28 @@ def _direction(d: DirectionTrace) -> list[str]:
     if d.enforced:
         for tier in d.tiers:
             lines += _tier(tier)
+        if d.staged_outcome:
+            same = " (the same)" if not d.staged_tiers else ""
+            lines.append(f"  with staged policies: {d.staged_outcome}{same}")
+            for tier in d.staged_tiers:
+                lines += ["  " + line for line in _tier(tier)]
     return lines
 
 
+def _staged(e: Explanation) -> list[str]:
+    """The staged verdict beside the enforced one (nothing without staged policies)."""
+    if not e.staged_verdict:
+        return []
+    if e.staged_verdict == e.verdict:
+        return [f"with staged policies: {e.staged_verdict} (no change)"]
+    return [f"with staged policies: would {e.staged_verdict} (staged policies are not enforced)"]
+
+
 def render(e: Explanation) -> str:
-    """The verdict line, both ends, then each direction tier by tier."""
+    """The verdict line (and the staged one), both ends, then each direction tier by tier."""
     port = f"/{e.port}" if e.port is not None else ""
     where = f" (as this agent of {e.enforced_at} enforces it)" if e.enforced_at else ""
-    lines = [f"{e.verdict}: {e.src.name} -> {e.dst.name} {e.protocol}{port}{where}", ""]
+    lines = [f"{e.verdict}: {e.src.name} -> {e.dst.name} {e.protocol}{port}{where}", *_staged(e), ""]
     lines += _end("from", e.src) + _end("to", e.dst) + [""]
     lines += [*_direction(e.egress), "", *_direction(e.ingress)]
     return "\n".join(lines)

@@ -4,6 +4,10 @@ describes both ends and every policy of each tier, with why it did or did not se
 The decision itself is the evaluator's (``decide_endpoints(..., tracer=trace)``); the trace only adds
 words, asking the evaluator's own predicates (``ports_match``, ``peer_matches``, ...) about the parts
 of a rule that did not match.
+
+While staged policies exist, the decision with them applied (``decide_staged``) is traced too and
+shown beside the enforced one: ``staged_verdict`` and, per direction, ``staged_outcome`` and, where
+that direction would decide otherwise, its tiers with the staged policies applied (marked ``(staged)``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from kube_ip_tracker.agent.outcomes import direction_outcomes
 from kube_ip_tracker.agent.policy import PolicyEngine, Verdict
-from kube_ip_tracker.agent.policy.cluster_compiled import ClusterRule, Tier
+from kube_ip_tracker.agent.policy.cluster_compiled import ClusterPolicy, ClusterRule, Tier
 from kube_ip_tracker.agent.policy.compiled import CompiledPolicy, Rule
 from kube_ip_tracker.agent.policy.evaluator import Endpoint, normalize_protocol
 from kube_ip_tracker.agent.policy.world import PodEntry
@@ -74,6 +78,9 @@ class DirectionTrace:
     allowed: bool
     outcome: str
     tiers: list[TierTrace] = field(default_factory=list)
+    staged_outcome: str = ""  # with the staged policies applied ("" without staged policies)
+    staged_allowed: bool = True
+    staged_tiers: list[TierTrace] = field(default_factory=list)  # when the staged verdict differs here
 
 
 @dataclass
@@ -88,6 +95,7 @@ class Explanation:
     egress: DirectionTrace
     ingress: DirectionTrace
     enforced_at: str = ""  # the agent's cluster, or "" offline (both directions count)
+    staged_verdict: str = ""  # allow/deny with the staged policies applied; "" when there are none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +107,8 @@ class Explanation:
         def rule(r: dict[str, Any]) -> RuleTrace:
             return RuleTrace(**{**r, "ports": [tuple(p) for p in r["ports"]], "peers": [tuple(p) for p in r["peers"]]})
 
-        def direction(d: dict[str, Any]) -> DirectionTrace:
-            tiers = [
+        def tiers(values: list[dict[str, Any]]) -> list[TierTrace]:
+            return [
                 TierTrace(
                     t["tier"],
                     t["reached"],
@@ -109,9 +117,11 @@ class Explanation:
                         for p in t["policies"]
                     ],
                 )
-                for t in d["tiers"]
+                for t in values
             ]
-            return DirectionTrace(**{**d, "tiers": tiers})
+
+        def direction(d: dict[str, Any]) -> DirectionTrace:
+            return DirectionTrace(**{**d, "tiers": tiers(d["tiers"]), "staged_tiers": tiers(d.get("staged_tiers", []))})
 
         return cls(
             **{
@@ -183,6 +193,17 @@ def explain(
         for o in outcomes
     ]
     allowed = all(d.allowed for d in directions)
+    staged_verdict = ""
+    if engine.staged_policies:
+        staged_trace = Trace()
+        staged = engine.decide_staged(src, dst, protocol, port, tracer=staged_trace)
+        staged_builder = _Builder(engine, staged_trace, staged, src, dst, proto, port, staged=True)
+        staged_outcomes = direction_outcomes(engine, staged, src, dst, own(src), own(dst), staged=True)
+        for d, o in zip(directions, staged_outcomes, strict=True):
+            d.staged_outcome, d.staged_allowed = str(o), o.allowed
+            if o.enforced and (o.allowed != d.allowed or d.staged_outcome != d.outcome):
+                d.staged_tiers = staged_builder.tiers(d.direction)
+        staged_verdict = "allow" if all(d.staged_allowed for d in directions) else "deny"
     explanation = Explanation(
         "allow" if allowed else "deny",
         _end(engine, src),
@@ -192,6 +213,7 @@ def explain(
         directions[0],
         directions[1],
         enforced_at,
+        staged_verdict,
     )
     return verdict, explanation
 
@@ -208,9 +230,14 @@ class _Builder:
         dst: Endpoint,
         protocol: str,
         port: int | None,
+        staged: bool = False,
     ) -> None:
         self.engine, self.trace, self.verdict = engine, trace, verdict
         self.src, self.dst, self.protocol, self.port = src, dst, protocol, port
+        self.staged = staged  # the decision with the staged policies applied
+
+    def _name(self, name: str, policy: CompiledPolicy | ClusterPolicy) -> str:
+        return f"{name} (staged)" if policy.staged else name
 
     def tiers(self, direction: str) -> list[TierTrace]:
         subject = self.src if direction == "egress" else self.dst
@@ -230,25 +257,28 @@ class _Builder:
         peer = self.dst if direction == "egress" else self.src
         checked = {id(rule): matched for rule, matched in self.trace.tier_rules[direction]}
         cluster, namespace = entry.cluster, entry.namespace
-        applying = self.engine.tiers.rules_for(entry.identity, self.engine.world.namespace_labels(cluster, namespace))
+        store = self.engine.tiers
+        rules_for = store.staged_rules_for if self.staged else store.rules_for
+        applying = rules_for(entry.identity, self.engine.world.namespace_labels(cluster, namespace))
         prefix = "admin" if tier is Tier.ADMIN else "baseline"
         applying_ids = {id(rule) for rule in getattr(applying, f"{prefix}_{direction}")}
         policies = []
-        for policy in self.engine.tiers.policies(cluster):
+        for policy in store.policies(cluster, staged=self.staged):
             if policy.tier is not tier:
                 continue
+            name = self._name(policy.name, policy)
             rules = policy.egress if direction == "egress" else policy.ingress
             if not rules:
-                policies.append(PolicyTrace(policy.name, False, f"has no {direction} rules"))
+                policies.append(PolicyTrace(name, False, f"has no {direction} rules"))
                 continue
             if not any(id(rule) in applying_ids for rule in rules):
-                policies.append(PolicyTrace(policy.name, False, "its subject does not select the pod"))
+                policies.append(PolicyTrace(name, False, "its subject does not select the pod"))
                 continue
             traced = [self._tier_rule(rule, peer, id(rule) in checked, checked.get(id(rule), False)) for rule in rules]
             why = f"{policy.kind}, priority {policy.priority}: its subject selects the pod"
             if not any(id(rule) in checked for rule in rules):
                 why += "; not reached"
-            policies.append(PolicyTrace(policy.name, True, why, traced))
+            policies.append(PolicyTrace(name, True, why, traced))
         return TierTrace(tier.value, reached, policies)
 
     def _tier_rule(self, rule: ClusterRule, peer: Endpoint, was_checked: bool, matched: bool) -> RuleTrace:
@@ -271,18 +301,22 @@ class _Builder:
         peer = self.dst if direction == "egress" else self.src
         checked = self.trace.rules[direction]
         other = "ingress" if direction == "egress" else "egress"
-        full = world.selection(entry)
+        full = world.staged_selection(entry) if self.staged else world.selection(entry)
         selecting = full.egress if direction == "egress" else full.ingress
         other_selecting = full.ingress if direction == "egress" else full.egress
+        held = world.policies(entry.cluster, entry.namespace)
+        if self.staged:
+            held = tuple(sorted((*held, *world.staged_policies(entry.cluster, entry.namespace)), key=lambda p: p.name))
         policies = []
-        for policy in world.policies(entry.cluster, entry.namespace):
+        for policy in held:
+            name = self._name(f"{policy.namespace}/{policy.name}", policy)
             if policy not in selecting:
                 why = (
                     f"selects the pod for {other} only (policyTypes)"
                     if policy in other_selecting
                     else f"podSelector {describe.selector(policy.pod_selector)} does not match the pod's labels"
                 )
-                policies.append(PolicyTrace(f"{policy.namespace}/{policy.name}", False, why))
+                policies.append(PolicyTrace(name, False, why))
                 continue
             rules = policy.egress if direction == "egress" else policy.ingress
             seen = checked.get(policy.key, {})
@@ -293,7 +327,7 @@ class _Builder:
             why = f"podSelector {describe.selector(policy.pod_selector)} selects the pod"
             if not rules:
                 why += f"; no {direction} rules: isolates only"
-            policies.append(PolicyTrace(f"{policy.namespace}/{policy.name}", True, why, traced))
+            policies.append(PolicyTrace(name, True, why, traced))
         return TierTrace("NetworkPolicy", selection is not None, policies)
 
     def _np_rule(
