@@ -15,6 +15,9 @@ started, whose data has not arrived: a connection to or from it waits for that d
 :meth:`LocalEnforcement.data_changed` re-checks) instead of being judged as an unknown endpoint, which
 would leave that pod unenforced. The dataplane bounds the wait by its ``verdict_timeout``; then the
 fail-open/closed default applies, without a mark, so the connection's next packet asks again.
+With ``local_pods`` (the agent's watch of its node's pods, :mod:`kube_ip_tracker.agent.local_pods`),
+such an address is looked up there too: a pod found (under that module's rules: the tracker's data
+never overruled) decides the connection at once, or ends its wait.
 
 Staged policies: where the verdict this agent enforces would differ with the staged policies applied
 (:attr:`Verdict.staged`, restricted to the directions enforced here), the decision is counted as a
@@ -46,6 +49,7 @@ from kube_ip_tracker.agent.outcomes import (
 )
 from kube_ip_tracker.agent.policy import PolicyEngine, Reason, Verdict
 from kube_ip_tracker.agent.policy.evaluator import Endpoint
+from kube_ip_tracker.agent.policy.objects import PodEntry
 from kube_ip_tracker.agent.verdict_log import VerdictLog
 
 # Counted on the event loop only, once or twice per decision: lock-free counters (see loop_metrics).
@@ -94,9 +98,17 @@ AUDIT_ACCEPTED = LoopCounter(
 WAITS = Counter(
     "kube_ip_agent_unknown_local_pod_waits_total",
     "Connections of an address in this node's pod range that no known pod has, held until its pod's data "
-    "arrives (result: known, or gave-up when the dataplane's verdict timeout or shutdown ended the wait).",
+    "arrives (result: known, the tracker's data came; local, the local pod watch's data came; or gave-up when "
+    "the dataplane's verdict timeout or shutdown ended the wait).",
     ["result"],
 )
+LOCAL_DECISIONS = Counter(
+    "kube_ip_agent_local_pod_watch_decisions_total",
+    "Connections (first packets and re-checks) of an address of this node's pod range that the tracker's data "
+    "does not have, decided with the pod's data from the local pod watch (when: at-once, or after-wait).",
+    ["when"],
+)
+LocalPods = Callable[[int], PodEntry | None]
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +178,8 @@ class LocalEnforcement:
     ``verdict_log`` writes the log lines; ``per_policy_limit`` > 0 counts decisions per policy for at
     most that many policies (bounded series). With ``is_local`` (this node's pod range), a connection of
     an unknown address in it is decided once its pod is known (an awaitable; call :meth:`data_changed`
-    after every change of pod data).
+    after every change of pod data). ``local_pods(address key)`` gives the provisional pod of such an
+    address from the local pod watch, or None.
     """
 
     def __init__(
@@ -177,6 +190,7 @@ class LocalEnforcement:
         per_policy_limit: int = 0,
         is_local: Callable[[IPAddress], bool] | None = None,
         audit_mode: bool = False,
+        local_pods: LocalPods | None = None,
     ) -> None:
         self.engine = engine
         self.cluster = cluster
@@ -186,6 +200,7 @@ class LocalEnforcement:
         self._policy_series: set[str] = set()
         self._staged_series: set[str] = set()
         self.is_local = is_local
+        self.local_pods = local_pods
         self._changed = asyncio.Event()
 
     def _own(self, endpoint: Endpoint) -> bool:
@@ -211,8 +226,28 @@ class LocalEnforcement:
         src = engine.endpoint_for_ip(packet.src_ip)
         dst = engine.endpoint_for_ip(packet.dst_ip)
         if self._unknown_local(src) or self._unknown_local(dst):
-            return self._decide_once_known(packet)
+            ends = self._with_local_pods(src, dst)
+            if ends is None:
+                return self._decide_once_known(packet)
+            LOCAL_DECISIONS.labels("at-once").inc()
+            return self.verdict(packet, *ends)
         return self.verdict(packet, src, dst)
+
+    def _with_local_pods(self, src: Endpoint, dst: Endpoint) -> tuple[Endpoint, Endpoint] | None:
+        """Both ends, each unknown local one as its pod from the local pod watch; None while one has none."""
+        if self.local_pods is None:
+            return None
+        ends = []
+        for end in (src, dst):
+            if self._unknown_local(end):
+                key = end.key
+                pod = self.local_pods(key) if key is not None else None
+                if pod is None:
+                    return None
+                log.debug("%s is %s/%s/%s by the local pod watch", end.ip, pod.cluster, pod.namespace, pod.name)
+                end = end.of_pod(pod)
+            ends.append(end)
+        return ends[0], ends[1]
 
     async def _decide_once_known(self, packet: PacketInfo) -> LocalVerdict:
         engine = self.engine
@@ -224,6 +259,11 @@ class LocalEnforcement:
                 if not (self._unknown_local(src) or self._unknown_local(dst)):
                     WAITS.labels("known").inc()
                     return self.verdict(packet, src, dst)
+                ends = self._with_local_pods(src, dst)
+                if ends is not None:
+                    WAITS.labels("local").inc()
+                    LOCAL_DECISIONS.labels("after-wait").inc()
+                    return self.verdict(packet, *ends)
                 await changed.wait()
         except asyncio.CancelledError:
             WAITS.labels("gave-up").inc()

@@ -30,9 +30,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes_asyncio import client
 from prometheus_client import Counter, Gauge
 
+from kube_ip_tracker.agent.informer_connection import InformerConnection
 from kube_ip_tracker.agent.policy import CompiledPolicy, PolicyEngine, PolicyError, parse_network_policy
 from kube_ip_tracker.agent.policy.staged import enforcement, new_staged_problem
 from kube_ip_tracker.kube.kubeconfig import api_client
@@ -41,8 +41,7 @@ from kube_ip_tracker.kube.reflector import (
     InformerOptions,
     Reflector,
     Resource,
-    keep_connected,
-    run_with_probe,
+    follow,
 )
 from kube_ip_tracker.model import ClusterSpec
 
@@ -233,22 +232,34 @@ class NetworkPolicyInformer:
         self.options = options or InformerOptions()
         self.client_factory = client_factory
         self.store = PolicyStore(self.cluster, engine, on_change)
+        self.connection = InformerConnection(
+            self.cluster,
+            "NetworkPolicy informer",
+            CONNECTED.labels(self.cluster),
+            log,
+            lambda: f"enforcing the {len(self.policies)} last known policies",
+        )
         self.reflector = Reflector(
             self.cluster,
             RESOURCE,
             self.store,
             self.options,
             on_listed=self._listed,
-            on_watching=self._reconnected,
-            on_failure=self._disconnected,
+            on_watching=self.connection.answered,
+            on_failure=self.connection.failed,
         )
         self.synced_event = asyncio.Event()
-        self.connected = False
-        self.last_error = ""
         self._synced_gauge = SYNCED.labels(self.cluster)
         self._synced_gauge.set(0)
-        self._connected_gauge = CONNECTED.labels(self.cluster)
-        self._connected_gauge.set(0)
+
+    @property
+    def connected(self) -> bool:
+        """The API server answers (list/watch open, liveness probe passing)."""
+        return self.connection.connected
+
+    @property
+    def last_error(self) -> str:
+        return self.connection.last_error
 
     @property
     def policies(self) -> dict[Key, CompiledPolicy]:
@@ -277,45 +288,19 @@ class NetworkPolicyInformer:
     async def run(self) -> None:
         """Connect and list/watch (with the liveness probe beside it) until cancelled; a client that
         cannot be built, or a connection the probe gave up on, is retried with backoff."""
-
-        async def session(api: client.ApiClient, connected: Callable[[], None]) -> None:
-            connected()
-            await run_with_probe(
-                api, self.options, self.cluster, [self.reflector], self._disconnected, self._reconnected
-            )
-
-        await keep_connected(
+        await follow(
             self.spec,
             self.client_factory,
             self.options,
-            session,
-            self._disconnected,
+            [self.reflector],
+            self.connection.failed,
+            self.connection.answered,
             kind=PLURAL,
             what="read NetworkPolicies",
         )
 
-    def _disconnected(self, message: str) -> None:
-        """The API server failed to answer (probe, list, watch or connect): report it, keep the policies."""
-        self.last_error = message
-        if self.connected:
-            log.error(
-                "Cluster %s: NetworkPolicy informer disconnected (%s); enforcing the %d last known policies",
-                self.cluster,
-                message,
-                len(self.policies),
-            )
-        self.connected = False
-        self._connected_gauge.set(0)
-
-    def _reconnected(self) -> None:
-        """A list or watch opened, or a probe passed again."""
-        if not self.connected and self.last_error:
-            log.info("Cluster %s: NetworkPolicy informer connected again", self.cluster)
-        self.connected = True
-        self._connected_gauge.set(1)
-
     def _listed(self) -> None:
-        self._reconnected()
+        self.connection.answered()
         if not self.synced:
             self.synced_event.set()
             self._synced_gauge.set(1)

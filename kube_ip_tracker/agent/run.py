@@ -6,6 +6,8 @@ It ties together
   the pods, namespaces and nodes of every cluster, held once, in the :class:`PolicyEngine`'s world;
 * a :class:`NetworkPolicyInformer` on the agent's own cluster (``--kubeconfig``, or in-cluster)
   that compiles the local NetworkPolicies into the same engine;
+* with ``--pod-cidr`` and ``--node-name``, a :class:`LocalPodInformer` of this node's pods on the same API
+  server (``--local-pod-watch``), so a new pod's first connections need not wait for the tracker's data;
 * the :class:`Dataplane`, which asks :class:`LocalEnforcement` about the first packet of every
   connection of a local pod: egress is enforced for source pods of this cluster, ingress for
   destination pods of this cluster.
@@ -60,6 +62,7 @@ from kube_ip_tracker.agent.enforce import LocalEnforcement
 from kube_ip_tracker.agent.explain.client import SOCKET_DIR
 from kube_ip_tracker.agent.explain.request import answer
 from kube_ip_tracker.agent.explain.server import ExplainServer, ExplainSocketError
+from kube_ip_tracker.agent.local_pods import LocalPodInformer
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.store import AgentStore
@@ -193,6 +196,14 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         help="this node; without --pod-cidr the agent enforces the pods the tracker reports on it "
         "(default $NODE_NAME; without it, every pod of --cluster-id)",
     )
+    local.add_argument(
+        "--local-pod-watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --pod-cidr and --node-name: watch this node's pods on the local API server (fieldSelector "
+        "spec.nodeName), so that a new pod's first connections are decided before the tracker's data arrives; "
+        "needs pods list/watch (default: on)",
+    )
     labels = parser.add_argument_group("cluster labels")
     cluster_labels.add_arguments(labels, "every namespace received from the tracker")
     add_arguments(parser)
@@ -262,6 +273,23 @@ class AgentConfig:
     crd_check_interval: float = CRD_CHECK_INTERVAL
     token: TokenOptions | None = None
     audit_mode: bool = False  # --policy-audit-mode: decide, log and count, accept everything
+    local_pod_watch: bool = True
+
+    @property
+    def watches_local_pods(self) -> bool:
+        """The local pod watch runs: asked for, and of use (an unknown address of --pod-cidr waits) and possible."""
+        return self.local_pod_watch and self.static_pods and bool(self.node_name)
+
+
+def local_pod_watch_state(config: AgentConfig) -> str:
+    """Whether the local pod watch runs, and if not, why (for the start log line)."""
+    if config.watches_local_pods:
+        return "on"
+    if not config.local_pod_watch:
+        return "off (--no-local-pod-watch)"
+    if not config.static_pods:
+        return "off (no --pod-cidr: only the tracker's pods are enforced, none waits)"
+    return "off (no --node-name)"
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -318,6 +346,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         cluster_labels=cluster_labels.rule_from_args(args),
         crd_check_interval=args.crd_check_interval,
         audit_mode=args.policy_audit_mode,
+        local_pod_watch=args.local_pod_watch,
     )
 
 
@@ -331,6 +360,12 @@ class Agent:
         self.config = config
         self.engine = PolicyEngine()
         verdicts = VerdictLog(config.verdict_log) if config.verdict_log.mode is not VerdictLogMode.OFF else None
+        # This node's pods from the local API server: they end the wait below early (see local_pods.py).
+        self.local_pods: LocalPodInformer | None = None
+        if config.watches_local_pods and config.node_name:
+            self.local_pods = LocalPodInformer(
+                config.spec, config.node_name, self.engine, on_change=self._pod_data_changed
+            )
         # With --pod-cidr, an address of the range no pod has yet waits for its pod's data (see enforce.py).
         self.enforcement = LocalEnforcement(
             self.engine,
@@ -339,6 +374,7 @@ class Agent:
             config.per_policy_limit,
             is_local=self._in_pod_range if config.static_pods else None,
             audit_mode=config.audit_mode,
+            local_pods=self.local_pods.provisional if self.local_pods is not None else None,
         )
         self._tracker_changed = asyncio.Event()
         self.dataplane = Dataplane(config.dataplane, self.enforcement.decide, self.is_ready)
@@ -346,7 +382,7 @@ class Agent:
             self.engine,
             local_cluster=config.cluster_id,
             node=config.node_name,
-            on_change=self._tracker_data_changed,
+            on_change=self._pod_data_changed,
             on_local_pods=None if config.static_pods else self._local_pods_changed,
             cluster_labels=config.cluster_labels,
         )
@@ -379,8 +415,9 @@ class Agent:
     def _in_pod_range(self, ip: Any) -> bool:
         return self.dataplane.is_local(ip)
 
-    def _tracker_data_changed(self) -> None:
-        """Tracker data that can change a verdict changed: no cached verdict outlives it; revalidate soon."""
+    def _pod_data_changed(self) -> None:
+        """Pod data that can change a verdict changed (the tracker's, or the local pod watch's): no cached
+        verdict outlives it, waiting connections look again, accepted ones are revalidated soon."""
         self.dataplane.invalidate_verdicts()
         self.enforcement.data_changed()
         self._tracker_changed.set()
@@ -473,6 +510,8 @@ class Agent:
         self._spawn(self._revalidate_tracker_changes(), "tracker-revalidation")
         if not self.config.static_pods:
             self._spawn(self._sync_local_pods(), "local-pods")
+        if self.local_pods is not None:
+            self._spawn(self.local_pods.run(), "local-pod-watch")
 
     def _spawn(self, coro: Any, name: str, forever: bool = True) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -530,7 +569,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         dp = config.dataplane
         log.info(
             "Starting agent for cluster %s on node %s: trackers %s, nfqueue %d, rules %s, marks queue=%#x verdict=%#x "
-            "ct=%#x, pods %s",
+            "ct=%#x, pods %s, local pod watch %s",
             config.cluster_id,
             config.node_name or "(any)",
             ", ".join(config.trackers),
@@ -540,6 +579,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
             dp.verdict_mark,
             dp.accepted_ct_mark,
             ",".join(str(p) for p in dp.local_pods) if config.static_pods else "from the tracker",
+            local_pod_watch_state(config),
         )
         if config.audit_mode:
             log.warning("Starting in %s", NOT_ENFORCING)

@@ -52,8 +52,8 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -100,11 +100,14 @@ class InformerOptions:
 class Resource:
     """What a reflector lists and watches: a cluster-wide collection, named by its API path.
 
-    ``plural`` names it in metrics (label ``kind``) and logs; ``path`` is the collection's URL path.
+    ``plural`` names it in metrics (label ``kind``) and logs; ``path`` is the collection's URL path;
+    ``field_selector`` (e.g. ``spec.nodeName=node-1``) narrows every list and watch of it to the
+    objects it selects (the API server filters; what stops matching is seen as deleted).
     """
 
     plural: str
     path: str
+    field_selector: str = ""
 
     @classmethod
     def core(cls, plural: str) -> Resource:
@@ -115,6 +118,10 @@ class Resource:
     def of(cls, group: str, version: str, plural: str) -> Resource:
         """A collection of an API group, built in or a CRD (e.g. networking.k8s.io/v1 networkpolicies)."""
         return cls(plural, f"/apis/{group}/{version}/{plural}")
+
+    def selecting(self, field_selector: str) -> Resource:
+        """The same collection narrowed by ``field_selector``."""
+        return replace(self, field_selector=field_selector)
 
 
 class Replacement(Protocol):
@@ -148,8 +155,11 @@ async def open_request(
 ) -> aiohttp.ClientResponse:
     """GET ``resource`` (a list page or a watch) and return the unread response (raises on non-2xx).
 
-    Parameters that are None are left out; booleans are sent as ``true``/``false``.
+    Parameters that are None are left out; booleans are sent as ``true``/``false``. The resource's
+    field selector is added to every request.
     """
+    if resource.field_selector:
+        params = {**params, "fieldSelector": resource.field_selector}
     query = [(k, ("true" if v else "false") if isinstance(v, bool) else v) for k, v in params.items() if v is not None]
     resp: aiohttp.ClientResponse = await api.call_api(
         resource.path,
@@ -545,6 +555,28 @@ async def keep_connected(
             if label == "other":
                 log.debug("Cluster %s: unexpected error details", cluster, exc_info=exc)
             await asyncio.sleep(delay)
+
+
+async def follow(
+    spec: ClusterSpec,
+    client_factory: ApiClientFactory,
+    options: InformerOptions,
+    reflectors: Sequence[Reflector],
+    on_failure: Callable[[str], None],
+    on_recovery: Callable[[], None],
+    *,
+    kind: str,
+    what: str,
+) -> None:
+    """An informer's whole loop: ``reflectors`` with the liveness probe beside them (:func:`run_with_probe`)
+    on a new API client of ``spec``, reconnecting with backoff (:func:`keep_connected`), until cancelled.
+    ``on_failure(message)`` for a failed connection or probe, ``on_recovery()`` when a probe passes again."""
+
+    async def session(api: client.ApiClient, connected: Callable[[], None]) -> None:
+        connected()
+        await run_with_probe(api, options, spec.cluster_id, reflectors, on_failure, on_recovery)
+
+    await keep_connected(spec, client_factory, options, session, on_failure, kind=kind, what=what)
 
 
 async def liveness_probe(

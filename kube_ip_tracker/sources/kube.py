@@ -6,7 +6,7 @@ server no longer has survives), then watches from its resourceVersion apply each
 on 410 Gone.
 
 Lists and watches are read as raw JSON (no client-model deserialization) and only the fields the
-index needs are kept (see :mod:`.convert`). A :class:`ClusterSource` first reads the kube-system
+index needs are kept (see :mod:`kube_ip_tracker.kube.convert`). A :class:`ClusterSource` first reads the kube-system
 namespace (its UID identifies the cluster), then runs the three informers and reports the
 cluster's status (connected, synced, last error) to the index.
 """
@@ -20,6 +20,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from kube_ip_tracker.kube.convert import fingerprint, object_key, to_record
 from kube_ip_tracker.kube.kubeconfig import api_client
 from kube_ip_tracker.kube.reflector import (
     ApiClientFactory,
@@ -31,7 +32,6 @@ from kube_ip_tracker.kube.reflector import (
     run_with_probe,
 )
 from kube_ip_tracker.model import ClusterSpec, IndexWriter, Kind, Record
-from kube_ip_tracker.sources.convert import fingerprint, object_key, to_record
 from kube_ip_tracker.sources.status import KINDS, ClusterState
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def list_method(api: client.ApiClient, kind: Kind) -> Callable[..., Awaitable[An
 class IndexStore:
     """The reflector store of one kind in one cluster: the index, through its writer.
 
-    Objects are converted to records (:func:`.convert.to_record`) as they arrive; the store keeps
+    Objects are converted to records (:func:`kube_ip_tracker.kube.convert.to_record`) as they arrive; the store keeps
     fingerprints of what it put in the index, by (namespace, name): they skip no-op updates, and
     tell whether an object that stops qualifying (or is deleted) must be removed.
     """

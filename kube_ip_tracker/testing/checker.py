@@ -1,7 +1,7 @@
 """Convergence checker: compare an agent's mirror with the truth listed from every API server.
 
 ``await list_truth({"cluster-1": api_client, ...})`` lists Pods, Namespaces and Nodes of each API
-server and converts them with the tracker's own converter (:mod:`kube_ip_tracker.sources.convert`),
+server and converts them with the tracker's own converter (:mod:`kube_ip_tracker.kube.convert`),
 so the truth has exactly the objects a correct tracker indexes (pods with IPs, not terminal), with
 namespace labels stamped by the tracker's ``--cluster-labels`` rule (default ``enforce``).
 ``compare(mirror, truth)`` then checks object by object and returns a :class:`Diff`:
@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client
 
 from kube_ip_tracker.cluster_labels import DEFAULT_RULE, LabelRule, stamp
+from kube_ip_tracker.kube.convert import to_record
 from kube_ip_tracker.model import Kind, NamespaceRecord, NodeRecord, PodRecord
-from kube_ip_tracker.sources.convert import to_record
 from kube_ip_tracker.sources.kube import list_method
 
 Record = PodRecord | NamespaceRecord | NodeRecord

@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that a test can cut and restore, to partition a client from an API server."""
+"""A loopback TCP proxy that a test can cut and restore, to partition a client from an API server, or hold
+(connections stay open, nothing is forwarded: the client sees a frozen server) and release."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class TcpProxy:
         self.port = 0
         self.connections = 0
         self._cut = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -36,9 +39,17 @@ class TcpProxy:
     def restore(self) -> None:
         self._cut = False
 
+    def hold(self) -> None:
+        """Forward nothing more (in either direction) until :meth:`release`; connections stay open."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     async def stop(self) -> None:
         """Close the listener and every connection; returns once their handlers have ended."""
         self.cut()
+        self.release()
         if self._server is not None:
             self._server.close()
         handlers = list(self._handlers)
@@ -69,6 +80,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while chunk := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(chunk)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -221,6 +221,10 @@ class Endpoint:
                 self._key = ip_key(self._text)
         return self._key
 
+    def of_pod(self, pod: PodEntry) -> Endpoint:
+        """This address as ``pod``'s (a pod known from elsewhere than the world's claims)."""
+        return Endpoint(pod, self._ip, self._text, self._key)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Endpoint) and self.pod is other.pod and self.ip == other.ip
 

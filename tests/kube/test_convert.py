@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kube_ip_tracker.kube.convert import object_key, parse_timestamp, pod_record, to_record
 from kube_ip_tracker.model import ContainerPort, Kind, NamespaceRecord, NodeRecord, PodRecord
-from kube_ip_tracker.sources.convert import object_key, parse_timestamp, pod_record, to_record
 
 
 def pod(**overrides: Any) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""Turn Kubernetes API objects (decoded JSON, camelCase keys) into index records.
+"""Turn Kubernetes API objects (decoded JSON, camelCase keys) into records.
 
-Only the fields the index needs are kept. A pod is indexed when it has at least one IP, is not
-``hostNetwork`` (its IP is the node's) and is not terminal (phase Succeeded or Failed: its IP may
-already belong to another pod). A pod being deleted (``deletionTimestamp`` set) stays indexed until
-it is gone or terminal, because it still owns its IP while it shuts down.
+Shared by the tracker's informers (records for the index) and the agent's watch of its node's pods,
+so both see a pod the same way. Only the fields the index needs are kept. A pod is indexed when it
+has at least one IP, is not ``hostNetwork`` (its IP is the node's) and is not terminal (phase
+Succeeded or Failed: its IP may already belong to another pod). A pod being deleted
+(``deletionTimestamp`` set) stays indexed until it is gone or terminal, because it still owns its IP
+while it shuts down.
 """
 
 from __future__ import annotations
