@@ -35,6 +35,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import Counter, Gauge
 
+from kube_ip_tracker.agent.informer_connection import InformerConnection, ReportsConnection
 from kube_ip_tracker.agent.networkpolicies import PolicyReplacement
 from kube_ip_tracker.agent.policy import ClusterPolicy, PolicyEngine, PolicyError
 from kube_ip_tracker.agent.policy.cluster_compiled import ANP_KIND, BANP_KIND, CNP_KIND, Tier
@@ -226,7 +227,7 @@ class ClusterPolicyStore:
         STAGED.labels(*self._labels).set(sum(1 for p in self.policies.values() if p.staged))
 
 
-class ClusterPolicyInformer:
+class ClusterPolicyInformer(ReportsConnection):
     """Discovers, lists and watches the cluster-scoped policy kinds of one cluster into ``engine``.
 
     ``on_change()`` is called after every batch that changed the engine's policies.
@@ -253,10 +254,14 @@ class ClusterPolicyInformer:
         self.installed: dict[str, bool | None] = dict.fromkeys(self.stores)  # None: not checked yet
         self._listed: set[str] = set()
         self.synced_event = asyncio.Event()
-        self.connected = False
-        self.last_error = ""
+        self.connection = InformerConnection(
+            self.cluster,
+            "cluster-scoped policy informer",
+            CONNECTED.labels(self.cluster),
+            log,
+            lambda: f"enforcing the {len(self.policies)} last known policies",
+        )
         SYNCED.labels(self.cluster).set(0)
-        CONNECTED.labels(self.cluster).set(0)
 
     @property
     def synced(self) -> bool:
@@ -285,7 +290,9 @@ class ClusterPolicyInformer:
             async with asyncio.TaskGroup() as group:
                 for kind in KINDS:
                     group.create_task(self._follow_kind(api, kind), name=f"{kind.plural}-{self.cluster}")
-                probe = liveness_probe(api, self.options, self.cluster, self._disconnected, self._reconnected)
+                probe = liveness_probe(
+                    api, self.options, self.cluster, self.connection.failed, self.connection.answered
+                )
                 group.create_task(probe, name=f"cluster-policies-probe-{self.cluster}")
 
         await keep_connected(
@@ -293,7 +300,7 @@ class ClusterPolicyInformer:
             self.client_factory,
             self.options,
             session,
-            self._disconnected,
+            self.connection.failed,
             kind="clusterpolicies",
             what="read cluster-scoped network policies",
         )
@@ -311,7 +318,7 @@ class ClusterPolicyInformer:
             document = await resp.json(content_type=None)
         finally:
             resp.release()
-        self._reconnected()
+        self.connection.answered()
         return any(item.get("name") == kind.plural for item in document.get("resources") or [])
 
     async def _follow_kind(self, api: client.ApiClient, kind: PolicyKind) -> None:
@@ -331,8 +338,8 @@ class ClusterPolicyInformer:
                 self.options,
                 api=api,
                 on_listed=lambda kind=kind: self._kind_listed(kind),
-                on_watching=self._reconnected,
-                on_failure=self._disconnected,
+                on_watching=self.connection.answered,
+                on_failure=self.connection.failed,
             )
             task = asyncio.create_task(reflector.run(), name=f"reflector-{self.cluster}-{kind.plural}")
             try:
@@ -370,7 +377,7 @@ class ClusterPolicyInformer:
             self._kind_listed(kind)
 
     def _kind_listed(self, kind: PolicyKind) -> None:
-        self._reconnected()
+        self.connection.answered()
         self._listed.add(kind.kind)
         if not self.synced and self._listed.issuperset(self.stores):
             self.synced_event.set()
@@ -396,21 +403,3 @@ class ClusterPolicyInformer:
             self._on_change()
         except Exception:
             log.exception("Cluster %s: cluster-scoped policy change callback failed", self.cluster)
-
-    def _disconnected(self, message: str) -> None:
-        self.last_error = message
-        if self.connected:
-            log.error(
-                "Cluster %s: cluster-scoped policy informer disconnected (%s); enforcing the %d last known policies",
-                self.cluster,
-                message,
-                len(self.policies),
-            )
-        self.connected = False
-        CONNECTED.labels(self.cluster).set(0)
-
-    def _reconnected(self) -> None:
-        if not self.connected and self.last_error:
-            log.info("Cluster %s: cluster-scoped policy informer connected again", self.cluster)
-        self.connected = True
-        CONNECTED.labels(self.cluster).set(1)

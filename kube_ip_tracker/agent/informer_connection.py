@@ -42,3 +42,18 @@ class InformerConnection:
         """The informer stopped (shutdown): not connected, without a log line."""
         self.connected = False
         self.gauge.set(0)
+
+
+class ReportsConnection:
+    """``connected`` and ``last_error`` of an informer that keeps an :class:`InformerConnection` as ``connection``."""
+
+    connection: InformerConnection
+
+    @property
+    def connected(self) -> bool:
+        """The API server answers (lists and watches open, the liveness probe passing)."""
+        return self.connection.connected
+
+    @property
+    def last_error(self) -> str:
+        return self.connection.last_error

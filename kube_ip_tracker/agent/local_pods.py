@@ -18,7 +18,8 @@ tracker. :meth:`LocalPodStore.provisional` gives the entry of an address under t
   hostNetwork, terminal or address-less pod); among local pods claiming one address the
   :mod:`kube_ip_tracker.ipclaims` rule picks one; a pod deleted, terminal or without its address is
   dropped;
-* nothing is used while the watch is not connected (its data could be stale).
+* nothing is used while the watch is not connected (its data could be stale); losing and regaining
+  the connection counts as a change.
 
 The entries never enter the world: the local pod sets, ``explain`` and the tracker mirror see only the
 tracker's data. Every change of an entry is reported with ``on_change()``, which the agent wires to
@@ -33,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from kube_ip_tracker.agent.informer_connection import InformerConnection
+from kube_ip_tracker.agent.informer_connection import InformerConnection, ReportsConnection
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.agent.policy.objects import PodEntry
 from kube_ip_tracker.ipclaims import IPClaims
@@ -171,7 +172,7 @@ class LocalPodReplacement:
         return f"{len(store.entries)} with an address, {len(stale)} gone"
 
 
-class LocalPodInformer:
+class LocalPodInformer(ReportsConnection):
     """Lists and watches the pods of ``node`` in the agent's own cluster until cancelled (see the module
     docstring); :meth:`provisional` is the lookup :class:`~kube_ip_tracker.agent.enforce.LocalEnforcement`
     asks for an address the tracker's data does not have."""
@@ -206,16 +207,11 @@ class LocalPodInformer:
             self.store,
             self.options,
             on_listed=self._listed,
-            on_watching=self.connection.answered,
+            on_watching=self._answered,
             on_failure=self._failed,
         )
         self.listed = False
         self._forbidden_told = False
-
-    @property
-    def connected(self) -> bool:
-        """The API server answers: the local data is used only then."""
-        return self.connection.connected
 
     def provisional(self, key: int) -> PodEntry | None:
         """The local pod of an address the tracker's data does not have, while the watch is connected."""
@@ -238,7 +234,7 @@ class LocalPodInformer:
                 self.options,
                 [self.reflector],
                 self._failed,
-                self.connection.answered,
+                self._answered,
                 kind=PLURAL,
                 what="watch this node's pods",
             )
@@ -255,10 +251,20 @@ class LocalPodInformer:
                 self.cluster,
                 message,
             )
+        was_connected = self.connection.connected
         self.connection.failed(message)
+        if was_connected:
+            self.store.on_change()  # what was decided with the local data is decided again without it
+
+    def _answered(self) -> None:
+        """A list or watch opened, or a probe passed: the local data is used again."""
+        was_connected = self.connection.connected
+        self.connection.answered()
+        if not was_connected:
+            self.store.on_change()  # waiting connections look again
 
     def _listed(self) -> None:
-        self.connection.answered()
+        self._answered()
         if not self.listed:
             self.listed = True
             log.info(

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from kube_ip_tracker.agent.informer_connection import InformerConnection
+from kube_ip_tracker.agent.informer_connection import InformerConnection, ReportsConnection
 from kube_ip_tracker.agent.policy import CompiledPolicy, PolicyEngine, PolicyError, parse_network_policy
 from kube_ip_tracker.agent.policy.staged import enforcement, new_staged_problem
 from kube_ip_tracker.kube.kubeconfig import api_client
@@ -210,7 +210,7 @@ class PolicyReplacement:
         return f"{len(store.policies)} enforced, {len(store.invalid)} invalid, {len(stale)} stale removed"
 
 
-class NetworkPolicyInformer:
+class NetworkPolicyInformer(ReportsConnection):
     """Lists and watches the NetworkPolicies of one cluster into ``engine`` until cancelled.
 
     ``on_change()`` is called after every batch that changed the engine's policies (a list or one
@@ -251,15 +251,6 @@ class NetworkPolicyInformer:
         self.synced_event = asyncio.Event()
         self._synced_gauge = SYNCED.labels(self.cluster)
         self._synced_gauge.set(0)
-
-    @property
-    def connected(self) -> bool:
-        """The API server answers (list/watch open, liveness probe passing)."""
-        return self.connection.connected
-
-    @property
-    def last_error(self) -> str:
-        return self.connection.last_error
 
     @property
     def policies(self) -> dict[Key, CompiledPolicy]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,11 @@ from prometheus_client import REGISTRY
 from kube_ip_tracker.agent.cli import build_parser
 from kube_ip_tracker.agent.dataplane import PacketInfo, Protocol
 from kube_ip_tracker.agent.enforce import LocalEnforcement
-from kube_ip_tracker.agent.local_pods import LocalPodStore
+from kube_ip_tracker.agent.local_pods import LocalPodInformer, LocalPodStore
 from kube_ip_tracker.agent.policy import PolicyEngine, parse_network_policy
 from kube_ip_tracker.agent.policy.objects import ip_key
 from kube_ip_tracker.agent.run import Agent, agent_config, local_pod_watch_state
-from kube_ip_tracker.model import NamespaceRecord, PodRecord
+from kube_ip_tracker.model import ClusterSpec, NamespaceRecord, PodRecord
 
 from .test_agent_run_units import write_kubeconfig
 
@@ -223,3 +224,27 @@ def test_the_watch_runs_with_pod_cidr_and_node_name_unless_turned_off(
     agent = Agent(config)
     assert (agent.local_pods is not None) is (state == "on")
     assert (agent.enforcement.local_pods is not None) is (state == "on")
+
+
+def test_losing_and_regaining_the_watch_is_a_change_and_a_403_is_explained_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = PolicyEngine()
+    engine.set_namespace(NamespaceRecord(CLUSTER, "shop", {}))
+    changes: list[int] = []
+    spec = ClusterSpec(cluster_id=CLUSTER, kubeconfig=str(write_kubeconfig(tmp_path / "kc")))
+    informer = LocalPodInformer(spec, NODE, engine, on_change=lambda: changes.append(1))
+    informer.store.upsert(api_pod("db", "10.1.0.9", "db"))
+    assert informer.provisional(ip_key("10.1.0.9")) is None, "not connected yet: nothing is used"
+    informer._answered()  # a list or watch opened
+    assert informer.provisional(ip_key("10.1.0.9")) is not None
+    assert len(changes) == 2  # the pod, then the connection (waiting connections look again)
+    forbidden = "list pods: forbidden (403): pods is forbidden: User cannot list resource pods"
+    with caplog.at_level(logging.INFO, logger="kube_ip_tracker.agent.local_pods"):
+        informer._failed(forbidden)
+        informer._failed(forbidden)
+    assert informer.provisional(ip_key("10.1.0.9")) is None
+    assert len(changes) == 3  # lost once: one change
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum("may not list/watch pods" in m and "--no-local-pod-watch" in m for m in errors) == 1
+    assert sum("local pod watch disconnected" in m for m in errors) == 1
