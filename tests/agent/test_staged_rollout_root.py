@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,22 +72,41 @@ def log_lines(agent: Process, *needles: str) -> list[str]:
     return [line for line in agent.log_path.read_text(errors="replace").splitlines() if all(n in line for n in needles)]
 
 
+@dataclass
+class Agent:
+    """A running agent, and what a restart of it needs."""
+
+    process: Process
+    metrics_port: int
+    tracker_port: int
+    name: str
+    queue: int
+
+
 async def ready_agent(
-    cluster: LocalCluster, started: list[Process], tmp_path: Path, pods: int, *extra: str
-) -> tuple[Process, int]:
-    """A tracker and an agent (``extra`` flags) for ``cluster``, once the agent is ready and enforces ``pods``;
-    the agent and its metrics port."""
-    tracker_port, metrics_port = free_port(), free_port()
-    started.append(Process(tracker_argv(cluster, tracker_port), tmp_path / "tracker.log"))
-    name = f"kipt-{secrets.token_hex(3)}"
-    queue = 20000 + secrets.randbelow(40000)
+    cluster: LocalCluster,
+    started: list[Process],
+    tmp_path: Path,
+    pods: int,
+    *extra: str,
+    restart: Agent | None = None,
+) -> Agent:
+    """An agent (``extra`` flags) for ``cluster``, once it is ready and enforces ``pods``: with a new tracker,
+    or with ``restart``'s tracker, name and queue (the same agent started again)."""
+    if restart is None:
+        tracker_port = free_port()
+        started.append(Process(tracker_argv(cluster, tracker_port), tmp_path / "tracker.log"))
+        name, queue = f"kipt-{secrets.token_hex(3)}", 20000 + secrets.randbelow(40000)
+    else:
+        tracker_port, name, queue = restart.tracker_port, restart.name, restart.queue
+    metrics_port = free_port()
     agent = start_agent(tmp_path, cluster, tracker_port, name, metrics_port, queue, *extra)
     started.append(agent)
     await eventually(lambda: metric(metrics_port, "kube_ip_agent_ready") == 1.0, "agent ready", agent, 60)
     await eventually(
         lambda: metric(metrics_port, "kube_ip_agent_local_pod_addresses") == float(pods), "local pods", agent
     )
-    return agent, metrics_port
+    return Agent(agent, metrics_port, tracker_port, name, queue)
 
 
 async def test_a_staged_default_deny_is_reported_then_enforced_when_unstaged(
@@ -98,9 +118,10 @@ async def test_a_staged_default_deny_is_reported_then_enforced_when_unstaged(
     with PodNetwork(host_address=True) as net:
         web, client_pod = await web_and_client(cluster, net)
         # No verdict cache: every connection reaches the agent, so every one is counted.
-        agent, metrics_port = await ready_agent(
+        running = await ready_agent(
             cluster, processes, tmp_path, 2, "--metrics-per-policy", "--verdict-cache-size", "0"
         )
+        agent, metrics_port = running.process, running.metrics_port
         assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
         stream = client_pod.open_stream(web.ip, WEB_PORT)
         assert stream.exchange()
@@ -112,18 +133,28 @@ async def test_a_staged_default_deny_is_reported_then_enforced_when_unstaged(
                 lambda: metric(metrics_port, "kube_ip_agent_networkpolicies_staged") == 1.0, "policy staged", agent
             )
             # The staged default-deny changes no verdict: new connections pass, the open one is not cut.
+            would_deny = {"result": "would-deny", "direction": "ingress"}
+            per_policy = {"policy": f"{NAMESPACE}/default-deny"}
+            await eventually(
+                lambda: (
+                    client_pod.tcp_probe(web.ip, WEB_PORT)
+                    and counter(metrics_port, "kube_ip_agent_staged_decisions_total", **would_deny) >= 1
+                ),
+                "a first would-deny decided",
+                agent,
+            )
+            before = counter(metrics_port, "kube_ip_agent_staged_decisions_total", **would_deny)
+            before_policy = counter(metrics_port, "kube_ip_agent_staged_policy_verdicts_total", **per_policy)
             for _ in range(PROBES):
                 assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
             assert stream.exchange(), agent.tail()
             assert counter(metrics_port, "kube_ip_agent_decisions_total", result="deny") == 0
             assert counter(metrics_port, "kube_ip_agent_dataplane_verdicts_total", result="drop") == 0
             # The metric counts every would-deny (each probe; revalidations of accepted connections add more).
-            would_deny = {"result": "would-deny", "direction": "ingress"}
-            assert counter(metrics_port, "kube_ip_agent_staged_decisions_total", **would_deny) >= PROBES
-            per_policy = counter(
-                metrics_port, "kube_ip_agent_staged_policy_verdicts_total", policy=f"{NAMESPACE}/default-deny"
-            )
-            assert per_policy >= PROBES
+            counted = counter(metrics_port, "kube_ip_agent_staged_decisions_total", **would_deny) - before
+            assert counted >= PROBES
+            counted = counter(metrics_port, "kube_ip_agent_staged_policy_verdicts_total", **per_policy) - before_policy
+            assert counted >= PROBES
             # One would-deny line for the tuple (the probes and the stream share it), naming the staged policy.
             lines = log_lines(agent, '"Connection would be denied"')
             assert len(lines) == 1, agent.tail()
@@ -167,20 +198,29 @@ async def test_audit_mode_accepts_what_the_policies_deny_and_logs_each_denial_on
         async with cluster.api_client() as api:
             await objects.create_pod(api, NAMESPACE, "other", labels={"app": "other"}, ips=[str(other.ip)])
             await client.NetworkingV1Api(api).create_namespaced_network_policy(NAMESPACE, deny_ingress("deny-web"))
-        agent, metrics_port = await ready_agent(
-            cluster, processes, tmp_path, 3, "--policy-audit-mode", "--log-verdicts-rate", "5"
-        )
+        running = await ready_agent(cluster, processes, tmp_path, 3, "--policy-audit-mode", "--log-verdicts-rate", "5")
+        agent, metrics_port = running.process, running.metrics_port
         assert metric(metrics_port, "kube_ip_agent_policy_audit_mode") == 1.0
         assert "does not enforce" in await asyncio.to_thread(readyz, metrics_port)
         assert log_lines(agent, "Starting in policy audit mode: this node does not enforce policies"), agent.tail()
 
         # deny-web denies every ingress to web: in audit mode every connection is accepted all the same.
+        await eventually(
+            lambda: (
+                other.tcp_probe(web.ip, WEB_PORT)
+                and counter(metrics_port, "kube_ip_agent_audit_accepted_total", direction="ingress") >= 1
+            ),
+            "a first denial decided and accepted",
+            agent,
+        )
+        denied = counter(metrics_port, "kube_ip_agent_decisions_total", result="deny")
+        audited = counter(metrics_port, "kube_ip_agent_audit_accepted_total", direction="ingress")
         for _ in range(PROBES):
             assert client_pod.tcp_probe(web.ip, WEB_PORT), agent.tail()
             assert other.tcp_probe(web.ip, WEB_PORT), agent.tail()
         assert counter(metrics_port, "kube_ip_agent_dataplane_verdicts_total", result="drop") == 0
-        assert counter(metrics_port, "kube_ip_agent_decisions_total", result="deny") >= 2 * PROBES
-        assert counter(metrics_port, "kube_ip_agent_audit_accepted_total", direction="ingress") >= 2 * PROBES
+        assert counter(metrics_port, "kube_ip_agent_decisions_total", result="deny") - denied >= 2 * PROBES
+        assert counter(metrics_port, "kube_ip_agent_audit_accepted_total", direction="ingress") - audited >= 2 * PROBES
         # Each denial is logged once per tuple (two tuples: two lines), counted as usual, marked accepted.
         lines = log_lines(agent, '"Connection denied"')
         assert len(lines) == 2, agent.tail()
@@ -190,4 +230,13 @@ async def test_audit_mode_accepts_what_the_policies_deny_and_logs_each_denial_on
         assert counter(metrics_port, "kube_ip_agent_verdict_log_suppressed_total", reason="duplicate") >= 2 * (
             PROBES - 1
         )
+
+        # Leaving audit mode is a restart without the flag: what audit mode accepted is cut once it is ready.
+        stream = client_pod.open_stream(web.ip, WEB_PORT)
+        assert stream.exchange(), agent.tail()
         assert agent.terminate() == 0, agent.tail()
+        enforcing = await ready_agent(cluster, processes, tmp_path, 3, restart=running)
+        assert metric(enforcing.metrics_port, "kube_ip_agent_policy_audit_mode") == 0.0
+        await eventually(lambda: not stream.exchange(timeout=0.3), "audit-accepted connection cut", enforcing.process)
+        assert not client_pod.tcp_probe(web.ip, WEB_PORT, timeout=0.5), enforcing.process.tail()
+        assert enforcing.process.terminate() == 0, enforcing.process.tail()
