@@ -4,8 +4,9 @@ Every object passes a server-side dry run and keeps every field we set (a 1.20 A
 unknown fields silently). The tracker, as a real process authenticated as the
 ``kube-system:kube-ip-tracker`` service account, reports the forbidden resource while its role is
 too narrow and syncs once only the manifest's ClusterRole is bound; the agent's NetworkPolicy
-informer does the same with the agent's role, and (as root) the real agent process started with
-the DaemonSet's args turns ready once the agent's ClusterRole is bound.
+informer does the same with the agent's role, its local pod watch is forbidden with that role and
+runs with the rule the manifest's comment documents, and (as root) the real agent process started
+with the DaemonSet's args turns ready once the agent's ClusterRole is bound.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from kubernetes_asyncio.dynamic import DynamicClient
 
+from kube_ip_tracker.agent.local_pods import LocalPodInformer
 from kube_ip_tracker.agent.networkpolicies import NetworkPolicyInformer
 from kube_ip_tracker.agent.policy import PolicyEngine
 from kube_ip_tracker.client.token import TOKEN_AUDIENCE
@@ -39,7 +41,7 @@ from kube_ip_tracker.testing.sa_tokens import service_account_token
 from kube_ip_tracker.testing.trackers import TrackerProcess, eventually, http_status
 
 from .kustomize import OVERLAY_NAMES, OVERLAYS, build
-from .manifest import Obj, find, key, load, missing_fields, pod_spec
+from .manifest import INSTALL, Obj, find, key, load, missing_fields, pod_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -292,6 +294,61 @@ async def test_agent_policy_informer_with_the_manifest_role(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def documented_pod_rule() -> Obj:
+    """The rule install.yaml's comment above the agent's ClusterRole gives for the local pod watch."""
+    lines = INSTALL.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "need, in addition" in line) + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    (rule,) = yaml.safe_load("\n".join(block))
+    return rule  # type: ignore[no-any-return]
+
+
+async def test_agent_local_pod_watch_is_forbidden_with_the_manifest_role_and_runs_with_the_documented_rule(
+    rbac_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """install.yaml grants no pods to the agent (its DaemonSet runs without --pod-cidr): the watch says
+    so once and stays unused; with the rule its comment documents it lists this node's pods."""
+    manifest = load()
+    role = find(manifest, "ClusterRole", "kube-ip-agent")
+    async with rbac_cluster.api_client() as api:
+        dyn = await DynamicClient(api)
+        await put(dyn, role)
+        await put(dyn, find(manifest, "ClusterRoleBinding", "kube-ip-agent"))
+        await kobjects.create_namespace(api, "rbac-local")
+        await kobjects.create_pod(api, "rbac-local", "db", labels={"app": "db"}, node="node-7", ips=["10.8.7.1"])
+    kubeconfig = kubeconfig_for(rbac_cluster, AGENT_SA, tmp_path / "agent.kubeconfig")
+    informer = LocalPodInformer(
+        ClusterSpec("rbac", kubeconfig=str(kubeconfig)),
+        "node-7",
+        PolicyEngine(),
+        on_change=lambda: None,
+        options=InformerOptions(backoff_base=0.1, backoff_cap=0.5),
+    )
+    caplog.set_level(logging.INFO, logger="kube_ip_tracker.agent.local_pods")
+    task = asyncio.create_task(informer.run())
+    try:
+        await eventually(lambda: "may not list/watch pods" in caplog.text, "forbidden pods explained")
+        assert "list pods: forbidden (403)" in caplog.text and not informer.connected
+        await eventually(lambda: caplog.text.count("forbidden (403)") >= 3, "retried with backoff")
+        assert caplog.text.count("may not list/watch pods") == 1
+
+        granted = copy.deepcopy(role)
+        granted["rules"].append(documented_pod_rule())
+        async with rbac_cluster.api_client() as api:
+            await put(await DynamicClient(api), granted)
+        await eventually(lambda: informer.listed and informer.connected, "node-7's pods listed", 30)
+        assert set(informer.store.entries) == {("rbac-local", "db")}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with rbac_cluster.api_client() as api:
+            await put(await DynamicClient(api), role)
 
 
 def tracker_args(manifest: list[Obj], kubeconfig: Path, tls_dir: Path) -> list[str]:
