@@ -31,14 +31,14 @@ case "$version" in
 esac
 main_sum="$(sha256sum "$here/cert-manager-controller/main.go" | cut -c1-12)"
 out="$cache_root/cert-manager-controller-$version-$main_sum"
-if [ -x "$out" ] && [ -d "$out.crds" ]; then
-  echo "$out"
-  exit 0
-fi
-if [ "${1:-}" = --cached ]; then
+# The CRDs are moved into place before the binary: a binary means both are there.
+if [ "${1:-}" = --cached ] && [ ! -x "$out" ]; then
   log "$out is not built: run 'make cert-manager' (hack/build-cert-manager.sh, about 10 minutes once)"
   exit 3
 fi
+# shellcheck source=hack/cache-lock.sh
+. "$here/cache-lock.sh"
+kit_cached_or_lock "$out"
 
 # shellcheck source=hack/go-toolchain.sh
 . "$here/go-toolchain.sh"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,3 +87,16 @@ class TestCA:
         cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
         _write(cert, key, cert_path, key_path)
         return cert_path, key_path
+
+
+def peer_certificate(address: str, bundle: bytes, server_name: str) -> x509.Certificate:
+    """The certificate a new TLS connection to ``address`` (host:port) gets, verified against the PEM
+    ``bundle`` for ``server_name`` (ALPN h2, as gRPC offers); ssl.SSLCertVerificationError when it fails."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cadata=bundle.decode())
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

@@ -189,7 +189,7 @@ class TokenUser:
 
 
 @dataclass
-class _Process:
+class ChildProcess:
     """One child process with its command line and log file, restartable in place."""
 
     name: str
@@ -206,6 +206,14 @@ class _Process:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of its log, headed by its name (for failure messages)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return f"--- {self.name} --- (no log)"
+        return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -243,8 +251,8 @@ class LocalCluster:
     etcd_peer_port: int = field(default_factory=free_port)
     #: (major, minor) of the running kube-apiserver, known once launched.
     apiserver_version: tuple[int, int] | None = field(default=None, init=False)
-    _etcd: _Process | None = field(default=None, init=False, repr=False)
-    _apiserver: _Process | None = field(default=None, init=False, repr=False)
+    _etcd: ChildProcess | None = field(default=None, init=False, repr=False)
+    _apiserver: ChildProcess | None = field(default=None, init=False, repr=False)
 
     @property
     def server(self) -> str:
@@ -289,10 +297,12 @@ class LocalCluster:
         write_self_signed(pki / "sa.crt", pki / "sa.key", hosts=["service-accounts"])
         self.write_token_file()
         self._write_kubeconfig()
-        self._etcd = _Process("etcd", self._etcd_argv(etcd or find_etcd()), self.base_dir / "etcd.log")
+        self._etcd = ChildProcess("etcd", self._etcd_argv(etcd or find_etcd()), self.base_dir / "etcd.log")
         binary = kube_apiserver or find_kube_apiserver()
         self.apiserver_version = apiserver_version(binary)
-        self._apiserver = _Process("kube-apiserver", self._apiserver_argv(binary), self.base_dir / "kube-apiserver.log")
+        self._apiserver = ChildProcess(
+            "kube-apiserver", self._apiserver_argv(binary), self.base_dir / "kube-apiserver.log"
+        )
         self._etcd.start()
         self._apiserver.start()
 

@@ -25,8 +25,9 @@ CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def load_crds(path: Path = CRD_MANIFEST) -> list[dict[str, Any]]:
-    """The CRD objects of the manifest."""
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    """The CRD objects of the manifest, or of every ``*.yaml`` file of a directory (in name order)."""
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    return [doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc]
 
 
 def _request(cluster: LocalCluster, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:

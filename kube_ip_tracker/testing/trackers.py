@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.api.v1 import tracker_pb2 as pb
@@ -185,6 +186,11 @@ class Agent:
 
     def status(self, cluster: str) -> ClusterStatusRecord | None:
         return self.store.cluster_statuses().get(cluster)
+
+
+def client_reconnects(target: str) -> float:
+    """How often the tracker clients of this process reconnected to ``target`` (their metric)."""
+    return REGISTRY.get_sample_value("kube_ip_tracker_client_reconnects_total", {"target": target}) or 0.0
 
 
 def http_status(url: str) -> int:

@@ -1,8 +1,9 @@
 """Render the kustomize overlays of manifests/overlays without kustomize (CI has no kubectl).
 
 Supports exactly what the overlays use: ``resources`` (files and directories) and ``patches`` with
-a ``target`` (kind, name) and an inline JSON 6902 patch (test, add, replace, remove). Anything else
-in a kustomization is an error, so the overlays cannot grow a feature this renderer would ignore.
+a ``target`` (kind, name) and an inline JSON 6902 patch (test, add, replace, remove) or a strategic
+merge patch that is only ``$patch: delete`` (the target is removed). Anything else in a
+kustomization is an error, so the overlays cannot grow a feature this renderer would ignore.
 Where ``kubectl`` is installed a test compares the result with ``kubectl kustomize``.
 """
 
@@ -17,7 +18,7 @@ import yaml
 from .manifest import MANIFESTS, Obj, key, load
 
 OVERLAYS = MANIFESTS / "overlays"
-OVERLAY_NAMES = ["base", "full-mesh", "hub-and-spoke/hub", "hub-and-spoke/spoke"]
+OVERLAY_NAMES = ["base", "full-mesh", "hub-and-spoke/hub", "hub-and-spoke/spoke", "cert-manager"]
 SUPPORTED = {"apiVersion", "kind", "resources", "patches"}
 
 
@@ -42,12 +43,26 @@ def build(directory: Path) -> list[Obj]:
         matched = [o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]]
         if not matched:
             raise KustomizeError(f"{directory}: patch target {target} matches nothing")
+        operations = yaml.safe_load(patch["patch"])
+        if isinstance(operations, dict):
+            _check_delete(directory, operations, target)
+            objects = [o for o in objects if not any(o is m for m in matched)]
+            continue
         for obj in matched:
             try:
-                json_patch(obj, yaml.safe_load(patch["patch"]))
+                json_patch(obj, operations)
             except (KeyError, IndexError, ValueError) as exc:
                 raise KustomizeError(f"{directory}: patch of {key(obj)} failed: {exc}") from exc
     return objects
+
+
+def _check_delete(directory: Path, patch: dict[str, Any], target: dict[str, str]) -> None:
+    """A strategic merge patch must be exactly a ``$patch: delete`` of its target."""
+    if patch.get("$patch") != "delete" or set(patch) - {"$patch", "apiVersion", "kind", "metadata"}:
+        raise KustomizeError(f"{directory}: only '$patch: delete' strategic merge patches are supported, got {patch}")
+    meta = patch.get("metadata") or {}
+    if patch.get("kind") != target["kind"] or meta.get("name") != target["name"] or set(meta) != {"name"}:
+        raise KustomizeError(f"{directory}: delete patch {patch} does not name its target {target}")
 
 
 def _tokens(pointer: str) -> list[str]:

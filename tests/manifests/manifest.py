@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import re
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +106,10 @@ def parse_or_fail(parse, argv: list[str], what: str) -> argparse.Namespace:  # t
             return parse(argv)
     except SystemExit as exc:
         pytest.fail(f"{what}: args {argv} rejected (exit {exc.code}): {err.getvalue().strip()}")
+
+
+async def probe_exit_code(argv: list[str]) -> int:
+    """Run a probe command (e.g. the readiness probe's, pointed at a local process); its exit code."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with asyncio.timeout(30):
+        return await proc.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import socket
 import ssl
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import grpc
 import pytest
 from cryptography import x509
 from kubernetes_asyncio import client
-from prometheus_client import REGISTRY
 
 from kube_ip_tracker.agent.store import AgentStore
 from kube_ip_tracker.client.client import ClientOptions, TlsOptions, TrackerClient
@@ -27,7 +25,7 @@ from kube_ip_tracker.model import ClusterSpec
 from kube_ip_tracker.server import bootstrap_pki, tls_bootstrap
 from kube_ip_tracker.testing import certs, objects
 from kube_ip_tracker.testing.clusters import LocalCluster
-from kube_ip_tracker.testing.trackers import TRACKER_CMD, TrackerProcess, eventually, http_status
+from kube_ip_tracker.testing.trackers import TRACKER_CMD, TrackerProcess, client_reconnects, eventually, http_status
 
 pytestmark = pytest.mark.cluster
 
@@ -95,14 +93,7 @@ def subjects(bundle: bytes) -> list[str]:
 
 def peer_certificate(address: str, bundle: bytes, server_name: str = SERVER_NAME) -> x509.Certificate:
     """The certificate a new TLS connection to ``address`` gets, verified against ``bundle`` for ``server_name``."""
-    host, port = address.rsplit(":", 1)
-    context = ssl.create_default_context(cadata=bundle.decode())
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
+    return certs.peer_certificate(address, bundle, server_name)
 
 
 def tls_tracker(name: str, args: list[str], tmp_path: Path, bundle_file: Path) -> TrackerProcess:
@@ -122,10 +113,6 @@ async def wait_bundle(cluster: LocalCluster, path: Path, trackers: list[TrackerP
     bundle = await published_bundle(cluster)
     await asyncio.to_thread(path.write_bytes, bundle)
     return bundle
-
-
-def reconnects(target: str) -> float:
-    return REGISTRY.get_sample_value("kube_ip_tracker_client_reconnects_total", {"target": target}) or 0.0
 
 
 @pytest.mark.parametrize("precreated", [False, True], ids=["created-by-the-trackers", "empty-from-the-manifest"])
@@ -209,7 +196,7 @@ async def test_renewal_and_ca_rotation_keep_running_watches(cluster_factory, tmp
         watcher.start()
         try:
             await asyncio.wait_for(watcher.wait_ready(), 30)
-            before = reconnects(watcher.target)
+            before = client_reconnects(watcher.target)
 
             created: list[str] = []
 
@@ -247,7 +234,7 @@ async def test_renewal_and_ca_rotation_keep_running_watches(cluster_factory, tmp
             await eventually(old_ca_gone, "the expired CA leaves the bundle", [tracker], within=30, interval=0.2)
             bundle_file.write_bytes(await published_bundle(cluster))
             await pod_arrives("after-old-ca-expired")
-            assert watcher.connected and reconnects(watcher.target) == before, "the watch never reconnected"
+            assert watcher.connected and client_reconnects(watcher.target) == before, "the watch never reconnected"
             # A new connection verified by the old CA alone is refused now.
             with pytest.raises(ssl.SSLCertVerificationError):
                 peer_certificate(tracker.address, first_bundle)
