@@ -29,7 +29,6 @@ Without staged policies a decision costs one attribute test more.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import ipaddress
 from dataclasses import dataclass
@@ -163,15 +162,15 @@ _SHARED_VERDICTS: dict[tuple[int, int], Verdict] = {
 }
 
 
-def _verdict(egress_outcome: Outcome, ingress_outcome: Outcome) -> Verdict:
-    """The verdict of two direction outcomes (a shared object when they name no policy)."""
+def _verdict(egress_outcome: Outcome, ingress_outcome: Outcome, staged: Verdict | None = None) -> Verdict:
+    """The verdict of two direction outcomes (a shared object when they name no policy and nothing is staged)."""
     e, i = egress_outcome, ingress_outcome
-    shared = _SHARED_VERDICTS.get((id(e), id(i)))
-    if shared is not None:
-        return shared
-    return Verdict(
-        e[0] is not Reason.DENIED and i[0] is not Reason.DENIED, e[0], i[0], e[1], i[1], e[2], i[2], e[3], i[3]
-    )
+    if staged is None:
+        shared = _SHARED_VERDICTS.get((id(e), id(i)))
+        if shared is not None:
+            return shared
+    allowed = e[0] is not Reason.DENIED and i[0] is not Reason.DENIED
+    return Verdict(allowed, e[0], i[0], e[1], i[1], e[2], i[2], e[3], i[3], staged)
 
 
 class Tracer(Protocol):
@@ -456,7 +455,6 @@ class PolicyEngine:
     def _with_staged(
         self, src: Endpoint, dst: Endpoint, proto: str, port: int | None, egress: Outcome, ingress: Outcome
     ) -> Verdict:
-        verdict = _verdict(egress, ingress)
         staged_egress = (
             self._direction(src.pod, dst, True, proto, port, dst.pod, None, True)
             if self._touches_staged(src.pod)
@@ -468,8 +466,8 @@ class PolicyEngine:
             else ingress
         )
         if staged_egress == egress and staged_ingress == ingress:
-            return verdict
-        return dataclasses.replace(verdict, staged=_verdict(staged_egress, staged_ingress))
+            return _verdict(egress, ingress)
+        return _verdict(egress, ingress, _verdict(staged_egress, staged_ingress))
 
     def _direction(
         self,
