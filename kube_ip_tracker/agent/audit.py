@@ -4,6 +4,9 @@ It applies to the whole node (as Cilium's policy audit mode does): a rollout too
 policies would cut before they do. ``/readyz`` answers ``ok`` with :data:`NOT_ENFORCING`, the start-up
 log says it at warning level, and ``kube_ip_agent_policy_audit_mode`` is 1.
 
+Audit mode implies ``--fail-open``: connections the agent cannot decide (not ready yet, a full queue, a
+decision that failed or timed out) are accepted too, never dropped.
+
 The kernel's verdict cache is off in audit mode: it would take a denied connection, accepted only
 because of audit mode, as an allowed tuple and accept its next connections without asking the agent,
 so those would be neither counted nor logged. With it off every new connection reaches the agent.
@@ -36,10 +39,10 @@ def add_audit_argument(group: argparse._ArgumentGroup) -> None:
         "--policy-audit-mode",
         action="store_true",
         help="decide, log and count connections as usual but accept every one: this node enforces no policy "
-        "(the verdict cache is off)",
+        "(implies --fail-open; the verdict cache is off)",
     )
 
 
 def audit_dataplane(config: DataplaneConfig) -> DataplaneConfig:
-    """The dataplane configuration for audit mode: no verdict cache (see the module docstring)."""
-    return dataclasses.replace(config, verdict_cache_size=0)
+    """The dataplane configuration for audit mode: fail-open, no verdict cache (see the module docstring)."""
+    return dataclasses.replace(config, verdict_cache_size=0, fail_open=True)

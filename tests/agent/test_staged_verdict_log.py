@@ -186,7 +186,7 @@ def test_audit_mode_accepts_what_the_policies_deny_and_logs_it(
     assert allowed.allowed and allowed.policy_allowed  # type: ignore[union-attr]
 
 
-def test_the_audit_flag_turns_the_verdict_cache_off(tmp_path: Any) -> None:
+def test_the_audit_flag_turns_the_verdict_cache_off_and_fails_open(tmp_path: Any) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
@@ -194,9 +194,10 @@ def test_the_audit_flag_turns_the_verdict_cache_off(tmp_path: Any) -> None:
     )
     run = ["run", "--tracker-address", "t:1", "--cluster-id", "c", "--kubeconfig", str(kubeconfig)]
     plain = agent_config(build_parser().parse_args(run))
-    audit = agent_config(build_parser().parse_args([*run, "--policy-audit-mode"]))
+    audit = agent_config(build_parser().parse_args([*run, "--policy-audit-mode", "--no-fail-open"]))
     assert not plain.audit_mode and plain.dataplane.verdict_cache_size > 0
     assert audit.audit_mode and audit.dataplane.verdict_cache_size == 0
+    assert audit.dataplane.fail_open  # connections the agent cannot decide are accepted too
 
 
 def test_readyz_says_the_node_is_not_enforcing() -> None:
