@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from kube_ip_tracker.testing.clusters import LocalCluster, free_port
 from kube_ip_tracker.testing.netns import PodNetwork
 
 from .test_agent_run_root import (
+    AGENT_CMD,
     NAMESPACE,
     WEB_PORT,
     Process,
@@ -163,6 +165,23 @@ async def test_a_staged_default_deny_is_reported_then_enforced_when_unstaged(
                 in lines[0]
             )
             assert 'enforced="allow"' in lines[0] and f'src="{cluster.name}/{NAMESPACE}/client"' in lines[0]
+
+            # explain, asked over the agent's socket, shows the staged outcome beside the enforced one.
+            ends = ["--from", f"{cluster.name}/{NAMESPACE}/client", "--to", f"{cluster.name}/{NAMESPACE}/web"]
+            sock = f"/run/kube-ip-agent/{running.name}.sock"
+            explained = await asyncio.to_thread(
+                subprocess.run,
+                [*AGENT_CMD[:-1], "explain", "--socket", sock, *ends, "--port", f"{WEB_PORT}/TCP"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert explained.returncode == 0, explained.stderr  # allowed: the staged policy is not enforced
+            assert "with staged policies: would deny (staged policies are not enforced)" in explained.stdout
+            assert (
+                f"  with staged policies: deny: NetworkPolicy {NAMESPACE}/default-deny (isolated, no rule matched)"
+                in explained.stdout
+            )
 
             # Removing the annotation enforces the policy: new connections are denied, the open one is cut.
             started = time.monotonic()
