@@ -209,3 +209,24 @@ def test_readyz_says_the_node_is_not_enforcing() -> None:
             assert response.status == 200 and response.read() == b"ok: policy audit mode: not enforcing\n"
     finally:
         server.stop()
+
+
+def test_staged_lines_have_a_rate_budget_of_their_own(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    log = VerdictLog(VerdictLogOptions(mode=VerdictLogMode.DENY, interval=60.0, rate=1.0), clock=lambda: now[0])
+    rate_limited = sample("kube_ip_agent_verdict_log_suppressed_total", reason="rate")
+    with caplog.at_level(logging.INFO, logger="kube_ip_tracker.agent.verdicts"):
+        assert log.record(False, "a", dict)  # the deny budget (1 a second) is spent
+        assert not log.record(False, "b", dict)
+        assert log.record_staged(False, "b", dict)  # the staged budget is its own
+        assert not log.record_staged(False, "c", dict)  # and limited the same way
+        assert not log.record_staged(False, "b", dict)  # a duplicate of b
+        now[0] += 1.0
+        assert log.record_staged(True, "c", dict)  # a second later; would-allow
+    assert sample("kube_ip_agent_verdict_log_suppressed_total", reason="rate") - rate_limited == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "Connection denied",
+        "Connection would be denied",
+        "Connection would be allowed",
+    ]
+    assert not VerdictLog(VerdictLogOptions(mode=VerdictLogMode.OFF)).record_staged(False, "a", dict)
