@@ -354,9 +354,12 @@ def markdown(results: dict[str, Any]) -> str:
             "server's bytes exist before the burst, so with the commit counted, <= 1.0x would need the tracker "
             "to deliver for less than a bare grpc.aio stream: the target is missed by the commit first. Delivery "
             f"alone is {one['delivery_cpu_ratio']['median']}x the bare server's at the median "
-            f"({one['delivery_cpu_ratio']['min']}-{one['delivery_cpu_ratio']['max']} over the runs): the CPU of "
-            "one burst is a fraction of a second on 2 shared cores, and the profile shows no tracker code that "
-            "would account for a remainder of that size. The server is busy for only part of the burst (see the "
+            f"({one['delivery_cpu_ratio']['min']}-{one['delivery_cpu_ratio']['max']} over the runs), and where "
+            "that remainder goes was not found: the profile shows no tracker code of that size, and a scratch run "
+            "of this burst with the bare server given the tracker's stream shape (a send task and an overflow "
+            "waiter per stream) did not differ from the plain bare server beyond the spread between runs of the "
+            "same two servers (0.7x-1.8x, 2026-12-02 19:28 UTC, load average 0.7-3.9); the CPU of one burst is "
+            "a fraction of a second on 2 shared cores. The server is busy for only part of the burst (see the "
             "CPU and wall figures).",
             "",
             "**Latency.** Committed as one batch, the burst is 250 MB over loopback to client processes on the "
