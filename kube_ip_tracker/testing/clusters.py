@@ -160,6 +160,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_refusing: list[socket.socket] = []
+
+
+def refusing_port() -> int:
+    """A TCP port on 127.0.0.1 that refuses connections for the rest of this process.
+
+    The port is bound and never listened on, so no other process (another test's tracker on a
+    shared machine) can take it: a dial gets "connection refused", unlike a :func:`free_port`
+    that some other server may bind a moment later.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", free_port()))
+    _refusing.append(sock)
+    return int(sock.getsockname()[1])
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -25,7 +25,7 @@ from kubernetes_asyncio import client
 from kube_ip_tracker.agent.dataplane import Dataplane, DataplaneConfig
 from kube_ip_tracker.agent.run import MARK_SLOTS
 from kube_ip_tracker.testing import certs, objects, polling
-from kube_ip_tracker.testing.clusters import LocalCluster, free_port
+from kube_ip_tracker.testing.clusters import LocalCluster, free_port, refusing_port
 from kube_ip_tracker.testing.netns import Pod, PodNetwork
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
@@ -131,9 +131,9 @@ def start_agent(
 ) -> Process:
     argv = [
         *AGENT_CMD,
-        # A first address where no tracker listens: the agent fails over to the second.
+        # A first address that refuses connections: the agent fails over to the second.
         "--tracker-address",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{refusing_port()}",
         "--tracker-address",
         f"127.0.0.1:{tracker_port}",
         "--kubeconfig",

@@ -9,7 +9,7 @@ from kube_ip_tracker.model import ClusterSpec, IndexWriter, Kind
 from kube_ip_tracker.sources.kube import ClusterSource
 from kube_ip_tracker.sources.status import ClusterState
 from kube_ip_tracker.sources.supervisor import ClusterSupervisor
-from kube_ip_tracker.testing.clusters import free_port
+from kube_ip_tracker.testing.clusters import refusing_port
 from kube_ip_tracker.testing.polling import eventually
 
 from .recording import RecordingWriter
@@ -97,7 +97,7 @@ async def test_unreachable_cluster_is_reported_and_stops_cleanly() -> None:
     writer = RecordingWriter()
     options = InformerOptions(backoff_base=0.05, backoff_cap=0.2, connect_timeout=1, request_timeout=2)
     sup = ClusterSupervisor(writer, options=options)
-    port = free_port()  # nothing listens here
+    port = refusing_port()  # bound, never listening: connections are refused
     await sup.ensure(ClusterSpec("down", server=f"https://127.0.0.1:{port}", token_provider=_token))
     await eventually(lambda: "down" in writer.status and writer.status["down"].last_error, "error reported")
     status = writer.status["down"]
