@@ -57,6 +57,40 @@ def _read(path: Path, what: str) -> bytes:
 
 #: How often :func:`read_together` reads again when the files keep changing under it.
 READ_ATTEMPTS = 5
+#: The symlink naming the current version in the kubelet's AtomicWriter layout (Secret volumes).
+DATA_LINK = "..data"
+
+
+def _in_version(path: Path, versions: dict[Path, str]) -> Path:
+    """``path`` inside the version its directory's ``..data`` names (kubelet layout), else ``path`` itself.
+
+    ``versions`` keeps one ``readlink`` of ``..data`` per directory, so the files of one read come
+    from one version directory even when ``..data`` is swapped between them.
+    """
+    try:
+        link = os.readlink(path)
+    except OSError:
+        return path
+    prefix = DATA_LINK + "/"
+    if not link.startswith(prefix):
+        return path
+    if path.parent not in versions:
+        try:
+            versions[path.parent] = os.readlink(path.parent / DATA_LINK)
+        except OSError:
+            return path
+    return path.parent / versions[path.parent] / link[len(prefix) :]
+
+
+def _read_version(paths: Sequence[tuple[Path, str]]) -> list[bytes]:
+    versions: dict[Path, str] = {}
+    data = []
+    for path, what in paths:
+        try:
+            data.append(_in_version(path, versions).read_bytes())
+        except OSError as e:
+            raise TlsConfigError(f"cannot read TLS {what} {path}: {e.strerror}") from e
+    return data
 
 
 def _identity(paths: Sequence[tuple[Path, str]]) -> tuple[tuple[str, tuple[int, int, int]], ...]:
@@ -68,15 +102,16 @@ def read_together(paths: Sequence[tuple[Path, str]]) -> list[bytes]:
     """Read files rotated together (``(path, what)`` pairs) as one version; TlsConfigError naming a bad file.
 
     A file set published the kubelet's way (:mod:`kube_ip_tracker.server.atomic_files`, Secret
-    volumes) resolves to a new directory per version: when any file's target or stat changed while
-    they were read, or a file vanished with the version it belonged to, all are read again (up to
-    :data:`READ_ATTEMPTS` times; then the last read is returned and checked as it is).
+    volumes) is read from the one version directory that ``..data`` named when the read began. For
+    other layouts, and when a version vanished while it was read: when any file's target or stat
+    changed while they were read, all are read again (up to :data:`READ_ATTEMPTS` times; then the
+    last read is returned and checked as it is).
     """
     data: list[bytes] = []
     for attempt in range(READ_ATTEMPTS):
         before = _identity(paths)
         try:
-            data = [_read(path, what) for path, what in paths]
+            data = _read_version(paths)
         except TlsConfigError:
             if attempt + 1 < READ_ATTEMPTS and _identity(paths) != before:
                 continue

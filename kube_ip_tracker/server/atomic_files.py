@@ -29,7 +29,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-DATA = "..data"
+from kube_ip_tracker.tls_files import DATA_LINK as DATA
+
 #: The version directories this module makes (``..YYYY_MM_DD_HH_MM_SS.random``), the only ones it removes.
 _VERSION = re.compile(r"^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\..+$")
 
